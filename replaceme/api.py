@@ -1,0 +1,175 @@
+"""The Python API: ``replaceme.prune`` and ``replaceme.save_pruned``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replaceme.calibration import CalibrationSpec
+from replaceme.errors import ReplacemeError
+from replaceme.pipeline import MethodOutcome
+from replaceme.resources import Usage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneResult:
+    """A pruned model and how it was made.
+
+    Attributes:
+        model: the pruned model (a standard Hugging Face model).
+        tokenizer: its tokenizer.
+        method: the method label.
+        layers: net decoder layers removed.
+        outcome: plan, compensations and per-stage usage.
+        calibration: the calibration spec (None when stats were given).
+        usage: ``load``/``calibration``/``statistics``/``select``/... -> Usage.
+        options: every option in effect, by component.
+        seed: the run's seed.
+    """
+
+    model: Any
+    tokenizer: Any
+    method: str
+    layers: int
+    outcome: MethodOutcome
+    calibration: CalibrationSpec | None
+    usage: dict[str, Usage] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    source: str | None = None
+
+    @property
+    def plan(self):
+        return self.outcome.plan
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return {k: u.seconds for k, u in self.usage.items()}
+
+    def metadata(self) -> dict[str, Any]:
+        """The content of ``pruning.json``."""
+        from replaceme.provenance import versions
+
+        return {
+            "method": self.method,
+            "source_model": self.source,
+            "layers_removed": self.layers,
+            **self.outcome.to_dict(),
+            "options": self.options,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "seed": self.seed,
+            "versions": versions(),
+            "usage": {k: u.to_dict() for k, u in self.usage.items()},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+
+def prune(
+    model_or_path: Any,
+    method: str = "replaceme-lstsq",
+    layers: int = 1,
+    calibration: CalibrationSpec | str | None = None,
+    *,
+    tokenizer: Any = None,
+    selector: str | None = None,
+    compensator: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    seed: int = 0,
+    use_cache: bool = True,
+    trust_remote_code: bool = False,
+    **options: Any,
+) -> PruneResult:
+    """Prune ``layers`` decoder layers with ``method``.
+
+    Args:
+        model_or_path: a model directory, hub id, ``"demo"``, or a loaded model
+            (which is pruned in place; pass a copy to keep the original).
+        method: a registered method name (``replaceme methods`` lists them).
+        layers: net number of decoder layers removed.
+        calibration: a :class:`CalibrationSpec`, or a source string
+            (file or hub dataset) used with default settings.
+        tokenizer: required when ``model_or_path`` is a model object.
+        selector, compensator: swap a stage of the recipe.
+        device, dtype: where and in what precision to run (``auto``: CUDA+bf16 or CPU+fp32).
+        seed: seeds calibration shuffling, samples and training.
+        use_cache: reuse cached statistics for identical inputs.
+        **options: method options (``replaceme methods`` lists them).
+
+    Returns:
+        A :class:`PruneResult` with the pruned model, the plan and the timings.
+    """
+    import torch
+
+    from replaceme.adapters import adapter_for
+    from replaceme.calibration import build_calibration
+    from replaceme.loading import load_model
+    from replaceme.methods import resolve_method
+    from replaceme.pipeline import apply_method, check_layers, gather_stats
+    from replaceme.resources import Meter
+
+    resolved = resolve_method(method, options, selector=selector, compensator=compensator)
+    usage: dict[str, Usage] = {}
+    source = None
+    with Meter() as m:
+        if isinstance(model_or_path, (str, Path)):
+            source = str(model_or_path)
+            model, tokenizer = load_model(source, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        else:
+            model = model_or_path
+            if tokenizer is None:
+                raise ReplacemeError("pass tokenizer= when pruning a model object")
+            model.eval()
+    usage["load"] = m.usage
+    adapter = adapter_for(model)
+    num_layers = adapter.num_layers(model)
+    check_layers(layers, num_layers)
+    if calibration is None:
+        raise ReplacemeError("a calibration source is needed (a text file or a hub dataset)")
+    spec = calibration if isinstance(calibration, CalibrationSpec) else CalibrationSpec(str(calibration), seed=seed)
+    torch.manual_seed(seed)
+    with Meter() as m:
+        calib = build_calibration(spec, tokenizer)
+    usage["calibration"] = m.usage
+    request = resolved.stats_request(num_layers, layers)
+    with Meter() as m:
+        stats = gather_stats(model, adapter, calib, request, use_cache=use_cache)
+    usage["statistics"] = m.usage
+    outcome = apply_method(model, adapter, resolved, layers, stats, seed=seed)
+    usage.update(outcome.usage)
+    return PruneResult(
+        model=model,
+        tokenizer=tokenizer,
+        method=resolved.label,
+        layers=layers,
+        outcome=outcome,
+        calibration=spec,
+        usage=usage,
+        options=resolved.options(),
+        seed=seed,
+        source=source,
+    )
+
+
+def save_pruned(result: PruneResult, output: str | Path, *, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
+    """Write the pruned model as a standard model directory plus ``pruning.json``.
+
+    The directory appears only once complete (written beside it, then renamed);
+    an existing one is replaced only with ``overwrite``.
+    """
+    from replaceme.paths import atomic_directory, write_json_atomic
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ReplacemeError(f"output directory {output} exists (use --overwrite to replace it)")
+    with atomic_directory(output, overwrite=overwrite) as tmp:
+        result.model.save_pretrained(tmp, safe_serialization=True)
+        if result.tokenizer is not None:
+            result.tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / "pruning.json", {**result.metadata(), **(extra or {})})
+    return output

@@ -1,0 +1,137 @@
+"""Calibration data: text records tokenised into padded batches with masks.
+
+Pad positions are ``False`` in :attr:`CalibrationData.masks`, and every
+statistic of the shared pass ignores them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from replaceme.data.texts import TextSource, load_texts
+from replaceme.errors import ReplacemeError
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """How to build the calibration set.
+
+    Attributes:
+        source: file path or hub dataset (see :mod:`replaceme.data.texts`),
+            optionally with a ``[start:end]`` record slice.
+        column: text column of ``.jsonl``/``.csv``/``.parquet``/hub data.
+        split: hub dataset split.
+        samples: number of records used (after a seeded shuffle).
+        max_length: tokens per sequence (longer records are truncated).
+        batch_size: sequences per forward pass.
+        seed: seeds the shuffle and every sample drawn later.
+        chat_template: format conversation records (lists of
+            ``{"from"|"role", "value"|"content"}``) with the tokenizer's chat
+            template: ``auto`` does so when records are conversations.
+    """
+
+    source: str
+    column: str = "text"
+    split: str = "train"
+    samples: int = 256
+    max_length: int = 512
+    batch_size: int = 8
+    seed: int = 0
+    chat_template: Literal["auto", "on", "off"] = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "max_length", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ReplacemeError(f"calibration {name.replace('_', '-')} must be >= 1")
+
+    @property
+    def text_source(self) -> TextSource:
+        return TextSource(self.source, column=self.column, split=self.split)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["source_info"] = self.text_source.describe()
+        return out
+
+
+@dataclass
+class CalibrationData:
+    """Tokenised calibration batches.
+
+    Attributes:
+        input_ids: one ``LongTensor [B, T]`` per batch (right-padded).
+        masks: matching ``BoolTensor [B, T]``, False at pad positions.
+        spec: the spec it was built from.
+    """
+
+    input_ids: list[Any]
+    masks: list[Any]
+    spec: CalibrationSpec
+
+    @property
+    def num_batches(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(sum(int(m.sum()) for m in self.masks))
+
+
+_ROLE = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def _as_messages(record: Any) -> list[dict[str, str]] | None:
+    if not isinstance(record, list) or not record or not all(isinstance(m, dict) for m in record):
+        return None
+    messages = []
+    for m in record:
+        role = _ROLE.get(str(m.get("from", m.get("role", "user"))), "user")
+        messages.append({"role": role, "content": str(m.get("value", m.get("content", "")))})
+    return messages
+
+
+def format_record(record: Any, tokenizer: Any, mode: str) -> str:
+    """Turn one record into text: conversations through the chat template."""
+    messages = _as_messages(record)
+    if messages is None or mode == "off":
+        if mode == "on" and messages is None:
+            raise ReplacemeError("--chat-template on, but the calibration records are not conversations")
+        return record if isinstance(record, str) else str(record)
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def build_calibration(spec: CalibrationSpec, tokenizer: Any) -> CalibrationData:
+    """Load, shuffle (seeded), take ``spec.samples`` records and tokenise them.
+
+    Raises:
+        ReplacemeError: missing/empty source, missing column, or no tokens.
+    """
+    import torch
+
+    records = load_texts(spec.text_source)
+    order = list(range(len(records)))
+    random.Random(spec.seed).shuffle(order)
+    texts = [format_record(records[i], tokenizer, spec.chat_template) for i in order[: spec.samples]]
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    encoded = [tokenizer(t, truncation=True, max_length=spec.max_length)["input_ids"] for t in texts]
+    encoded = [ids for ids in encoded if len(ids) > 0]
+    if not encoded:
+        raise ReplacemeError(f"calibration source {spec.source} gave no tokens")
+    input_ids, masks = [], []
+    for start in range(0, len(encoded), spec.batch_size):
+        chunk = encoded[start : start + spec.batch_size]
+        width = max(len(ids) for ids in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for row, seq in enumerate(chunk):
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = True
+        input_ids.append(ids)
+        masks.append(mask)
+    return CalibrationData(input_ids=input_ids, masks=masks, spec=spec)

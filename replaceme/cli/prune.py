@@ -1,0 +1,97 @@
+"""``replaceme prune``: prune one model with one method and save it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from replaceme.cli.common import calibration_options, calibration_spec, model_options, parse_kv
+
+
+@click.command()
+@click.argument("model", required=False)
+@click.option("--method", "-m", help="Method name (see 'replaceme methods').")
+@click.option("--layers", "-n", type=int, help="Net number of decoder layers to remove.")
+@click.option("--selector", help="Use this selector instead of the method's.")
+@click.option("--compensator", help="Use this compensator instead of the method's.")
+@click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
+              help="Method option (repeatable), e.g. -o alpha 1e-3.")
+@calibration_options
+@model_options
+@click.option("--output", type=click.Path(file_okay=False), help="Directory for the pruned model.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML with these settings (our names, or ReplaceMe reference keys); flags override it.")
+@click.option("--no-cache", is_flag=True, help="Recompute calibration statistics even if cached.")
+@click.option("--json", "as_json", is_flag=True, help="Print pruning.json to stdout.")
+@click.pass_context
+def prune(ctx: click.Context, model, method, layers, selector, compensator, options, output, overwrite,
+          config_file, no_cache, as_json, device, dtype, trust_remote_code, **calib) -> None:
+    """Prune MODEL (directory, hub id, or 'demo') and save a standard model directory.
+
+    --layers N always means the result has N fewer decoder layers. The output
+    holds safetensors weights, config, tokenizer and pruning.json (method,
+    options, blocks removed, calibration, seed, versions, time and memory per
+    stage). It loads with plain AutoModelForCausalLM.from_pretrained.
+
+    \b
+    Examples:
+      replaceme prune meta-llama/Llama-2-7b-hf -m replaceme-lstsq -n 8 \\
+          --calib wikitext:wikitext-2-raw-v1 --output llama-24l/
+      replaceme prune ./model -m uidl -n 2 --calib data.jsonl --calib-column text --output out/
+      replaceme prune ./model -m block-removal -n 2 -o start 10 --calib data.txt --output out/
+      replaceme prune --config reference.yaml
+    """
+    import replaceme
+    from replaceme.console import stdout
+    from replaceme.errors import ReplacemeError
+
+    opts = parse_kv(options)
+    if config_file:
+        from replaceme.config_file import read_config
+
+        params, file_options = read_config(config_file)
+        opts = {**file_options, **opts}
+        source = click.core.ParameterSource
+        given = lambda name: ctx.get_parameter_source(name) not in (source.DEFAULT, None)  # noqa: E731
+        model = model or params.get("model")
+        method = method or params.get("method")
+        layers = layers if layers is not None else params.get("layers")
+        output = output or params.get("output")
+        selector = selector or params.get("selector")
+        compensator = compensator or params.get("compensator")
+        overwrite = overwrite or bool(params.get("overwrite", False))
+        for key in ("calib", "calib_column", "calib_split", "calib_samples", "max_length", "batch_size", "seed", "chat_template"):
+            if key in params and not (given(key) or (key == "calib" and calib["calib"])):
+                calib[key] = params[key]
+        if "device" in params and not given("device"):
+            device = params["device"]
+    missing = [name for name, value in (("MODEL", model), ("--method", method), ("--layers", layers), ("--output", output)) if value is None]
+    if missing:
+        raise ReplacemeError(f"missing {', '.join(missing)} (see 'replaceme prune --help')")
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise ReplacemeError(f"output directory {out} exists (use --overwrite to replace it)")
+    spec = calibration_spec(**calib)
+    result = replaceme.prune(model, method=method, layers=int(layers), calibration=spec, selector=selector,
+                             compensator=compensator, device=device, dtype=dtype, seed=spec.seed,
+                             use_cache=not no_cache, trust_remote_code=trust_remote_code, **opts)
+    replaceme.save_pruned(result, out, overwrite=overwrite)
+    if as_json:
+        click.echo(json.dumps(json.loads((out / "pruning.json").read_text()), indent=2))
+        return
+    from replaceme.console import table
+
+    blocks = ", ".join(str(b) for b in result.plan.blocks)
+    stdout.print(f"[bold]{result.method}[/]: removed {result.layers} layer(s), blocks {blocks}; "
+                 f"{result.outcome.layers_before} → {result.outcome.layers_after} layers")
+    rows = [[stage, u.seconds, u.peak_rss / 2**20] for stage, u in result.usage.items()]
+    stdout.print(table(None, ["stage", "seconds", "peak RSS MB"], rows))
+    diagnostics = [c for c in result.outcome.compensations if c.diagnostics]
+    if diagnostics:
+        keys = sorted({k for c in diagnostics for k, v in c.diagnostics.items() if isinstance(v, (int, float))})
+        stdout.print(table("Compensation diagnostics", ["block", *keys],
+                           [[str(c.block), *(c.diagnostics.get(k) for k in keys)] for c in diagnostics]))
+    stdout.print(f"saved to {out}")

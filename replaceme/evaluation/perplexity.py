@@ -1,0 +1,288 @@
+"""Batched sliding-window perplexity of a causal LM on a text corpus.
+
+The protocol, stated once:
+
+1. **Corpus.** The records of a source are joined with ``"\\n\\n"`` and
+   tokenised once, without special tokens (so no BOS inside the text).
+2. **Windows.** Fixed windows of ``context_length`` tokens. When the tokenizer
+   has a BOS token it is prepended to *every* window (a window then holds
+   ``context_length - 1`` corpus tokens), and every corpus token can be
+   scored, the first one included. Without BOS a window's first token has no
+   context and is never scored.
+3. **Stride** (as in the Hugging Face perplexity guide): window starts are
+   ``stride`` corpus tokens apart, and each window scores only the tokens the
+   previous window did not, so every token is scored exactly once, with
+   between ``window - stride`` and ``window`` tokens of context. The default
+   stride equals the window (non-overlapping windows, fastest).
+4. **Batches without pads in the loss.** Windows are batched, right-padded
+   with an attention mask; the last window may be shorter. Pad positions,
+   the BOS and the context-only prefix of a window never enter the loss.
+5. **Statistics.** Log-softmax in float32, per-token NLL summed in float64;
+   ``ppl = exp(total NLL / tokens scored)``. A NaN or Inf loss is an error.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from replaceme.console import track
+from replaceme.errors import ReplacemeError
+from replaceme.evaluation.device import model_device
+
+log = logging.getLogger(__name__)
+
+#: How records are joined before tokenisation.
+RECORD_SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    """Perplexity of one corpus.
+
+    Attributes:
+        ppl: ``exp(nll)``.
+        nll: mean negative log-likelihood per scored token, in nats.
+        tokens: tokens scored.
+        windows: forward windows used.
+    """
+
+    ppl: float
+    nll: float
+    tokens: int
+    windows: int
+
+
+@dataclass(frozen=True)
+class Window:
+    """Corpus tokens ``[start, end)`` in one forward pass; ``[score_from, end)`` are scored."""
+
+    start: int
+    end: int
+    score_from: int
+
+
+def bos_token_id(tokenizer: Any) -> int | None:
+    """The tokenizer's BOS id, or ``None`` when it has none."""
+    return getattr(tokenizer, "bos_token_id", None)
+
+
+def tokenize_corpus(tokenizer: Any, texts: Sequence[str], max_tokens: int | None = None) -> list[int]:
+    """Token ids of ``"\\n\\n".join(texts)``, without special tokens.
+
+    With ``max_tokens``, only a prefix of the text long enough for that many
+    tokens is tokenised (and the ids cut to ``max_tokens``), so a cap on a big
+    corpus stays cheap; the ids equal those of tokenising everything.
+    """
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ReplacemeError(f"perplexity needs plain text records; record {i} is a {type(text).__name__}")
+    corpus = RECORD_SEPARATOR.join(texts)
+    if max_tokens is None:
+        return _encode(tokenizer, corpus)
+    # Tokenise a growing prefix; drop the prefix's last few tokens, which a
+    # cut through a word could change, before deciding it is long enough.
+    chars = 8 * max_tokens + 64
+    while True:
+        ids = _encode(tokenizer, corpus[:chars])
+        if chars >= len(corpus):
+            return ids[:max_tokens]
+        if len(ids) - 8 >= max_tokens:
+            return ids[:max_tokens]
+        chars *= 2
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def plan_windows(n_tokens: int, window: int, stride: int, first_scored: int) -> list[Window]:
+    """Sliding windows over ``n_tokens`` corpus tokens.
+
+    Args:
+        n_tokens: corpus length.
+        window: corpus tokens per window (the context length less the BOS, if any).
+        stride: tokens between window starts, ``1 <= stride <= window``.
+        first_scored: offset, inside a window, of the first token that can be
+            scored: 0 with a BOS in front, 1 without.
+
+    Returns:
+        Windows such that every corpus token from ``first_scored`` on is
+        scored exactly once (without BOS, also each window's first token is
+        only context, so a non-overlapping stride leaves those unscored).
+    """
+    if not 1 <= stride <= window:
+        raise ValueError(f"stride {stride} must be in [1, {window}]")
+    windows: list[Window] = []
+    scored_until = 0
+    start = 0
+    while scored_until < n_tokens:
+        end = min(start + window, n_tokens)
+        score_from = max(scored_until, start + first_scored)
+        if score_from < end:
+            windows.append(Window(start, end, score_from))
+        scored_until = end
+        start += stride
+    return windows
+
+
+def batch_windows(
+    tokens: torch.Tensor, windows: Sequence[Window], bos: int | None, pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Build one right-padded batch.
+
+    Args:
+        tokens: the corpus, ``[N]`` int64.
+        windows: the windows of this batch, ``B`` of them.
+        bos: BOS id prepended to each window, or ``None``.
+        pad_id: filler id for pad positions (masked out everywhere).
+
+    Returns:
+        ``input_ids`` ``[B, T]``, ``attention_mask`` ``[B, T]`` (1 = real
+        token) and ``targets`` ``[B, T]`` (bool: the token at this position
+        is scored, predicted from the logits one position earlier).
+    """
+    offset = 0 if bos is None else 1
+    length = max(w.end - w.start for w in windows) + offset
+    input_ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(windows), length), dtype=torch.long)
+    targets = torch.zeros((len(windows), length), dtype=torch.bool)
+    for row, w in enumerate(windows):
+        n = w.end - w.start + offset
+        if bos is not None:
+            input_ids[row, 0] = bos
+        input_ids[row, offset:n] = tokens[w.start : w.end]
+        attention_mask[row, :n] = 1
+        targets[row, w.score_from - w.start + offset : n] = True
+    return input_ids, attention_mask, targets
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@torch.no_grad()
+def batch_nll(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
+) -> tuple[float, int]:
+    """Summed NLL (float64) and count of the target tokens of one batch.
+
+    Args:
+        input_ids, attention_mask, targets: ``[B, T]`` as from :func:`batch_windows`,
+            on the model's device. ``targets[:, 0]`` must be False.
+
+    Returns:
+        ``(sum of -log p(token | prefix) over targets, number of targets)``.
+    """
+    length = input_ids.shape[1]
+    # Logits are needed only from one position before the first target on.
+    first = int(targets.any(dim=0).nonzero()[0]) - 1
+    kwargs: dict[str, Any] = {}
+    if first > 0 and _accepts_logits_to_keep(model):
+        kwargs["logits_to_keep"] = length - first
+    else:
+        first = 0
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
+    # logits[:, i] predicts input_ids[:, first + i + 1]
+    logits = logits[:, : length - 1 - first]  # [B, T-1-first, V]
+    mask = targets[:, first + 1 :]  # [B, T-1-first]
+    picked = logits[mask].float()  # [n, V]
+    labels = input_ids[:, first + 1 :][mask]  # [n]
+    nll = -torch.log_softmax(picked, dim=-1).gather(1, labels[:, None]).squeeze(1)  # [n]
+    total = nll.double().sum()
+    if not torch.isfinite(total):
+        raise FloatingPointError("non-finite loss")
+    return float(total), int(labels.numel())
+
+
+def max_positions(model: torch.nn.Module) -> int | None:
+    """The model's maximum sequence length from its config, when it states one."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def perplexity(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    context_length: int = 256,
+    stride: int | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    add_bos: bool | None = None,
+    description: str = "perplexity",
+) -> PerplexityResult:
+    """Perplexity of ``model`` on the concatenation of ``texts`` (see the module docstring).
+
+    Args:
+        model: a causal LM (``model(input_ids, attention_mask).logits``), in
+            eval mode on its device; it is not moved.
+        tokenizer: its tokenizer.
+        texts: the records of the corpus.
+        context_length: tokens per window, BOS included; capped at the
+            model's maximum positions.
+        stride: corpus tokens between window starts; ``None`` or larger than
+            a window = non-overlapping.
+        batch_size: windows per forward pass.
+        max_tokens: use only the first ``max_tokens`` corpus tokens.
+        add_bos: prepend BOS to every window; ``None`` = when the tokenizer has one.
+        description: progress bar label.
+
+    Raises:
+        ReplacemeError: corpus too short, or a NaN/Inf loss.
+    """
+    limit = max_positions(model)
+    if limit is not None and context_length > limit:
+        log.warning("context length %d exceeds the model's %d positions; using %d", context_length, limit, limit)
+        context_length = limit
+    bos = bos_token_id(tokenizer) if add_bos in (None, True) else None
+    if add_bos and bos is None:
+        raise ReplacemeError("add_bos was asked for, but the tokenizer has no BOS token")
+    window = context_length - (1 if bos is not None else 0)
+    if window < 1:
+        raise ReplacemeError(f"context length {context_length} leaves no room for text")
+    stride = window if stride is None else min(stride, window)
+
+    ids = tokenize_corpus(tokenizer, texts, max_tokens)
+    first_scored = 0 if bos is not None else 1
+    windows = plan_windows(len(ids), window, stride, first_scored)
+    if not windows:
+        raise ReplacemeError(f"{description}: the text has {len(ids)} token(s), too few to score")
+
+    device = model_device(model)
+    tokens = torch.tensor(ids, dtype=torch.long)
+    total, count = 0.0, 0
+    batches = list(_chunks(windows, batch_size))
+    for number, batch in enumerate(track(batches, description)):
+        input_ids, attention_mask, targets = batch_windows(tokens, batch, bos)
+        try:
+            nll, n = batch_nll(model, input_ids.to(device), attention_mask.to(device), targets.to(device))
+        except FloatingPointError:
+            raise ReplacemeError(
+                f"{description}: NaN/Inf loss in batch {number + 1} of {len(batches)} "
+                "(the model's logits overflow; try --dtype float32)"
+            ) from None
+        total += nll
+        count += n
+    mean = total / count
+    ppl = math.exp(mean) if mean < 709.0 else math.inf
+    return PerplexityResult(ppl=ppl, nll=mean, tokens=count, windows=len(windows))
+
+
+def _chunks(items: Sequence[Window], size: int) -> Iterator[list[Window]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])

@@ -1,0 +1,67 @@
+"""The whole plugin contract of replaceme (pluggy hook specifications).
+
+A plugin is a module (or package) registered under the ``replaceme`` entry-point
+group that implements some of these hooks with ``@replaceme.hookimpl``::
+
+    [project.entry-points.replaceme]
+    my_method = "replaceme_my_method"
+
+Registration hooks receive a ``register`` callable and call it once per class
+they contribute. Hooks only ever grow by new keyword arguments, so implement
+them with the argument names you use and nothing else.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("replaceme")
+hookimpl = pluggy.HookimplMarker("replaceme")
+
+
+@hookspec
+def register_selectors(register):
+    """Register layer-selection strategies.
+
+    Args:
+        register: call ``register(SelectorClass)`` for each
+            :class:`replaceme.components.Selector` subclass.
+    """
+
+
+@hookspec
+def register_compensators(register):
+    """Register what can replace a removed block.
+
+    Args:
+        register: call ``register(CompensatorClass)`` for each
+            :class:`replaceme.components.Compensator` subclass.
+    """
+
+
+@hookspec
+def register_mergers(register):
+    """Register ways to write a compensation into the model.
+
+    Args:
+        register: call ``register(MergerClass)`` for each
+            :class:`replaceme.components.Merger` subclass.
+    """
+
+
+@hookspec
+def register_methods(register):
+    """Register named recipes (selector + compensator + merger + defaults).
+
+    Args:
+        register: call ``register(Method(...))`` for each
+            :class:`replaceme.components.Method`.
+    """
+
+
+@hookspec(firstresult=True)
+def model_adapter(model):
+    """Return a :class:`replaceme.adapters.ModelAdapter` for ``model`` if you know
+    its architecture, else None. Called when a model is loaded; the first
+    non-None answer wins, and plugins registered later are asked first.
+    """

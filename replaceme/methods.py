@@ -1,0 +1,93 @@
+"""Resolving a method name and user options into configured components."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from replaceme.components import Compensator, Merger, Method, SelectionContext, Selector
+from replaceme.errors import ReplacemeError, did_you_mean
+from replaceme.options import option_fields, options_to_dict, parse_options
+from replaceme.plan import Block
+from replaceme.registry import Registry, registry
+from replaceme.stats.request import StatsRequest
+
+
+@dataclass
+class ResolvedMethod:
+    """A method with its components instantiated and their options parsed.
+
+    Attributes:
+        label: the name shown in tables (the method name, or the stage mix).
+        method: the recipe it came from.
+        selector, compensator, merger: configured component instances.
+        user_options: the options the user gave (before defaults), for provenance.
+    """
+
+    label: str
+    method: Method
+    selector: Selector
+    compensator: Compensator
+    merger: Merger
+    user_options: dict[str, Any] = field(default_factory=dict)
+
+    def selection_context(self, num_layers: int, layers: int) -> SelectionContext:
+        return SelectionContext(num_layers, layers, self.compensator.layers_added_per_block)
+
+    def candidates(self, num_layers: int, layers: int) -> list[Block]:
+        return self.selector.candidates(self.selection_context(num_layers, layers))
+
+    def stats_request(self, num_layers: int, layers: int) -> StatsRequest:
+        ctx = self.selection_context(num_layers, layers)
+        return self.selector.stats_request(ctx).union(self.compensator.stats_request(self.selector.candidates(ctx)))
+
+    def options(self) -> dict[str, Any]:
+        """Every option value in effect, by component."""
+        return {
+            f"selector:{self.selector.name}": options_to_dict(self.selector.options),
+            f"compensator:{self.compensator.name}": options_to_dict(self.compensator.options),
+            f"merger:{self.merger.name}": options_to_dict(self.merger.options),
+        }
+
+
+def resolve_method(
+    name: str,
+    options: dict[str, Any] | None = None,
+    *,
+    selector: str | None = None,
+    compensator: str | None = None,
+    merger: str | None = None,
+    reg: Registry | None = None,
+) -> ResolvedMethod:
+    """Instantiate method ``name``, optionally with stages swapped, with ``options``.
+
+    Each option key goes to every stage whose options declare it; a key no stage
+    declares is an error with a did-you-mean. Recipe defaults apply first and
+    only to the stages they were written for.
+    """
+    reg = reg or registry()
+    method = reg.method(name)
+    options = dict(options or {})
+    classes = {
+        "selector": reg.get("selectors", selector or method.selector),
+        "compensator": reg.get("compensators", compensator or method.compensator),
+    }
+    merger_name = merger or (method.merger if compensator is None else None) or classes["compensator"].default_merger
+    classes["merger"] = reg.get("mergers", merger_name)
+    fields = {stage: option_fields(cls.Options) for stage, cls in classes.items()}
+    known = set().union(*fields.values())
+    for key in options:
+        if key not in known:
+            raise ReplacemeError(
+                f"method '{name}': unknown option '{key}'{did_you_mean(key, known)}; "
+                f"options are: {', '.join(sorted(known)) or '(none)'}"
+            )
+    instances = {}
+    for stage, cls in classes.items():
+        values = {k: v for k, v in method.defaults.items() if k in fields[stage]}
+        values.update({k: v for k, v in options.items() if k in fields[stage]})
+        instances[stage] = cls(parse_options(cls.Options, values, f"{stage} '{cls.name}'"))
+    label = name
+    if selector or compensator or merger:
+        label = f"{instances['selector'].name}+{instances['compensator'].name}"
+    return ResolvedMethod(label, method, instances["selector"], instances["compensator"], instances["merger"], options)

@@ -1,0 +1,130 @@
+"""Orchestration shared by ``prune`` and ``compare``: statistics, then
+select → compensate → merge for one method, with timings and memory."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from replaceme.adapters import ModelAdapter
+from replaceme.calibration import CalibrationData
+from replaceme.components import Compensation, CompensationContext
+from replaceme.errors import ReplacemeError
+from replaceme.methods import ResolvedMethod
+from replaceme.plan import Plan
+from replaceme.resources import Meter, Usage
+from replaceme.stats.request import StatsRequest
+
+log = logging.getLogger(__name__)
+
+
+def check_layers(layers: int, num_layers: int) -> None:
+    """``--layers N`` must leave at least one layer: ``1 <= N < L``."""
+    if not 1 <= layers < num_layers:
+        raise ReplacemeError(f"--layers must be between 1 and {num_layers - 1} for a model with {num_layers} layers, got {layers}")
+
+
+def gather_stats(
+    model: Any,
+    adapter: ModelAdapter,
+    calib: CalibrationData,
+    request: StatsRequest,
+    *,
+    use_cache: bool = True,
+    holdout_tokens: int = 8192,
+) -> Any:
+    """Run the shared pass, or load it from the on-disk cache when inputs match."""
+    from replaceme.stats.cache import cache_key, load_cached, model_fingerprint, save_cached
+    from replaceme.stats.collect import collect_stats
+
+    key = None
+    if use_cache:
+        key = cache_key(
+            {
+                "model": model_fingerprint(model),
+                "dtype": str(next(model.parameters()).dtype),
+                "calibration": calib.spec.to_dict(),
+                "request": request.to_dict(),
+                "holdout_tokens": holdout_tokens,
+            }
+        )
+        cached = load_cached(key)
+        if cached is not None:
+            log.info("statistics loaded from cache (key %s)", key[:12])
+            return cached
+    stats = collect_stats(model, adapter, calib, request, holdout_tokens=holdout_tokens)
+    if key is not None:
+        save_cached(key, stats)
+    return stats
+
+
+@dataclass
+class MethodOutcome:
+    """What applying one method to a model produced.
+
+    Attributes:
+        plan: the blocks chosen.
+        compensations: one per block.
+        usage: ``select``/``compensate``/``merge`` -> time and peak memory.
+        layers_before, layers_after: decoder layer counts.
+    """
+
+    plan: Plan
+    compensations: list[Compensation]
+    usage: dict[str, Usage] = field(default_factory=dict)
+    layers_before: int = 0
+    layers_after: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.to_dict(),
+            "compensations": [
+                {"block": [c.block.start, c.block.end], "kind": c.kind, "diagnostics": c.diagnostics}
+                for c in self.compensations
+            ],
+            "layers_before": self.layers_before,
+            "layers_after": self.layers_after,
+            "usage": {k: u.to_dict() for k, u in self.usage.items()},
+        }
+
+
+def apply_method(
+    model: Any,
+    adapter: ModelAdapter,
+    method: ResolvedMethod,
+    layers: int,
+    stats: Any,
+    *,
+    device: Any = None,
+    seed: int = 0,
+) -> MethodOutcome:
+    """Select, compensate and merge ``method`` on ``model`` (mutated in place).
+
+    The model ends with exactly ``layers`` fewer decoder layers, whatever the method.
+    """
+    num_layers = adapter.num_layers(model)
+    check_layers(layers, num_layers)
+    ctx = method.selection_context(num_layers, layers)
+    usage: dict[str, Usage] = {}
+    with Meter() as m:
+        plan = method.selector.select(stats, ctx)
+    usage["select"] = m.usage
+    added = method.compensator.layers_added_per_block * len(plan.blocks)
+    if plan.layers_in_blocks - added != layers:
+        raise ReplacemeError(
+            f"selector '{method.selector.name}' chose {plan.layers_in_blocks} layers in {len(plan.blocks)} blocks, "
+            f"which with compensator '{method.compensator.name}' removes {plan.layers_in_blocks - added}, not {layers}"
+        )
+    log.info("%s: blocks %s", method.label, ", ".join(map(str, plan.blocks)))
+    cctx = CompensationContext(model=model, adapter=adapter, stats=stats, device=device or next(model.parameters()).device, seed=seed)
+    with Meter() as m:
+        compensations = method.compensator.compensate(plan, cctx)
+    usage["compensate"] = m.usage
+    with Meter() as m:
+        method.merger.merge(model, adapter, plan, compensations)
+    usage["merge"] = m.usage
+    after = adapter.num_layers(model)
+    if after != num_layers - layers:
+        raise RuntimeError(f"merger '{method.merger.name}' left {after} layers, expected {num_layers - layers}")
+    return MethodOutcome(plan, compensations, usage, num_layers, after)

@@ -1,0 +1,58 @@
+"""PNG plots (matplotlib, headless): distance heatmaps and result charts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def distance_heatmap(frame: Any, path: str | Path, title: str = "Angular distance") -> None:
+    """Heatmap of a frame with columns ``start``, ``size``, ``distance`` (start × block size)."""
+    plt = _pyplot()
+    pivot = frame.pivot(index="size", columns="start", values="distance")
+    fig, ax = plt.subplots(figsize=(max(4, 0.35 * pivot.shape[1] + 2), max(2.5, 0.35 * pivot.shape[0] + 1.5)))
+    im = ax.imshow(pivot.values, aspect="auto", cmap="viridis_r", origin="lower")
+    ax.set_xticks(range(pivot.shape[1]), [str(c) for c in pivot.columns])
+    ax.set_yticks(range(pivot.shape[0]), [str(i) for i in pivot.index])
+    ax.set_xlabel("first layer of the block")
+    ax.set_ylabel("block size (layers)")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def bar_chart(labels: list[str], values: list[float], path: str | Path, ylabel: str, title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(labels) + 1), 3.5))
+    ax.bar(range(len(labels)), values, color="#4477aa")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def line_chart(series: dict[str, tuple[list[float], list[float]]], path: str | Path, xlabel: str, ylabel: str, title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

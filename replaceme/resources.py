@@ -1,0 +1,76 @@
+"""Wall time and peak memory of a stage (process RSS, and CUDA when used)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Usage:
+    """What one stage cost: seconds, peak resident memory (bytes), peak CUDA memory (bytes or None)."""
+
+    seconds: float = 0.0
+    peak_rss: int = 0
+    peak_cuda: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seconds": round(self.seconds, 4), "peak_rss_mb": round(self.peak_rss / 2**20, 1),
+                "peak_cuda_mb": None if self.peak_cuda is None else round(self.peak_cuda / 2**20, 1)}
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+class Meter:
+    """Context manager measuring a stage; peak RSS is sampled every ``interval`` seconds.
+
+    Example::
+
+        with Meter() as m:
+            work()
+        m.usage.seconds, m.usage.peak_rss
+    """
+
+    def __init__(self, interval: float = 0.02):
+        self.interval = interval
+        self.usage = Usage()
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.usage.peak_rss = max(self.usage.peak_rss, _rss())
+
+    def __enter__(self) -> Meter:
+        self._cuda = _cuda_in_use()
+        if self._cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        self.usage.peak_rss = _rss()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.usage.seconds = time.perf_counter() - self._t0
+        self._stop.set()
+        self._thread.join()
+        self.usage.peak_rss = max(self.usage.peak_rss, _rss())
+        if self._cuda:
+            import torch
+
+            self.usage.peak_cuda = int(torch.cuda.max_memory_allocated())
+
+
+def _cuda_in_use() -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized())

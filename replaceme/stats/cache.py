@@ -1,0 +1,114 @@
+"""On-disk cache of the shared statistics pass.
+
+The key hashes the model fingerprint, the calibration spec, the request and the
+pass options, so a second run with the same inputs skips the pass. Files hold
+only tensors and plain containers and are read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from replaceme.paths import cache_dir
+from replaceme.stats.store import ActivationSample, ActivationStats, BatchActivations, GramSums
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+def model_fingerprint(model: Any) -> str:
+    """A cheap, content-based fingerprint: config plus a strided digest of every parameter."""
+    h = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        probe = flat[::step][:4096].to("cpu", torch.float64)
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(probe.numpy().tobytes())
+        h.update(repr(float(flat.to(torch.float64).sum())).encode())
+    return h.hexdigest()[:24]
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    blob = json.dumps({"format": FORMAT_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _batch_to_dict(b: BatchActivations) -> dict[str, Any]:
+    return {"mask": b.mask, "boundaries": b.boundaries, "mlp": b.mlp, "layer_kwargs": b.layer_kwargs}
+
+
+def _stats_to_dict(stats: ActivationStats) -> dict[str, Any]:
+    return {
+        "num_layers": stats.num_layers,
+        "hidden_size": stats.hidden_size,
+        "angular": stats.angular,
+        "token_cosine": stats.token_cosine,
+        "gram": [[list(k), g.xtx, g.xty, g.yty, g.tokens] for k, g in stats.gram.items()],
+        "train": [_batch_to_dict(b) for b in stats.sample.train],
+        "holdout": [_batch_to_dict(b) for b in stats.sample.holdout],
+        "sequences": stats.sequences,
+        "tokens": stats.tokens,
+        "seconds": stats.seconds,
+    }
+
+
+def _stats_from_dict(d: dict[str, Any]) -> ActivationStats:
+    return ActivationStats(
+        num_layers=d["num_layers"],
+        hidden_size=d["hidden_size"],
+        angular=d["angular"],
+        token_cosine=d["token_cosine"],
+        gram={tuple(k): GramSums(xtx, xty, yty, tokens) for k, xtx, xty, yty, tokens in d["gram"]},
+        sample=ActivationSample(
+            train=[BatchActivations(**b) for b in d["train"]],
+            holdout=[BatchActivations(**b) for b in d["holdout"]],
+        ),
+        sequences=d["sequences"],
+        tokens=d["tokens"],
+        seconds=d["seconds"],
+    )
+
+
+def cache_path(key: str) -> Path:
+    return cache_dir("stats", f"{key}.pt")
+
+
+def load_cached(key: str) -> ActivationStats | None:
+    """The cached stats for ``key``, or None (a corrupt file is ignored and logged)."""
+    path = cache_path(key)
+    if not path.exists():
+        return None
+    try:
+        return _stats_from_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # a truncated or foreign file: recompute
+        log.warning("ignoring unreadable stats cache %s: %s", path, exc)
+        return None
+
+
+def save_cached(key: str, stats: ActivationStats) -> Path | None:
+    """Write stats atomically; returns the path, or None when they cannot be stored."""
+    path = cache_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(_stats_to_dict(stats), tmp)
+        os.replace(tmp, path)
+    except Exception as exc:
+        log.warning("could not cache statistics: %s", exc)
+        return None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path

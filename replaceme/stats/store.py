@@ -1,0 +1,137 @@
+"""Containers for what the shared pass measured.
+
+Notation (GUIDE §3): layers ``0..L-1``; ``x_j`` is the input of layer ``j``
+(``x_0`` the embedding output, ``x_L`` the last layer's output before the final
+norm); ``m_i`` is the output of layer ``i``'s MLP before its residual add.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from replaceme.plan import Block
+
+
+@dataclass
+class BatchActivations:
+    """Activations of one calibration batch kept in the sample.
+
+    Attributes:
+        mask: ``[B, T]`` bool, False at pad positions.
+        boundaries: ``j -> x_j``, each ``[B, T, hidden]`` (model dtype, CPU).
+        mlp: ``i -> m_i``, each ``[B, T, hidden]``.
+        layer_kwargs: ``i -> kwargs`` layer ``i`` was called with (tensors on CPU),
+            so a layer can be re-run on ``x_i`` alone.
+    """
+
+    mask: torch.Tensor
+    boundaries: dict[int, torch.Tensor] = field(default_factory=dict)
+    mlp: dict[int, torch.Tensor] = field(default_factory=dict)
+    layer_kwargs: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.mask.sum())
+
+    def nbytes(self) -> int:
+        tensors = list(self.boundaries.values()) + list(self.mlp.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass
+class ActivationSample:
+    """Whole calibration batches whose activations were kept (bounded by a token budget).
+
+    Attributes:
+        train: batches in a seeded order; a method with a smaller budget takes a prefix.
+        holdout: held-out batches, never used to fit anything (they are also
+            excluded from the Gram sums); for validation and diagnostics.
+    """
+
+    train: list[BatchActivations] = field(default_factory=list)
+    holdout: list[BatchActivations] = field(default_factory=list)
+
+    def take(self, token_budget: int) -> list[BatchActivations]:
+        """The prefix of ``train`` holding at most ``token_budget`` tokens (at least one batch)."""
+        out, total = [], 0
+        for batch in self.train:
+            if out and total + batch.tokens > token_budget:
+                break
+            out.append(batch)
+            total += batch.tokens
+        return out
+
+    def nbytes(self) -> int:
+        return sum(b.nbytes() for b in self.train + self.holdout)
+
+    @staticmethod
+    def tokens_of(batches: list[BatchActivations], key: str, index: int) -> torch.Tensor:
+        """Stack the non-pad tokens of ``boundaries``/``mlp`` ``index`` over batches: ``[N, hidden]``."""
+        return torch.cat([getattr(b, key)[index][b.mask] for b in batches], dim=0)
+
+
+@dataclass
+class GramSums:
+    """Normal-equation sums for one block, float64 (ReplaceMe, arXiv 2505.02819, eq. 4).
+
+    ``xtx = Σ XᵀX`` and ``xty = Σ XᵀY`` over calibration tokens, with
+    ``X = m_{s-1}`` and ``Y = x_e − x_s + m_{s-1}``; both ``[hidden, hidden]``.
+    ``yty`` (the trace of ``YᵀY``) gives residual norms without another pass.
+    """
+
+    xtx: torch.Tensor
+    xty: torch.Tensor
+    yty: float
+    tokens: int
+
+
+@dataclass
+class ActivationStats:
+    """Everything the shared pass measured, for every method of a run.
+
+    Attributes:
+        num_layers: L.
+        hidden_size: width of the residual stream.
+        angular: ``n -> [L-n+1]`` float64, mean angular distance
+            ``arccos(cos(x_s, x_{s+n}))/π`` on the last non-pad token of each
+            sequence, for every start ``s``.
+        token_cosine: ``n -> [L-n+1]`` float64, mean per-token cosine of
+            ``x_s`` and ``x_{s+n}`` over all non-pad tokens.
+        gram: ``(s, e) -> GramSums`` (pad tokens excluded), and under
+            ``(s, e, "with_pad")`` the same sums including pad tokens when requested.
+        sample: the kept activations, if any method asked.
+        sequences, tokens: how much calibration data went in (non-pad tokens).
+        seconds: wall time of the pass.
+    """
+
+    num_layers: int
+    hidden_size: int
+    angular: dict[int, torch.Tensor] = field(default_factory=dict)
+    token_cosine: dict[int, torch.Tensor] = field(default_factory=dict)
+    gram: dict[tuple, GramSums] = field(default_factory=dict)
+    sample: ActivationSample = field(default_factory=ActivationSample)
+    sequences: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def block_distance(self, block: Block, kind: str = "angular") -> float:
+        table = self.angular if kind == "angular" else self.token_cosine
+        return float(table[block.size][block.start])
+
+    @property
+    def block_influence(self) -> torch.Tensor:
+        """Per-layer block influence (ShortGPT): ``1 − mean token cos(x_i, x_{i+1})``, ``[L]``."""
+        return 1.0 - self.token_cosine[1]
+
+    def gram_for(self, block: Block, with_pad: bool = False) -> GramSums:
+        key = (block.start, block.end, "with_pad") if with_pad else (block.start, block.end)
+        if key not in self.gram:
+            raise KeyError(f"no Gram sums for block {block} (with_pad={with_pad}); the stats request missed it")
+        return self.gram[key]
+
+    def memory_bytes(self) -> dict[str, int]:
+        gram = sum(g.xtx.numel() * 8 + g.xty.numel() * 8 for g in self.gram.values())
+        return {"gram": gram, "sample": self.sample.nbytes()}
