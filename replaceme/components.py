@@ -55,11 +55,14 @@ class SelectionContext:
         layers_added_per_block: layers the compensator writes back per block
             (1 for a trained replacement layer, else 0); a block then spans
             ``N / num_blocks + layers_added_per_block`` layers.
+        separate_blocks: chosen blocks must not touch (the compensator writes
+            into the layer just before each block, which must survive).
     """
 
     num_layers: int
     layers: int
     layers_added_per_block: int = 0
+    separate_blocks: bool = False
 
 
 class Selector(Component):
@@ -125,6 +128,8 @@ class Compensator(Component):
     layers_added_per_block: ClassVar[int] = 0
     #: the merger used when a recipe does not name one.
     default_merger: ClassVar[str] = "remove"
+    #: writes into layer ``start - 1`` of each block, so blocks must not touch.
+    needs_layer_before: ClassVar[bool] = False
     needs_gram: ClassVar[bool] = False
     needs_sample: ClassVar[bool] = False
     needs_training: ClassVar[bool] = False
@@ -136,6 +141,7 @@ class Compensator(Component):
             "needs_sample": cls.needs_sample,
             "needs_training": cls.needs_training,
             "layers_added_per_block": cls.layers_added_per_block,
+            "needs_layer_before": cls.needs_layer_before,
         }
 
     def stats_request(self, candidates: list[Block]) -> StatsRequest:

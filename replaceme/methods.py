@@ -32,7 +32,8 @@ class ResolvedMethod:
     user_options: dict[str, Any] = field(default_factory=dict)
 
     def selection_context(self, num_layers: int, layers: int) -> SelectionContext:
-        return SelectionContext(num_layers, layers, self.compensator.layers_added_per_block)
+        comp = self.compensator
+        return SelectionContext(num_layers, layers, comp.layers_added_per_block, comp.needs_layer_before)
 
     def candidates(self, num_layers: int, layers: int) -> list[Block]:
         return self.selector.candidates(self.selection_context(num_layers, layers))

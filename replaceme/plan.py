@@ -82,11 +82,14 @@ def merge_touching(blocks: list[Block]) -> list[Block]:
     return merged
 
 
-def greedy_non_overlapping(scored: list[tuple[float, Block]], count: int) -> list[tuple[float, Block]]:
-    """Pick ``count`` blocks by ascending score, skipping any that overlap a pick."""
+def greedy_non_overlapping(
+    scored: list[tuple[float, Block]], count: int, allow_touching: bool = True
+) -> list[tuple[float, Block]]:
+    """Pick ``count`` blocks by ascending score, skipping any that overlap a pick
+    (or touch one, unless ``allow_touching``)."""
     picked: list[tuple[float, Block]] = []
     for score, block in sorted(scored, key=lambda sb: (sb[0], sb[1])):
-        if all(not block.overlaps(p) for _, p in picked):
+        if all(not (block.overlaps(p) or (not allow_touching and block.touches(p))) for _, p in picked):
             picked.append((score, block))
             if len(picked) == count:
                 break

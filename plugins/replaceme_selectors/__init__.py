@@ -69,7 +69,8 @@ class DistanceSelector(Selector):
     def select(self, stats, ctx: SelectionContext) -> Plan:
         n = self.block_size(ctx)
         scored = [(self.score(stats, Block(s, s + n)), Block(s, s + n)) for s in range(1, ctx.num_layers - n + 1)]
-        picked = greedy_non_overlapping(scored, self.options.num_blocks)
+        allow_touching = self.options.merge_consecutive or not ctx.separate_blocks
+        picked = greedy_non_overlapping(scored, self.options.num_blocks, allow_touching)
         if len(picked) < self.options.num_blocks:
             raise ReplacemeError(
                 f"only {len(picked)} non-overlapping blocks of {n} layers fit; asked for {self.options.num_blocks}"

@@ -120,7 +120,13 @@ def vocabulary() -> list[str]:
 
 
 class _Story:
-    """Generates one document; holds the cast so later sentences can refer to it."""
+    """Generates one document; holds the cast so later sentences can refer to it.
+
+    Every emitted word gets a tag: ``free`` (a random choice), ``form``
+    (template words, predictable from the last few words) or the name of the
+    mechanism that determines it from far-away context (``cast``, ``agree``,
+    ``bracket``, ``copy``, ``reverse``, ``count``, ``sum``).
+    """
 
     def __init__(self, rng: random.Random):
         self.rng = rng
@@ -133,88 +139,125 @@ class _Story:
             for n, r, c, t in zip(names, roles, colors, things)
         ]
         self.words: list[str] = []
+        self.tags: list[str] = []
 
     # -- helpers -------------------------------------------------------------
-    def emit(self, *words: str) -> None:
+    def emit(self, *words: str, tag: str = "free") -> None:
         self.words.extend(words)
+        self.tags.extend([tag] * len(words))
+
+    def form(self, *words: str) -> None:
+        self.emit(*words, tag="form")
 
     def person(self) -> dict[str, str]:
         return self.rng.choice(self.cast)
 
     # -- noun phrases --------------------------------------------------------
-    def noun_phrase(self, plural: bool, depth: int) -> list[str]:
+    def noun_phrase(self, plural: bool, depth: int) -> None:
         rng = self.rng
-        det = rng.choice(PL_DETERMINERS if plural else SG_DETERMINERS)
-        out = [det]
+        self.emit(rng.choice(PL_DETERMINERS if plural else SG_DETERMINERS))
         if rng.random() < 0.3:
-            out.append(rng.choice(ADJECTIVES))
-        out.append(rng.choice(NOUNS)[1 if plural else 0])
+            self.emit(rng.choice(ADJECTIVES))
+        self.emit(rng.choice(NOUNS)[1 if plural else 0])
         if depth < 2 and rng.random() < 0.35:
-            out += self.relative_clause(plural, depth + 1)
-        return out
+            self.relative_clause(plural, depth + 1)
 
-    def relative_clause(self, head_plural: bool, depth: int) -> list[str]:
+    def relative_clause(self, head_plural: bool, depth: int) -> None:
         rng = self.rng
-        if rng.random() < 0.5:  # subject relative: verb agrees with the head
-            verb = rng.choice(INTRANSITIVE)[0 if not head_plural else 1]
-            return ["that", verb]
-        # object relative: verb agrees with the inner subject
+        self.emit("that")
+        if rng.random() < 0.5:  # subject relative: the verb agrees with the head
+            self.emit(rng.choice(INTRANSITIVE)[1 if head_plural else 0], tag="agree")
+            return
+        # object relative: the verb agrees with the inner subject
         inner_plural = rng.random() < 0.5
-        inner = self.noun_phrase(inner_plural, depth + 1)
-        verb = rng.choice(TRANSITIVE)[1 if inner_plural else 0]
-        return ["that", *inner, verb]
+        self.noun_phrase(inner_plural, depth + 1)
+        self.emit(rng.choice(TRANSITIVE)[1 if inner_plural else 0], tag="agree")
 
-    def subject(self) -> tuple[list[str], bool]:
-        """A subject and whether it is plural."""
+    def subject(self) -> bool:
+        """Emit a subject; return whether it is plural."""
         rng = self.rng
         r = rng.random()
         if r < 0.2:
-            return [self.person()["name"]], False
-        if r < 0.35:  # role with the name in apposition: the name is determined
+            self.emit(self.person()["name"])
+            return False
+        if r < 0.35:  # the role, then the name in apposition: the name is determined
             p = self.person()
-            return ["the", p["role"], ",", p["name"], ","], False
+            self.emit("the", p["role"])
+            self.form(",")
+            self.emit(p["name"], tag="cast")
+            self.form(",")
+            return False
         if r < 0.45:
             a, b = rng.sample(self.cast, 2)
-            return [a["name"], "and", b["name"]], True
+            self.emit(a["name"], "and", b["name"])
+            return True
         plural = rng.random() < 0.5
-        return self.noun_phrase(plural, 0), plural
+        self.noun_phrase(plural, 0)
+        return plural
 
-    def object(self) -> list[str]:
+    def object(self) -> None:
         rng = self.rng
         r = rng.random()
         if r < 0.25:
-            return [self.person()["name"]]
-        if r < 0.4:
-            return ["the", self.person()["role"]]
-        return self.noun_phrase(rng.random() < 0.5, 1)
+            self.emit(self.person()["name"])
+        elif r < 0.4:
+            self.emit("the", self.person()["role"])
+        else:
+            self.noun_phrase(rng.random() < 0.5, 1)
 
     # -- segments ------------------------------------------------------------
     def intro(self) -> None:
-        self.emit("story", ":")
-        for p in self.cast:
-            self.emit(p["name"], "is", "the", p["role"], "and", "has", "a", p["color"], p["thing"], ".")
+        self.emit("story")
+        self.form(":")
+        for i, p in enumerate(self.cast):
+            self.emit(p["name"])
+            self.form("is", "the")
+            self.emit(p["role"])
+            self.form("and", "has", "a")
+            self.emit(p["color"], p["thing"])
+            self.form(".")
 
     def sentence(self) -> None:
-        subj, plural = self.subject()
-        self.emit(*subj)
+        plural = self.subject()
         if self.rng.random() < 0.4:
-            self.emit(self.rng.choice(INTRANSITIVE)[1 if plural else 0])
+            self.emit(self.rng.choice(INTRANSITIVE)[1 if plural else 0], tag="agree")
         else:
-            self.emit(self.rng.choice(TRANSITIVE)[1 if plural else 0], *self.object())
-        self.emit(".")
+            self.emit(self.rng.choice(TRANSITIVE)[1 if plural else 0], tag="agree")
+            self.object()
+        self.form(".")
 
     def question(self) -> None:
         p = self.person()
         kind = self.rng.randrange(4)
-        self.emit("question", ":")
+        self.emit("question")
+        self.form(":")
         if kind == 0:
-            self.emit("who", "has", "the", p["color"], p["thing"], "?", p["name"], ".")
+            self.emit("who")
+            self.form("has", "the")
+            self.emit(p["color"], p["thing"])
+            self.form("?")
+            self.emit(p["name"], tag="cast")
         elif kind == 1:
-            self.emit("who", "is", "the", p["role"], "?", p["name"], ".")
+            self.emit("who")
+            self.emit("is")
+            self.form("the")
+            self.emit(p["role"])
+            self.form("?")
+            self.emit(p["name"], tag="cast")
         elif kind == 2:
-            self.emit("what", "is", p["name"], "?", "the", p["role"], ".")
+            self.emit("what")
+            self.emit("is")
+            self.emit(p["name"])
+            self.form("?", "the")
+            self.emit(p["role"], tag="cast")
         else:  # two hops: role -> person -> object
-            self.emit("what", "does", "the", p["role"], "have", "?", "the", p["color"], p["thing"], ".")
+            self.emit("what")
+            self.emit("does")
+            self.form("the")
+            self.emit(p["role"])
+            self.form("have", "?", "the")
+            self.emit(p["color"], p["thing"], tag="cast")
+        self.form(".")
 
     def brackets(self) -> None:
         rng = self.rng
@@ -229,31 +272,56 @@ class _Story:
             elif budget > 0 and r < 0.75:
                 self.emit(rng.choice(SYMBOLS))
             else:
-                self.emit(stack.pop())
+                self.emit(stack.pop(), tag="bracket")
             budget -= 1
-        self.emit(".")
+        self.form(".")
 
     def copy(self) -> None:
         seq = [self.rng.choice(SYMBOLS) for _ in range(self.rng.randrange(3, 11))]
-        self.emit("copy", ":", *seq, ";", *seq, ".")
+        self.emit("copy")
+        self.form(":")
+        self.emit(*seq)
+        self.emit(";")
+        self.emit(*seq, tag="copy")
+        self.form(".")
 
     def reverse(self) -> None:
         seq = [self.rng.choice(SYMBOLS) for _ in range(self.rng.randrange(2, 7))]
-        self.emit("reverse", ":", *seq, ";", *reversed(seq), ".")
+        self.emit("reverse")
+        self.form(":")
+        self.emit(*seq)
+        self.emit(";")
+        self.emit(*reversed(seq), tag="reverse")
+        self.form(".")
 
     def count(self) -> None:
         n = self.rng.randrange(1, 10)
         sym = self.rng.choice(SYMBOLS)
-        self.emit("count", ":", *([sym] * n), "=", NUMBERS[n], ".")
+        self.emit("count")
+        self.form(":")
+        self.emit(sym)
+        self.emit(*([sym] * (n - 1)))  # whether to continue is a random choice
+        self.emit("=")
+        self.emit(NUMBERS[n], tag="count")
+        self.form(".")
 
     def sum(self) -> None:
         a, b = self.rng.randrange(10), self.rng.randrange(10)
-        self.emit(NUMBERS[a], "plus", NUMBERS[b], "is", NUMBERS[a + b], ".")
+        self.emit(NUMBERS[a])
+        self.emit("plus")
+        self.emit(NUMBERS[b])
+        self.form("is")
+        self.emit(NUMBERS[a + b], tag="sum")
+        self.form(".")
 
     def ending(self) -> None:
-        self.emit("the", "end", ":")
+        self.emit("the")
+        self.form("end", ":")
         for i, p in enumerate(self.cast):
-            self.emit(p["name"], "the", p["role"], "," if i < len(self.cast) - 1 else ".")
+            self.emit(p["name"], tag="cast")
+            self.form("the")
+            self.emit(p["role"], tag="cast")
+            self.form("," if i < len(self.cast) - 1 else ".")
 
 
 _SEGMENTS = (
@@ -268,8 +336,8 @@ _SEGMENTS = (
 _SEGMENT_NAMES = [name for name, weight in _SEGMENTS for _ in range(weight)]
 
 
-def generate_document(rng: random.Random) -> str:
-    """One story: cast introduction, 6-12 random segments, then the ending."""
+def generate_tagged(rng: random.Random) -> tuple[list[str], list[str]]:
+    """One story as ``(words, tags)``; see :class:`_Story` for the tags."""
     story = _Story(rng)
     story.intro()
     n_segments = rng.randrange(6, 13)
@@ -277,10 +345,15 @@ def generate_document(rng: random.Random) -> str:
         before = len(story.words)
         getattr(story, rng.choice(_SEGMENT_NAMES))()
         if len(story.words) > MAX_WORDS - 20:
-            del story.words[before:]
+            del story.words[before:], story.tags[before:]
             break
     story.ending()
-    return " ".join(story.words)
+    return story.words, story.tags
+
+
+def generate_document(rng: random.Random) -> str:
+    """One story: cast introduction, 6-12 random segments, then the ending."""
+    return " ".join(generate_tagged(rng)[0])
 
 
 def split_seed(split: str, seed: int = 0) -> int:

@@ -7,12 +7,14 @@ model with it, so every method is measured on the same text, tasks and seeds.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from replaceme.errors import ReplacemeError, unknown
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -56,7 +58,7 @@ class EvalSpec:
     Where it runs:
 
     Attributes:
-        device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``,
             ``bfloat16`` or ``float16``.
     """
@@ -86,7 +88,7 @@ class EvalSpec:
 
     def validate(self) -> None:
         """Raise :class:`ReplacemeError` (one line) for an impossible setting."""
-        if self.device not in DEVICES:
+        if not _DEVICE.match(self.device):
             raise unknown("device", self.device, DEVICES)
         if self.dtype not in DTYPES:
             raise unknown("dtype", self.dtype, DTYPES)

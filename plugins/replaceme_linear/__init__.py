@@ -1,0 +1,241 @@
+"""Built-in plugin: ReplaceMe (Shopkhoev et al., NeurIPS 2025, arXiv 2505.02819).
+
+A removed block ``[s, e)`` is replaced by one linear map T applied to the MLP
+output of layer ``s-1`` and folded into that MLP's output projection, so the
+pruned model has no extra parameters.
+
+- compensator ``lstsq``: T from the float64 normal equations gathered in the
+  shared pass (Cholesky solve; automatic ridge when ill-conditioned);
+- compensator ``cosine``: T trained to minimise cosine distance on a bounded
+  token sample from the shared pass (Adam as in the reference, or L-BFGS);
+- merger ``fold-linear``: ``W ← Tᵀ W``, ``b ← Tᵀ b`` in float64, then remove the block;
+- methods ``replaceme-lstsq`` and ``replaceme-cosine`` (angular-distance selection).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from replaceme.components import Compensation, CompensationContext, Compensator, Merger, Method
+from replaceme.errors import ReplacemeError
+from replaceme.hookspecs import hookimpl
+from replaceme.options import option
+from replaceme.plan import Block, Plan
+from replaceme.stats.request import StatsRequest
+
+log = logging.getLogger(__name__)
+
+
+def _check_starts(candidates: list[Block]) -> None:
+    for block in candidates:
+        if block.start < 1:
+            raise ReplacemeError(
+                f"block {block} starts at layer 0: there is no MLP before it to fold a linear map into"
+            )
+
+
+def _block_request(candidates: list[Block], sample_tokens: int = 0) -> StatsRequest:
+    """Sample m_{s-1}, x_s, x_e of every candidate (held-out batches always; training ones up to the budget)."""
+    return StatsRequest(
+        sample_tokens=sample_tokens,
+        sample_mlp={b.start - 1 for b in candidates},
+        sample_boundaries={b.start for b in candidates} | {b.end for b in candidates},
+    )
+
+
+def _heldout(stats, block: Block, transform) -> dict:
+    from replaceme_linear.diagnostics import heldout_diagnostics
+
+    if not stats.sample.holdout:
+        return {"heldout_tokens": 0}
+    return heldout_diagnostics(stats.sample.holdout, block.start, block.end, transform)
+
+
+@dataclass
+class LstsqOptions:
+    alpha: float = option(0.0, "ridge α added to XᵀX (0 = none unless ill-conditioned)")
+    max_condition: float = option(1e10, "above this condition number of XᵀX a ridge is added automatically (with a warning)")
+    diag: bool = option(False, "restrict T to a diagonal matrix (per-channel scaling)")
+    mask_padding: bool = option(True, "exclude pad tokens from XᵀX, XᵀY (off reproduces the reference, which includes them)")
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0:
+            raise ValueError("alpha must be >= 0")
+        if self.max_condition <= 1:
+            raise ValueError("max_condition must be > 1")
+
+
+class LstsqCompensator(Compensator):
+    """T = argmin ‖XT − Y‖² + α‖T‖² from the float64 normal equations of the shared pass."""
+
+    name = "lstsq"
+    description = "Linear map by least squares (ReplaceMe), folded into the previous MLP."
+    Options = LstsqOptions
+    default_merger = "fold-linear"
+    needs_layer_before = True
+    needs_gram = True
+
+    def stats_request(self, candidates: list[Block]) -> StatsRequest:
+        _check_starts(candidates)
+        request = _block_request(candidates)
+        request.gram_blocks = {(b.start, b.end) for b in candidates}
+        request.gram_with_pad = not self.options.mask_padding
+        return request
+
+    def compensate(self, plan: Plan, ctx: CompensationContext) -> list[Compensation]:
+        import torch
+
+        from replaceme_linear.lstsq_solve import residual_from_gram, solve_lstsq
+
+        out = []
+        for block in plan.blocks:
+            gram = ctx.stats.gram_for(block, with_pad=not self.options.mask_padding)
+            sol = solve_lstsq(gram.xtx, gram.xty, self.options.alpha, self.options.max_condition, self.options.diag)
+            if sol.auto_ridge:
+                log.warning("block %s: XᵀX is ill-conditioned (cond %.3g); ridge α=%.3g added", block, sol.condition, sol.ridge)
+            eye = torch.eye(sol.transform.shape[0], dtype=torch.float64, device=sol.transform.device)
+            norm_y = math.sqrt(max(gram.yty, 1e-300))
+            diagnostics = {
+                "tokens": gram.tokens,
+                "condition_number": sol.condition,
+                "ridge": sol.ridge,
+                "auto_ridge": sol.auto_ridge,
+                "train_rel_residual": math.sqrt(max(residual_from_gram(gram.xtx, gram.xty, gram.yty, sol.transform), 0.0)) / norm_y,
+                "train_identity_rel_residual": math.sqrt(max(residual_from_gram(gram.xtx, gram.xty, gram.yty, eye), 0.0)) / norm_y,
+                **_heldout(ctx.stats, block, sol.transform),
+            }
+            out.append(Compensation(block, "linear", sol.transform.to("cpu"), diagnostics))
+        return out
+
+
+@dataclass
+class CosineOptions:
+    loss: Literal["cosine", "mse"] = option("cosine", "objective: 1 − cos(XT, Y), or relative squared error")
+    solver: Literal["adam", "lbfgs"] = option("adam", "adam: mini-batches as the reference; lbfgs: full batch, strong Wolfe")
+    epochs: int = option(10, "Adam passes over the token sample (reference: 10)")
+    lr: float = option(1e-4, "Adam learning rate (reference: 1e-4)")
+    batch_tokens: int = option(1024, "tokens per Adam step (reference: 1024)")
+    lbfgs_steps: int = option(100, "L-BFGS iterations")
+    token_budget: int = option(
+        65536,
+        "tokens of the activation sample kept from the shared pass; memory ≈ tokens × hidden × "
+        "(stored layers) × dtype bytes, reported in pruning.json",
+    )
+    accurate: bool = option(False, "minimise 1 − cos(XT + z, x_e) with z = x_s − m_{s-1} (the paper's accurate variant)")
+    init: Literal["identity", "lstsq"] = option("identity", "start from T = I (reference) or from the LSTSQ solution")
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_tokens", "lbfgs_steps", "token_budget"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+
+
+class CosineCompensator(Compensator):
+    """T minimising cosine distance on a bounded token sample from the shared pass."""
+
+    name = "cosine"
+    description = "Linear map by cosine-distance optimisation (ReplaceMe), folded into the previous MLP."
+    Options = CosineOptions
+    default_merger = "fold-linear"
+    needs_layer_before = True
+    needs_sample = True
+    needs_training = True
+
+    def stats_request(self, candidates: list[Block]) -> StatsRequest:
+        _check_starts(candidates)
+        request = _block_request(candidates, self.options.token_budget)
+        if self.options.init == "lstsq":
+            request.gram_blocks = {(b.start, b.end) for b in candidates}
+        return request
+
+    def compensate(self, plan: Plan, ctx: CompensationContext) -> list[Compensation]:
+        import time
+
+        import torch
+
+        from replaceme.console import LossBar
+        from replaceme_linear.cosine_solve import fit_transform
+        from replaceme_linear.diagnostics import block_tokens
+        from replaceme_linear.lstsq_solve import solve_lstsq
+
+        o = self.options
+        batches = ctx.stats.sample.take(o.token_budget)
+        out = []
+        for block in plan.blocks:
+            t0 = time.perf_counter()
+            m, xs, xe = (a.to(ctx.device, torch.float32) for a in block_tokens(batches, block.start, block.end))
+            x, target, offset = (m, xe, xs - m) if o.accurate else (m, xe - xs + m, None)
+            init = None
+            if o.init == "lstsq":
+                gram = ctx.stats.gram_for(block)
+                init = solve_lstsq(gram.xtx, gram.xty).transform.to(torch.float32)
+            steps = o.epochs * math.ceil(x.shape[0] / o.batch_tokens) if o.solver == "adam" else o.lbfgs_steps
+            with LossBar(f"cosine fit {block}", total=steps) as bar:
+                fit = fit_transform(
+                    x, target, offset=offset, init=init, loss=o.loss, solver=o.solver, epochs=o.epochs, lr=o.lr,
+                    batch_tokens=o.batch_tokens, lbfgs_steps=o.lbfgs_steps, seed=ctx.seed,
+                    on_step=lambda adv, loss: bar.update(adv, loss=loss),
+                )
+            if not torch.isfinite(fit.transform).all():
+                raise ReplacemeError(f"cosine fit of block {block} diverged (NaN/Inf); try a smaller lr or solver lbfgs")
+            transform = fit.transform.to("cpu", torch.float64)
+            diagnostics = {
+                "tokens": int(x.shape[0]),
+                "activation_bytes": int(sum(a.numel() * a.element_size() for a in (m, xs, xe))),
+                "sample_bytes": ctx.stats.sample.nbytes(),
+                "loss_first": fit.history[0] if fit.history else None,
+                "loss_last": fit.history[-1] if fit.history else None,
+                "steps": fit.steps,
+                "seconds": time.perf_counter() - t0,
+                **_heldout(ctx.stats, block, transform),
+            }
+            del m, xs, xe, x, target, offset
+            out.append(Compensation(block, "linear", transform, diagnostics))
+        return out
+
+
+class FoldLinearMerger(Merger):
+    """Fold each block's T into the MLP output projection of layer ``start - 1``, then remove the block."""
+
+    name = "fold-linear"
+    description = "Fold a linear map into the previous layer's MLP output projection, then remove the block."
+
+    def merge(self, model, adapter, plan, compensations) -> None:
+        from replaceme.surgery import fold_linear_map, remove_layers
+
+        removed = {i for b in plan.blocks for i in range(b.start, b.end)}
+        for comp in compensations:
+            if comp.kind != "linear":
+                continue
+            carrier = comp.block.start - 1
+            if carrier < 0 or carrier in removed:
+                raise ReplacemeError(f"cannot fold the map of block {comp.block}: layer {carrier} is removed or absent")
+            fold_linear_map(model, adapter, carrier, comp.value)
+        remove_layers(model, adapter, removed)
+
+
+@hookimpl
+def register_compensators(register):
+    register(LstsqCompensator)
+    register(CosineCompensator)
+
+
+@hookimpl
+def register_mergers(register):
+    register(FoldLinearMerger)
+
+
+@hookimpl
+def register_methods(register):
+    ref = "Shopkhoev et al., NeurIPS 2025, arXiv 2505.02819"
+    register(Method("replaceme-lstsq", "angular-distance", "lstsq", "fold-linear",
+                    description="Angular-distance block, replaced by a least-squares linear map folded into the previous MLP.",
+                    reference=ref))
+    register(Method("replaceme-cosine", "angular-distance", "cosine", "fold-linear",
+                    description="Angular-distance block, replaced by a cosine-optimised linear map folded into the previous MLP.",
+                    reference=ref))

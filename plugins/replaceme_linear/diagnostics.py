@@ -1,0 +1,38 @@
+"""How well a linear map replaces a block, measured on held-out tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def block_tokens(batches: list[Any], start: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack non-pad tokens of ``m_{s-1}``, ``x_s``, ``x_e`` from sample batches: three ``[N, h]`` float64."""
+    m = torch.cat([b.mlp[start - 1][b.mask] for b in batches]).to(torch.float64)
+    xs = torch.cat([b.boundaries[start][b.mask] for b in batches]).to(torch.float64)
+    xe = torch.cat([b.boundaries[end][b.mask] for b in batches]).to(torch.float64)
+    return m, xs, xe
+
+
+def fit_quality(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
+    """Relative residual ``‖XT − Y‖/‖Y‖`` and mean token cosine ``cos(XT, Y)``."""
+    pred = x @ t.to(x.dtype)
+    rel = float(torch.linalg.norm(pred - y) / torch.linalg.norm(y).clamp_min(1e-30))
+    cos = float(torch.nn.functional.cosine_similarity(pred, y, dim=-1, eps=1e-12).mean())
+    return {"rel_residual": rel, "cosine": cos}
+
+
+def heldout_diagnostics(batches: list[Any], start: int, end: int, t: torch.Tensor) -> dict[str, Any]:
+    """Held-out quality of T and of the identity (plain removal), plus token count."""
+    m, xs, xe = block_tokens(batches, start, end)
+    y = xe - xs + m
+    eye = torch.eye(t.shape[0], dtype=torch.float64)
+    mapped, identity = fit_quality(m, y, t.to("cpu", torch.float64)), fit_quality(m, y, eye)
+    return {
+        "heldout_tokens": int(m.shape[0]),
+        "heldout_rel_residual": mapped["rel_residual"],
+        "heldout_cosine": mapped["cosine"],
+        "identity_rel_residual": identity["rel_residual"],
+        "identity_cosine": identity["cosine"],
+    }

@@ -1,0 +1,114 @@
+"""``replaceme evaluate``: perplexity and lm-eval tasks for one model."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from replaceme.cli.common import model_options
+
+
+class LimitType(click.ParamType):
+    """``--limit``: a document count (integer >= 1) or a fraction in (0, 1)."""
+
+    name = "K"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            number = float(value)
+        else:
+            try:
+                number = float(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if 0 < number < 1:
+            return number
+        if number >= 1 and number.is_integer():
+            return int(number)
+        self.fail(f"{value!r}: give a count (1, 2, ...) or a fraction in (0, 1)", param, ctx)
+
+
+def split_names(values: tuple[str, ...]) -> list[str]:
+    """``("a,b", "c")`` -> ``["a", "b", "c"]`` (order kept, duplicates dropped)."""
+    names = [n.strip() for v in values for n in v.split(",")]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+@click.command()
+@click.argument("model_or_dir")
+@click.option("--ppl", "ppl", multiple=True, metavar="SOURCE",
+              help="Text to measure perplexity on (repeatable): a .txt/.jsonl/.json/.parquet/.csv file or a hub "
+                   "dataset 'name:config', optionally sliced like 'valid.txt[3000:]'.")
+@click.option("--ppl-split", default="test", show_default=True, help="Split of hub datasets given to --ppl.")
+@click.option("--ppl-column", default="text", show_default=True, help="Text column of structured --ppl sources.")
+@click.option("--context-length", type=click.IntRange(min=2), default=256, show_default=True,
+              help="Tokens per perplexity window (BOS included).")
+@click.option("--stride", type=click.IntRange(min=1), default=None,
+              help="Tokens between window starts; smaller = more context per scored token. [default: window]")
+@click.option("--ppl-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Perplexity windows per forward pass.")
+@click.option("--max-ppl-tokens", type=click.IntRange(min=1), default=None,
+              help="Score only the first N tokens of each --ppl source.")
+@click.option("--tasks", "tasks", multiple=True, metavar="A,B,...",
+              help="lm-eval tasks, comma-separated (repeatable).")
+@click.option("--tasks-dir", type=click.Path(file_okay=False), default=None,
+              help="Directory of your own lm-eval YAML tasks.")
+@click.option("--task-data", type=click.Path(file_okay=False), envvar="REPLACEME_TASK_DATA", default=None,
+              help="Local copies for the offline task pack (boolq, piqa, hellaswag, arc_easy, arc_challenge, "
+                   "openbookqa, winogrande, sciq, lambada_openai). [env: REPLACEME_TASK_DATA]")
+@click.option("--num-fewshot", type=click.IntRange(min=0), default=None, help="Few-shot examples per prompt. [default: 0]")
+@click.option("--limit", type=LimitType(), default=None, help="Documents per task: a count, or a fraction < 1.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="lm-eval requests per forward pass.")
+@click.option("--seed", type=int, default=1234, show_default=True, help="Seed for lm-eval and few-shot sampling.")
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of a table.")
+def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, ppl_batch_size, max_ppl_tokens,
+             tasks, tasks_dir, task_data, num_fewshot, limit, batch_size, seed, device, dtype, trust_remote_code,
+             as_json) -> None:
+    """Evaluate MODEL_OR_DIR (a model directory or hub id): perplexity and lm-eval tasks.
+
+    Perplexity uses non-overlapping windows of --context-length tokens, each
+    starting with BOS (when the tokenizer has one), over the records of a
+    source joined by blank lines; --stride makes the windows overlap.
+
+    Tasks run in memory through lm-evaluation-harness, each reported by one
+    metric (acc_norm for hellaswag, arc_challenge, openbookqa; acc otherwise;
+    --json shows all). Task names come from lm-eval's registry (datasets from
+    the hub), from --tasks-dir, or, with --task-data, from the offline pack.
+
+    \b
+    Examples:
+      replaceme evaluate ./pruned --ppl data/tinystories/valid.txt --max-ppl-tokens 20000
+      replaceme evaluate ./pruned --tasks boolq,piqa,hellaswag --task-data data/ --limit 200
+      replaceme evaluate meta-llama/Llama-3.2-1B --ppl wikitext:wikitext-2-raw-v1 \\
+          --context-length 2048 --tasks arc_easy,winogrande --json > scores.json
+    """
+    from replaceme.console import stdout, table
+    from replaceme.errors import ReplacemeError
+    from replaceme.evaluation import EvalSpec
+    from replaceme.evaluation import evaluate as run_evaluation
+    from replaceme.loading import load_model
+
+    spec = EvalSpec(
+        ppl=list(ppl), ppl_split=ppl_split, ppl_column=ppl_column, context_length=context_length, stride=stride,
+        ppl_batch_size=ppl_batch_size, max_ppl_tokens=max_ppl_tokens, tasks=split_names(tasks), tasks_dir=tasks_dir,
+        task_data=task_data, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, seed=seed,
+        device=device, dtype=dtype,
+    )
+    if spec.is_empty:
+        raise ReplacemeError("nothing to evaluate: give --ppl SOURCE and/or --tasks NAMES (see --help)")
+    model, tokenizer = load_model(model_or_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    result = run_evaluation(model, tokenizer, spec)
+
+    if as_json:
+        click.echo(json.dumps({"model": model_or_dir, **result.to_dict()}, indent=2))
+        return
+    rows = []
+    for name, metric, value in result.rows():
+        source = name.removeprefix("ppl:")
+        count = result.tokens.get(name) if name.startswith("ppl:") else result.details.get(name, {}).get("samples")
+        rows.append([source, metric, value, count])
+    where = f"{result.provenance['device']}, {result.provenance['dtype']}, {result.seconds['total']:.1f} s"
+    stdout.print(table(f"{model_or_dir} ({where})", ["benchmark", "metric", "value", "tokens/docs"], rows))

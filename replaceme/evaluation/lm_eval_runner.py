@@ -1,0 +1,330 @@
+"""Run lm-evaluation-harness tasks on an in-memory model.
+
+The model is wrapped as ``HFLM(pretrained=<model object>, tokenizer=...)``; it
+is never saved or reloaded. Tasks come from three places:
+
+- the **offline task pack** (:mod:`replaceme.evaluation.tasks`) when a task
+  data directory is known (``task_data=`` or ``$REPLACEME_TASK_DATA``): its
+  names (``boolq``, ``piqa``, ``hellaswag``, ``arc_easy``, ``arc_challenge``,
+  ``openbookqa``, ``winogrande``, ``sciq``, ``lambada_openai``) are then
+  evaluated from the local copies;
+- a directory of the user's own YAML tasks (``tasks_dir=``);
+- lm-eval's registry (datasets from the Hugging Face hub; needs the internet).
+
+Each source gets its own ``TaskManager``, so equal names never shadow each
+other, and lm-eval's full registry (slow to index, ~10 s) is built only when a
+name is found nowhere else.
+
+**Primary metric.** Each task reports one number, following the convention
+of the depth/width-pruning literature (LLM-Pruner, SliceGPT, ShortGPT, ...):
+length-normalised accuracy ``acc_norm`` for HellaSwag, ARC-Challenge and
+OpenBookQA, plain ``acc`` for BoolQ, PIQA, Winogrande, ARC-Easy, SciQ and
+LAMBADA (see :data:`PRIMARY_METRICS`). Other tasks use the first of
+``acc``, ``exact_match``, ``acc_norm``, ... they report. Every metric lm-eval
+computed stays available in :attr:`TaskResults.details`.
+
+Seeding: ``seed`` seeds python's ``random``, numpy and torch (globally, as
+lm-eval does) and the few-shot sampler of every task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import random
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replaceme.errors import ReplacemeError, did_you_mean
+from replaceme.evaluation.tasks import DATA_ENV, PACK_DIR, PACK_TASKS, resolve_data_dir
+
+log = logging.getLogger(__name__)
+
+#: task -> the metric reported as its score.
+PRIMARY_METRICS: dict[str, str] = {
+    "boolq": "acc",
+    "piqa": "acc",
+    "hellaswag": "acc_norm",
+    "arc_easy": "acc",
+    "arc_challenge": "acc_norm",
+    "openbookqa": "acc_norm",
+    "winogrande": "acc",
+    "sciq": "acc",
+    "lambada_openai": "acc",
+    "lambada_standard": "acc",
+    "mmlu": "acc",
+}
+#: Preference order for tasks not in :data:`PRIMARY_METRICS`.
+FALLBACK_METRICS = ("acc", "exact_match", "acc_norm", "f1", "mcc", "bleu", "word_perplexity", "perplexity")
+
+
+@dataclass
+class TaskResults:
+    """What :func:`run_tasks` returns.
+
+    Attributes:
+        metrics: task (or group) name -> value of its primary metric.
+        metric_names: task -> name of that metric.
+        details: task -> every metric (and stderr) lm-eval reported, plus
+            ``samples`` (documents evaluated) and ``num_fewshot``.
+        raw: lm-eval's results, JSON-able: ``results``, ``groups``,
+            ``configs``, ``versions``, ``n-shot``, ``n-samples``.
+    """
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    metric_names: dict[str, str] = field(default_factory=dict)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def run_tasks(
+    model: Any,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    *,
+    task_data: str | None = None,
+    tasks_dir: str | None = None,
+    num_fewshot: int | None = None,
+    limit: int | float | None = None,
+    batch_size: int = 8,
+    seed: int = 1234,
+    bootstrap_iters: int = 100,
+    max_length: int | None = None,
+) -> TaskResults:
+    """Evaluate ``model`` on lm-eval ``tasks`` in memory.
+
+    Args:
+        model: a ``transformers`` causal LM, already on its device and in eval mode.
+        tokenizer: its tokenizer (a copy is given to lm-eval, which would
+            otherwise set a pad token on it).
+        tasks: task, group or tag names.
+        task_data: offline-pack data directory (default ``$REPLACEME_TASK_DATA``).
+        tasks_dir: a directory of extra YAML tasks.
+        num_fewshot: few-shot examples (``None``: each task's default, 0 here).
+        limit: documents per task (int, or fraction < 1); ``None`` = all.
+        batch_size: requests per forward pass.
+        seed: seed for python/numpy/torch and the few-shot samplers.
+        bootstrap_iters: resamples for stderr of non-mean metrics; 0 = no stderr.
+        max_length: truncate prompts to this many tokens (default: the model's maximum).
+
+    Raises:
+        ReplacemeError: unknown task name, missing task data, or a task whose
+            dataset cannot be loaded (e.g. a hub task while offline).
+    """
+    if not tasks:
+        raise ReplacemeError("no lm-eval tasks given")
+    from lm_eval.evaluator import evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    loaded = _load_tasks(list(tasks), task_data=task_data, tasks_dir=tasks_dir)
+    objects = [obj for _, obj in loaded]
+    task_dict = TaskManager(include_defaults=False).load(objects)
+    for task in task_dict["tasks"].values():
+        _configure(task, num_fewshot, seed)
+
+    with _quiet("lm_eval.models.huggingface"):
+        lm = HFLM(
+            pretrained=model,
+            tokenizer=copy.deepcopy(tokenizer),
+            batch_size=batch_size,
+            backend="causal",
+            max_length=max_length,
+        )
+    _seed_everything(seed)
+    # lm-eval prints (bootstrap notices) on stdout, which carries our results.
+    with contextlib.redirect_stdout(sys.stderr):
+        results = evaluate(lm=lm, task_dict=task_dict, limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False)
+    return _collect(results, loaded)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _load_tasks(names: list[str], *, task_data: str | None, tasks_dir: str | None) -> list[tuple[str, Any]]:
+    """``(name, Task | Group)`` for each requested name (tags expand to several tasks)."""
+    from lm_eval.tasks import TaskManager
+
+    data_dir = resolve_data_dir(task_data) if (task_data or _env_data()) else None
+    managers: list[tuple[str, Any]] = []
+    if data_dir is not None:
+        managers.append(
+            ("offline pack", TaskManager(include_path=str(PACK_DIR), include_defaults=False, metadata={"task_data": str(data_dir)}))
+        )
+    if tasks_dir is not None:
+        if not Path(tasks_dir).is_dir():
+            raise ReplacemeError(f"tasks directory not found: {tasks_dir}")
+        managers.append(("tasks dir", TaskManager(include_path=str(tasks_dir), include_defaults=False)))
+
+    out: list[tuple[str, Any]] = []
+    registry = None
+    for name in names:
+        manager = next((m for _, m in managers if name in m.all_tasks), None)
+        if manager is None:
+            if registry is None:
+                log.info("indexing lm-eval's task registry")
+                registry = TaskManager(include_path=str(tasks_dir) if tasks_dir else None)
+            if name not in registry.all_tasks:
+                raise _unknown_task(name, registry.all_tasks, data_dir is not None)
+            manager = registry
+        out.extend((name, obj) for obj in _build(manager, name, offline=data_dir is None))
+    return out
+
+
+def _build(manager: Any, name: str, offline: bool) -> list[Any]:
+    """Instantiate one task/group/tag (this loads its dataset)."""
+    try:
+        with _quiet("lm_eval.api.task"):
+            loaded = manager.load([name])
+    except ReplacemeError:
+        raise
+    except Exception as exc:  # datasets/hub/network errors, bad YAML, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = ""
+        if offline and name in PACK_TASKS:
+            hint = f"; to use local copies pass --task-data DIR (or set {DATA_ENV})"
+        raise ReplacemeError(f"cannot load lm-eval task '{name}': {first}{hint}") from exc
+    if name in loaded["groups"]:
+        return [loaded["groups"][name]]
+    return list(loaded["tasks"].values())
+
+
+def _unknown_task(name: str, choices: Sequence[str], have_pack: bool) -> ReplacemeError:
+    pack = "" if have_pack else f"; the offline pack ({', '.join(PACK_TASKS)}) needs --task-data DIR"
+    return ReplacemeError(f"unknown lm-eval task '{name}'{did_you_mean(name, choices)}{pack}")
+
+
+def _env_data() -> str | None:
+    return os.environ.get(DATA_ENV) or None
+
+
+def _configure(task: Any, num_fewshot: int | None, seed: int) -> None:
+    """Few-shot count and sampler seed, as ``lm_eval.simple_evaluate`` sets them."""
+    if num_fewshot is not None:
+        if task.get_config("num_fewshot") == 0 and num_fewshot > 0:
+            log.info("%s fixes num_fewshot to 0 in its config", task.config.task)
+        else:
+            task.set_config(key="num_fewshot", value=num_fewshot)
+    elif task.get_config("num_fewshot") is None:
+        task.set_config(key="num_fewshot", value=0)
+    task.set_fewshot_seed(seed=seed)
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Silence one chatty lm-eval logger below ERROR for the duration.
+
+    Used around steps whose warnings are expected here: wrapping an in-memory
+    model in ``HFLM`` and loading ``custom_dataset`` tasks.
+    """
+    logger = logging.getLogger(logger_name)
+    before = logger.level
+    if logger.getEffectiveLevel() > logging.DEBUG:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _collect(results: dict[str, Any], loaded: list[tuple[str, Any]]) -> TaskResults:
+    """Primary metrics for the requested names, details for everything lm-eval reported."""
+    per_task = {**results.get("results", {}), **results.get("groups", {})}
+    reported: list[str] = []
+    for name, obj in loaded:
+        if _metrics_of(per_task.get(name, {})):
+            reported.append(name)  # a task, or a group with aggregate metrics
+        else:  # a tag, or a group without aggregation: its tasks
+            leaves = obj.get_all_tasks() if hasattr(obj, "get_all_tasks") else [obj]
+            reported.extend(t.task_name for t in leaves)
+    out = TaskResults()
+    for name in dict.fromkeys(reported):
+        values = _metrics_of(per_task.get(name, {}))
+        metric = primary_metric(name, values)
+        if metric is None:
+            log.warning("task %s reported no numeric metric", name)
+            continue
+        out.metrics[name] = values[metric]
+        out.metric_names[name] = metric
+    for name, row in per_task.items():
+        detail: dict[str, Any] = {**_metrics_of(row), **_stderrs_of(row)}
+        samples = results.get("n-samples", {}).get(name)
+        if samples:
+            detail["samples"] = samples.get("effective")
+        if name in results.get("n-shot", {}):
+            detail["num_fewshot"] = results["n-shot"][name]
+        out.details[name] = detail
+    keep = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "n-samples", "higher_is_better")
+    out.raw = jsonable({k: results[k] for k in keep if k in results})
+    return out
+
+
+def _metrics_of(row: dict[str, Any]) -> dict[str, float]:
+    """``{"acc": 0.5, ...}`` from lm-eval's ``{"acc,none": 0.5, "acc_stderr,none": ...}``."""
+    out = {}
+    for key, value in row.items():
+        metric, _, filt = key.partition(",")
+        if not filt or metric.endswith("_stderr") or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            out[metric if filt == "none" else f"{metric},{filt}"] = float(value)
+    return out
+
+
+def _stderrs_of(row: dict[str, Any]) -> dict[str, float | None]:
+    out = {}
+    for key, value in row.items():
+        metric, _, filt = key.partition(",")
+        if filt and metric.endswith("_stderr"):
+            name = metric if filt == "none" else f"{metric},{filt}"
+            out[name] = float(value) if isinstance(value, (int, float)) else None
+    return out
+
+
+def primary_metric(task: str, metrics: dict[str, float]) -> str | None:
+    """The metric reported for ``task`` among those it has (see :data:`PRIMARY_METRICS`)."""
+    preferred = PRIMARY_METRICS.get(task)
+    if preferred in metrics:
+        return preferred
+    for name in FALLBACK_METRICS:
+        if name in metrics:
+            return name
+    return next(iter(metrics), None)
+
+
+def jsonable(value: Any) -> Any:
+    """A copy of ``value`` that ``json.dumps`` accepts (functions and other objects as strings)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return jsonable(value.item())
+    except ImportError:  # pragma: no cover
+        pass
+    return getattr(value, "__name__", None) or str(value)
