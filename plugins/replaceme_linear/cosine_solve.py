@@ -101,7 +101,7 @@ def fit_transform(
             steps += 1
             history.append(value.item())
             if on_step:
-                on_step(1, float(value))
+                on_step(1, value.item())
             return value
 
         opt.step(closure)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 
 import click
 
@@ -47,6 +46,15 @@ class LazyGroup(click.Group):
         module, _, attr = target.partition(":")
         return getattr(importlib.import_module(module), attr)
 
+    def invoke(self, ctx: click.Context):
+        """Run the command; a :class:`ReplacemeError` becomes one line and exit status 2."""
+        try:
+            return super().invoke(ctx)
+        except ReplacemeError as exc:
+            error = click.ClickException(str(exc))
+            error.exit_code = 2
+            raise error from None
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, _HELP[name]) for name in COMMANDS]
         with formatter.section("Commands"):
@@ -76,23 +84,8 @@ def cli(verbose: int) -> None:
 
 
 def main() -> None:
-    """Console entry point: run the CLI, turning user errors into one line."""
-    try:
-        cli.main(standalone_mode=False)
-    except ReplacemeError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+    """Console entry point."""
+    cli(prog_name="replaceme")
 
 
 logging.getLogger("replaceme").addHandler(logging.NullHandler())

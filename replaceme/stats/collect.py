@@ -59,7 +59,7 @@ def split_batches(
     tokens = [int(m.sum()) for m in calib.masks]
     holdout: list[int] = []
     total = 0
-    for b in order[: calib.num_batches // 10]:
+    for b in order[: calib.num_batches // 10 if holdout_tokens > 0 else 0]:
         if holdout and total + tokens[b] > holdout_tokens:
             break
         holdout.append(b)
@@ -146,9 +146,10 @@ class _Accumulator:
 
     def mlp_output(self, i: int, m: torch.Tensor) -> None:
         if i in self.mlp_needed:
-            self.m[i] = m.detach()
+            m = m.detach().reshape(*self.mask.shape, -1)  # some models (OPT) flatten tokens in the MLP
+            self.m[i] = m
             if self.keep is not None and i in self.request.sample_mlp:
-                self.keep.mlp[i] = m.detach().to("cpu", copy=True)
+                self.keep.mlp[i] = m.to("cpu", copy=True)
 
     def boundary(self, j: int, x: torch.Tensor) -> None:
         x = x.detach()
@@ -184,7 +185,7 @@ class _Accumulator:
                 if e != j:
                     continue
                 X = self.m[s - 1][sel].to(self.device, torch.float64)
-                Y = (x[sel] - self.x[s][sel]).to(self.device, torch.float64) + X
+                Y = x[sel].to(self.device, torch.float64) - self.x[s][sel].to(self.device, torch.float64) + X
                 self.xty[(s, e, with_pad)].addmm_(X.T, Y)
                 self.yty[(s, e, with_pad)] += float((Y * Y).sum())
 
