@@ -31,6 +31,8 @@ stderr = Console(stderr=True)
 
 def setup_logging(verbose: int = 0) -> None:
     """Route the ``replaceme`` logger (and warnings) to stderr through rich."""
+    if verbose < 2:  # our own bars replace the per-file bars of transformers and the hub
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logger = logging.getLogger("replaceme")
     logger.handlers = [RichHandler(console=stderr, show_path=False, show_time=False, markup=False)]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -14,6 +14,13 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEMO_MODEL = "demo"
 
 
+def quiet_transformers() -> None:
+    """Turn off transformers' per-file progress bars (ours cover the long steps)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def resolve_device(device: str = "auto") -> str:
     """``auto`` means CUDA when available, else CPU."""
     import torch
@@ -70,6 +77,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
     path = resolve_model_path(name_or_path)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
