@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -25,7 +26,8 @@ from rich.table import Table
 
 T = TypeVar("T")
 
-stdout = Console(soft_wrap=True)
+#: results go to stdout; when it is not a terminal (a file, a pipe) tables keep their full width
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 stderr = Console(stderr=True)
 
 

@@ -92,3 +92,13 @@ def resolve_method(
     if selector or compensator or merger:
         label = f"{instances['selector'].name}+{instances['compensator'].name}"
     return ResolvedMethod(label, method, instances["selector"], instances["compensator"], instances["merger"], options)
+
+
+def declares_option(name: str, key: str, *, selector: str | None = None, compensator: str | None = None) -> bool:
+    """Whether method ``name`` (with optional stage swaps) has an option ``key``."""
+    reg = registry()
+    method = reg.method(name)
+    comp = reg.get("compensators", compensator or method.compensator)
+    stages = [reg.get("selectors", selector or method.selector), comp,
+              reg.get("mergers", (method.merger if compensator is None else None) or comp.default_merger)]
+    return any(key in option_fields(stage.Options) for stage in stages)

@@ -1,0 +1,151 @@
+"""What a comparison runs: a plain, JSON-able description (from flags or ``--plan``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replaceme.calibration import CalibrationSpec
+from replaceme.errors import ReplacemeError
+from replaceme.evaluation.spec import EvalSpec
+
+BASELINE = "baseline"
+
+
+@dataclass
+class MethodEntry:
+    """One method of a comparison.
+
+    Attributes:
+        name: registered method name.
+        label: row label (default: the name; must be unique in a plan).
+        options: method options (``-o`` keys).
+        selector, compensator: stage swaps.
+    """
+
+    name: str
+    label: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    selector: str | None = None
+    compensator: str | None = None
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.name
+
+
+@dataclass
+class ComparePlan:
+    """A whole comparison.
+
+    Attributes:
+        model: model directory, hub id, or ``demo``.
+        methods: the methods, in table order.
+        layers: layer budgets (net layers removed); every method runs at each.
+        calibration: the shared calibration set.
+        evaluation: the shared evaluation.
+        seed: seeds calibration sampling and training.
+        device, dtype: where pruning runs (evaluation follows ``evaluation``).
+    """
+
+    model: str
+    methods: list[MethodEntry]
+    layers: list[int]
+    calibration: CalibrationSpec
+    evaluation: EvalSpec
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        labels = [m.label for m in self.methods]
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise ReplacemeError(f"method label(s) used twice: {', '.join(duplicates)} (give each a distinct label)")
+        if not self.methods:
+            raise ReplacemeError("no methods to compare")
+        if not self.layers or any(n < 1 for n in self.layers):
+            raise ReplacemeError("--layers needs one or more budgets >= 1, e.g. --layers 1,2")
+        if self.evaluation.is_empty:
+            raise ReplacemeError("nothing to evaluate: give --ppl and/or --tasks")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "methods": [asdict(m) for m in self.methods],
+            "layers": self.layers,
+            "calibration": self.calibration.to_dict(),
+            "evaluation": self.evaluation.to_dict(),
+            "seed": self.seed,
+            "device": self.device,
+            "dtype": self.dtype,
+        }
+
+    def row_key(self, label: str, layers: int) -> str:
+        """Identity of one row: everything that shapes its numbers.
+
+        A finished row is reused on resume only when its key matches, so editing
+        a method's options, the data or the evaluation recomputes what changed.
+        """
+        entry = next((asdict(m) for m in self.methods if m.label == label), None)
+        shared = {k: v for k, v in self.to_dict().items() if k not in ("methods", "layers")}
+        blob = json.dumps({"shared": shared, "method": entry, "layers": layers}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def parse_layers(text: str) -> list[int]:
+    """``"1,2,4"`` -> ``[1, 2, 4]``."""
+    try:
+        values = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise ReplacemeError(f"--layers expects comma-separated integers, got {text!r}") from None
+    return values
+
+
+def read_plan_file(path: str | Path) -> dict[str, Any]:
+    """Read a ``--plan`` YAML (``safe_load``): keys mirror the command's options.
+
+    Example::
+
+        model: ./llama
+        layers: [4, 8]
+        methods:
+          - uidl
+          - name: replaceme-cosine
+            label: cosine-lbfgs
+            options: {solver: lbfgs}
+        calib: wikitext:wikitext-2-raw-v1
+        calib_samples: 256
+        ppl: [wikitext:wikitext-2-raw-v1]
+        tasks: [boolq, piqa]
+        limit: 200
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ReplacemeError(f"plan file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ReplacemeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ReplacemeError(f"{path}: expected a mapping")
+    methods = []
+    for item in data.pop("methods", []) or []:
+        if isinstance(item, str):
+            methods.append(MethodEntry(item))
+        elif isinstance(item, dict) and "name" in item:
+            unknown_keys = set(item) - {"name", "label", "options", "selector", "compensator"}
+            if unknown_keys:
+                raise ReplacemeError(f"{path}: unknown method key(s) {', '.join(sorted(unknown_keys))}")
+            methods.append(MethodEntry(**item))
+        else:
+            raise ReplacemeError(f"{path}: each method is a name or a mapping with 'name'")
+    data["methods"] = methods
+    if "layers" in data and not isinstance(data["layers"], list):
+        data["layers"] = parse_layers(data["layers"])
+    return data

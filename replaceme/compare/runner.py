@@ -1,0 +1,207 @@
+"""Run a comparison: one model load, one calibration pass, a fresh copy of the
+same weights per method, one evaluation spec for all, rows saved as they finish."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replaceme.compare.plan import BASELINE, ComparePlan
+from replaceme.compare.results import Row, write_exports
+from replaceme.errors import ReplacemeError
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Comparison:
+    """The outcome: rows in table order, provenance, and whether any row failed."""
+
+    rows: list[Row]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    written: list[Path] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Row]:
+        return [r for r in self.rows if r.error]
+
+
+def _plan_hash(plan: ComparePlan) -> str:
+    return hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def prepare_output(out: Path, plan: ComparePlan, overwrite: bool) -> None:
+    """Create ``out`` or resume in it; refuse to mix a different comparison in without ``--overwrite``."""
+    from replaceme.paths import write_json_atomic
+
+    manifest = out / MANIFEST
+    if out.exists() and any(out.iterdir()):
+        same = manifest.exists() and json.loads(manifest.read_text()).get("plan_hash") == _plan_hash(plan)
+        if not same and not overwrite:
+            raise ReplacemeError(
+                f"output directory {out} holds other results (use --overwrite to replace them)"
+            )
+        if not same:
+            shutil.rmtree(out)
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(manifest, {"plan_hash": _plan_hash(plan), "plan": plan.to_dict()})
+
+
+def _load_row(out: Path | None, key: str) -> Row | None:
+    if out is None:
+        return None
+    path = out / "rows" / f"{key}.json"
+    if not path.exists():
+        return None
+    try:
+        return Row.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        log.warning("ignoring unreadable row %s: %s", path, exc)
+        return None
+
+
+def _save_row(out: Path | None, row: Row) -> None:
+    if out is not None:
+        from replaceme.paths import write_json_atomic
+
+        write_json_atomic(out / "rows" / f"{row.key}.json", row.to_dict())
+
+
+def _release() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: bool = False, use_cache: bool = True) -> Comparison:
+    """Run ``plan``; with ``output``, rows are saved as they finish and reused on a re-run.
+
+    A method that raises gets a row with its error and the others go on.
+    """
+    import torch
+
+    from replaceme.adapters import adapter_for
+    from replaceme.calibration import build_calibration
+    from replaceme.evaluation import evaluate
+    from replaceme.loading import load_model
+    from replaceme.methods import resolve_method
+    from replaceme.pipeline import apply_method, check_layers, gather_stats
+    from replaceme.provenance import device_info, versions
+    from replaceme.resources import Meter
+
+    resolved = {m.label: resolve_method(m.name, m.options, selector=m.selector, compensator=m.compensator) for m in plan.methods}
+    if output is not None:
+        prepare_output(output, plan, overwrite)
+    model, tokenizer = load_model(plan.model, device=plan.device, dtype=plan.dtype, trust_remote_code=plan.trust_remote_code)
+    adapter = adapter_for(model)
+    num_layers = adapter.num_layers(model)
+    for n in plan.layers:
+        check_layers(n, num_layers)
+
+    order = [(BASELINE, 0)] + [(m.label, n) for n in plan.layers for m in plan.methods]
+    rows: dict[tuple[str, int], Row] = {}
+    for label, n in order:
+        done = _load_row(output, plan.row_key(label, n))
+        if done is not None:
+            rows[(label, n)] = done
+    pending = [(label, n) for label, n in order if (label, n) not in rows and label != BASELINE]
+    if rows:
+        log.info("resuming: %d of %d rows already done", len(rows), len(order))
+    provenance: dict[str, Any] = {
+        "plan": plan.to_dict(), "versions": versions(), "device": device_info(),
+        "options": {label: r.options() for label, r in resolved.items()}, "layers_before": num_layers,
+    }
+
+    stats = None
+    if pending:
+        torch.manual_seed(plan.seed)
+        calib = build_calibration(plan.calibration, tokenizer)
+        request = None
+        for label, n in pending:
+            req = resolved[label].stats_request(num_layers, n)
+            request = req if request is None else request.union(req)
+        max_size = max(plan.layers) + 1
+        request.block_sizes |= set(range(1, min(max_size, num_layers - 1) + 1))
+        with Meter() as meter:
+            stats = gather_stats(model, adapter, calib, request, use_cache=use_cache)
+        provenance["statistics"] = {"seconds": meter.usage.seconds, "peak_rss_mb": meter.usage.peak_rss / 2**20,
+                                    "tokens": stats.tokens, "sequences": stats.sequences,
+                                    "memory_bytes": stats.memory_bytes(), "request": request.to_dict()}
+        log.info("shared calibration pass: %d tokens, %.1f s", stats.tokens, meter.usage.seconds)
+        if output is not None:
+            _write_distances(stats, max(plan.layers), output)
+
+    def finish() -> Comparison:
+        table_rows = [rows[k] for k in order if k in rows]
+        written = write_exports(table_rows, output, provenance) if output is not None else []
+        return Comparison(table_rows, provenance, written)
+
+    for i, (label, n) in enumerate(pending, 1):
+        method = resolved[label]
+        log.info("[%d/%d] %s, %d layer(s) removed", i, len(pending), label, n)
+        row = Row(label=label, method=method.method.name, layers=n, key=plan.row_key(label, n))
+        pruned = None
+        try:
+            with Meter() as meter:
+                pruned = copy.deepcopy(model)
+                outcome = apply_method(pruned, adapter, method, n, stats, seed=plan.seed)
+                t0 = time.perf_counter()
+                result = evaluate(pruned, tokenizer, plan.evaluation)
+                row.eval_seconds = time.perf_counter() - t0
+            row.blocks = " ".join(str(b) for b in outcome.plan.blocks)
+            row.metrics = dict(result.metrics)
+            row.prune_seconds = sum(outcome.usage[s].seconds for s in ("select", "compensate", "merge"))
+            row.params = sum(p.numel() for p in pruned.parameters())
+            row.num_layers = outcome.layers_after
+            row.details = {"outcome": outcome.to_dict()}
+            row.peak_rss_mb, row.peak_cuda_mb = meter.usage.peak_rss / 2**20, _mb(meter.usage.peak_cuda)
+        except (ReplacemeError, RuntimeError, ValueError, KeyError, torch.OutOfMemoryError, NotImplementedError) as exc:
+            row.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.error("%s at %d layers failed: %s", label, n, row.error)
+            log.debug("traceback", exc_info=True)
+        finally:
+            del pruned
+            _release()
+        rows[(label, n)] = row
+        _save_row(output, row)
+        finish()
+
+    if (BASELINE, 0) not in rows:  # last, in place: evaluation may cast the model
+        log.info("baseline (unpruned)")
+        with Meter() as meter:
+            result = evaluate(model, tokenizer, plan.evaluation)
+        row = Row(label=BASELINE, method=BASELINE, layers=0, key=plan.row_key(BASELINE, 0), metrics=dict(result.metrics),
+                  eval_seconds=meter.usage.seconds, peak_rss_mb=meter.usage.peak_rss / 2**20,
+                  peak_cuda_mb=_mb(meter.usage.peak_cuda), params=sum(p.numel() for p in model.parameters()),
+                  num_layers=num_layers)
+        rows[(BASELINE, 0)] = row
+        _save_row(output, row)
+    return finish()
+
+
+def _mb(value: int | None) -> float | None:
+    return None if value is None else value / 2**20
+
+
+def _write_distances(stats: Any, max_size: int, out: Path) -> None:
+    from replaceme.distances import distance_frame
+    from replaceme.paths import write_text_atomic
+    from replaceme.plots import distance_heatmap
+
+    sizes = [n for n in range(1, max_size + 1) if n in stats.angular]
+    if not sizes:
+        return
+    frame = distance_frame(stats, max(sizes))
+    write_text_atomic(out / "distances.csv", frame.to_csv(index=False))
+    distance_heatmap(frame, out / "distances.png")
