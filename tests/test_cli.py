@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import tiny_model
+from tiny import tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from replaceme.cli import cli
@@ -147,7 +147,7 @@ def test_distances_command(tmp_path, tiny_dir, calib_file):
     result = invoke("distances", tiny_dir, "-n", 2, "--calib", calib_file, "--calib-samples", 8,
                     "--json", "--csv", csv, "--plot", png)
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     assert len(rows) == 5 + 4  # sizes 1 and 2, starts from layer 1
     assert sum(r["best"] for r in rows) == 2
     assert csv.read_text().startswith("start,end,size,distance")

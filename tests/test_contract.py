@@ -9,7 +9,7 @@ import copy
 
 import pytest
 import torch
-from conftest import ARCHS, tiny_model
+from tiny import ARCHS, tiny_model
 from transformers import AutoModelForCausalLM
 
 import replaceme

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS, tiny_model
+from tiny import ARCHS, tiny_model
 
 from replaceme.adapters import adapter_for
 from replaceme.surgery import fold_linear_map

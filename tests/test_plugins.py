@@ -32,7 +32,7 @@ def _installed(dist: str) -> bool:
 def test_builtin_methods_are_listed_with_options():
     result = CliRunner().invoke(cli, ["methods", "--json"])
     assert result.exit_code == 0, result.output
-    catalog = json.loads(result.output)
+    catalog = json.loads(result.stdout)
     methods = {m["name"]: m for m in catalog["methods"]}
     assert {"block-removal", "uidl", "replaceme-lstsq", "replaceme-cosine"} <= set(methods)
     assert {o["name"] for o in methods["uidl"]["options"]} == {"num_blocks", "merge_consecutive"}
@@ -42,8 +42,8 @@ def test_builtin_methods_are_listed_with_options():
 @pytest.mark.skipif(not _installed("replaceme-fake"), reason="tests/fake_plugin is not installed (CI installs it)")
 def test_installed_third_party_plugin_shows_up():
     result = CliRunner().invoke(cli, ["methods", "--json"])
-    assert "fake-first" in {m["name"] for m in json.loads(result.output)["methods"]}
-    plugins = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).output)
+    assert "fake-first" in {m["name"] for m in json.loads(result.stdout)["methods"]}
+    plugins = json.loads(CliRunner().invoke(cli, ["plugins", "--json"]).stdout)
     fake = next(p for p in plugins if p["name"] == "fake")
     assert fake["distribution"] == "replaceme-fake" and fake["version"] == "0.0.1"
     assert "method:fake-first" in fake["contributes"]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model
+from tiny import tiny_model
 
 from replaceme.adapters import adapter_for
 from replaceme.calibration import CalibrationSpec, build_calibration

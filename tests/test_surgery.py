@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS, tiny_config, tiny_model
+from tiny import ARCHS, tiny_config, tiny_model
 from transformers import AutoModelForCausalLM
 
 from replaceme.adapters import adapter_for

@@ -35,17 +35,20 @@ class Comparison:
         return [r for r in self.rows if r.error]
 
 
-def _plan_hash(plan: ComparePlan) -> str:
-    return hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:20]
+def _shared_hash(plan: ComparePlan) -> str:
+    """Identity of what all rows share (model, calibration, evaluation, seed)."""
+    shared = {k: v for k, v in plan.to_dict().items() if k not in ("methods", "layers")}
+    return hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
 def prepare_output(out: Path, plan: ComparePlan, overwrite: bool) -> None:
-    """Create ``out`` or resume in it; refuse to mix a different comparison in without ``--overwrite``."""
+    """Create ``out``, or resume (or extend with more methods/budgets) a comparison of
+    the same model, calibration and evaluation in it; anything else needs ``overwrite``."""
     from replaceme.paths import write_json_atomic
 
     manifest = out / MANIFEST
     if out.exists() and any(out.iterdir()):
-        same = manifest.exists() and json.loads(manifest.read_text()).get("plan_hash") == _plan_hash(plan)
+        same = manifest.exists() and json.loads(manifest.read_text()).get("shared_hash") == _shared_hash(plan)
         if not same and not overwrite:
             raise ReplacemeError(
                 f"output directory {out} holds other results (use --overwrite to replace them)"
@@ -53,7 +56,7 @@ def prepare_output(out: Path, plan: ComparePlan, overwrite: bool) -> None:
         if not same:
             shutil.rmtree(out)
     (out / "rows").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(manifest, {"plan_hash": _plan_hash(plan), "plan": plan.to_dict()})
+    write_json_atomic(manifest, {"shared_hash": _shared_hash(plan), "plan": plan.to_dict()})
 
 
 def _load_row(out: Path | None, key: str) -> Row | None:
