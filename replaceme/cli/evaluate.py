@@ -57,7 +57,8 @@ def split_names(values: tuple[str, ...]) -> list[str]:
 @click.option("--task-data", type=click.Path(file_okay=False), envvar="REPLACEME_TASK_DATA", default=None,
               help="Local copies for the offline task pack (boolq, piqa, hellaswag, arc_easy, arc_challenge, "
                    "openbookqa, winogrande, sciq, lambada_openai). [env: REPLACEME_TASK_DATA]")
-@click.option("--num-fewshot", type=click.IntRange(min=0), default=None, help="Few-shot examples per prompt. [default: 0]")
+@click.option("--num-fewshot", type=click.IntRange(min=0), default=None,
+              help="Few-shot examples per prompt. [default: 0]")
 @click.option("--limit", type=LimitType(), default=None, help="Documents per task: a count, or a fraction < 1.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="lm-eval requests per forward pass.")

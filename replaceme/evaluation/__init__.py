@@ -37,6 +37,8 @@ def evaluate(model: Any, tokenizer: Any, spec: EvalSpec) -> EvalResult:
     The model is first moved and cast **in place** to ``spec.device`` /
     ``spec.dtype`` (see :func:`replaceme.evaluation.device.place_model`) and
     put in eval mode; it is otherwise untouched. The tokenizer is not modified.
+    Running lm-eval tasks reseeds python's, numpy's and torch's global RNGs
+    with ``spec.seed`` (as lm-eval does).
 
     Args:
         model: a Hugging Face causal LM (any ``*ForCausalLM``).

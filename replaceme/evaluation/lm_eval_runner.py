@@ -11,26 +11,31 @@ is never saved or reloaded. Tasks come from three places:
 - a directory of the user's own YAML tasks (``tasks_dir=``);
 - lm-eval's registry (datasets from the Hugging Face hub; needs the internet).
 
-Each source gets its own ``TaskManager``, so equal names never shadow each
-other, and lm-eval's full registry (slow to index, ~10 s) is built only when a
-name is found nowhere else.
+A name is looked up in that order (pack, then ``tasks_dir``, then the
+registry). Each source gets its own ``TaskManager``, so equal names never
+shadow each other inside lm-eval, and lm-eval's full registry (slow to index,
+~10 s) is built only when a name is found nowhere else, at most once per process.
 
-**Primary metric.** Each task reports one number, following the convention
-of the depth/width-pruning literature (LLM-Pruner, SliceGPT, ShortGPT, ...):
-length-normalised accuracy ``acc_norm`` for HellaSwag, ARC-Challenge and
-OpenBookQA, plain ``acc`` for BoolQ, PIQA, Winogrande, ARC-Easy, SciQ and
-LAMBADA (see :data:`PRIMARY_METRICS`). Other tasks use the first of
+**Primary metric.** Each task reports one number: length-normalised accuracy
+``acc_norm`` where it is customary (HellaSwag, ARC-Challenge, OpenBookQA, as
+the Open LLM Leaderboard and many pruning papers report them), plain ``acc``
+for BoolQ, PIQA, Winogrande, ARC-Easy, SciQ and LAMBADA (see
+:data:`PRIMARY_METRICS`). Other tasks use the first of
 ``acc``, ``exact_match``, ``acc_norm``, ... they report. Every metric lm-eval
 computed stays available in :attr:`TaskResults.details`.
 
 Seeding: ``seed`` seeds python's ``random``, numpy and torch (globally, as
 lm-eval does) and the few-shot sampler of every task.
+
+Precision: with a half-precision model, log-probabilities are computed in
+float32 (lm-eval's ``softmax_dtype``); everything else is lm-eval's default.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import math
 import os
@@ -129,6 +134,7 @@ def run_tasks(
     for task in task_dict["tasks"].values():
         _configure(task, num_fewshot, seed)
 
+    half = getattr(model, "dtype", None) is not None and str(model.dtype) != "torch.float32"
     with _quiet("lm_eval.models.huggingface"):
         lm = HFLM(
             pretrained=model,
@@ -136,6 +142,9 @@ def run_tasks(
             batch_size=batch_size,
             backend="causal",
             max_length=max_length,
+            # log-probabilities of a half-precision model in float32: choices
+            # often differ by less than bfloat16's resolution
+            softmax_dtype="float32" if half else None,
         )
     _seed_everything(seed)
     # lm-eval prints (bootstrap notices) on stdout, which carries our results.
@@ -148,36 +157,50 @@ def run_tasks(
 
 
 def _load_tasks(names: list[str], *, task_data: str | None, tasks_dir: str | None) -> list[tuple[str, Any]]:
-    """``(name, Task | Group)`` for each requested name (tags expand to several tasks)."""
+    """``(name, Task | Group)`` for each requested name (a tag gives several tasks)."""
     from lm_eval.tasks import TaskManager
 
-    data_dir = resolve_data_dir(task_data) if (task_data or _env_data()) else None
-    managers: list[tuple[str, Any]] = []
+    data_dir = resolve_data_dir(task_data) if (task_data or os.environ.get(DATA_ENV)) else None
+    managers = []  # in order of precedence
     if data_dir is not None:
-        managers.append(
-            ("offline pack", TaskManager(include_path=str(PACK_DIR), include_defaults=False, metadata={"task_data": str(data_dir)}))
-        )
+        metadata = {"task_data": str(data_dir)}
+        managers.append(TaskManager(include_path=str(PACK_DIR), include_defaults=False, metadata=metadata))
     if tasks_dir is not None:
         if not Path(tasks_dir).is_dir():
             raise ReplacemeError(f"tasks directory not found: {tasks_dir}")
-        managers.append(("tasks dir", TaskManager(include_path=str(tasks_dir), include_defaults=False)))
+        managers.append(TaskManager(include_path=str(tasks_dir), include_defaults=False))
 
     out: list[tuple[str, Any]] = []
+    seen: set[str] = set()
     registry = None
-    for name in names:
-        manager = next((m for _, m in managers if name in m.all_tasks), None)
+    for name in dict.fromkeys(names):
+        manager = next((m for m in managers if name in m.all_tasks), None)
         if manager is None:
             if registry is None:
-                log.info("indexing lm-eval's task registry")
-                registry = TaskManager(include_path=str(tasks_dir) if tasks_dir else None)
+                registry = _registry(str(tasks_dir) if tasks_dir else None)
             if name not in registry.all_tasks:
-                raise _unknown_task(name, registry.all_tasks, data_dir is not None)
+                raise _unknown_task(name, registry.all_tasks)
             manager = registry
-        out.extend((name, obj) for obj in _build(manager, name, offline=data_dir is None))
+        for obj in _build(manager, name, pack_enabled=data_dir is not None):
+            leaves = {t.task_name for t in obj.get_all_tasks()} if hasattr(obj, "get_all_tasks") else {obj.task_name}
+            if leaves & seen:
+                repeated = ", ".join(sorted(leaves & seen))
+                raise ReplacemeError(f"task '{name}' repeats tasks already requested: {repeated}")
+            seen |= leaves
+            out.append((name, obj))
     return out
 
 
-def _build(manager: Any, name: str, offline: bool) -> list[Any]:
+@functools.lru_cache(maxsize=4)
+def _registry(tasks_dir: str | None) -> Any:
+    """lm-eval's full task index (plus ``tasks_dir``); built once per process, it takes seconds."""
+    from lm_eval.tasks import TaskManager
+
+    log.info("indexing lm-eval's task registry")
+    return TaskManager(include_path=tasks_dir)
+
+
+def _build(manager: Any, name: str, pack_enabled: bool) -> list[Any]:
     """Instantiate one task/group/tag (this loads its dataset)."""
     try:
         with _quiet("lm_eval.api.task"):
@@ -187,7 +210,7 @@ def _build(manager: Any, name: str, offline: bool) -> list[Any]:
     except Exception as exc:  # datasets/hub/network errors, bad YAML, ...
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         hint = ""
-        if offline and name in PACK_TASKS:
+        if not pack_enabled and name in PACK_TASKS:
             hint = f"; to use local copies pass --task-data DIR (or set {DATA_ENV})"
         raise ReplacemeError(f"cannot load lm-eval task '{name}': {first}{hint}") from exc
     if name in loaded["groups"]:
@@ -195,13 +218,8 @@ def _build(manager: Any, name: str, offline: bool) -> list[Any]:
     return list(loaded["tasks"].values())
 
 
-def _unknown_task(name: str, choices: Sequence[str], have_pack: bool) -> ReplacemeError:
-    pack = "" if have_pack else f"; the offline pack ({', '.join(PACK_TASKS)}) needs --task-data DIR"
-    return ReplacemeError(f"unknown lm-eval task '{name}'{did_you_mean(name, choices)}{pack}")
-
-
-def _env_data() -> str | None:
-    return os.environ.get(DATA_ENV) or None
+def _unknown_task(name: str, choices: Sequence[str]) -> ReplacemeError:
+    return ReplacemeError(f"unknown lm-eval task '{name}'{did_you_mean(name, choices)}")
 
 
 def _configure(task: Any, num_fewshot: int | None, seed: int) -> None:

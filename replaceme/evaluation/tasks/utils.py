@@ -147,7 +147,8 @@ def _mc_rows(path: Path) -> list[dict[str, Any]]:
     for number, row in enumerate(rows, 1):
         _require(row, ("query", "choices", "gold"), path, number)
         if not 0 <= int(row["gold"]) < len(row["choices"]):
-            raise ReplacemeError(f"{path}: row {number} has gold {row['gold']} outside its {len(row['choices'])} choices")
+            count = len(row["choices"])
+            raise ReplacemeError(f"{path}: row {number}: gold {row['gold']} is not one of {count} choices")
     return rows
 
 
@@ -161,7 +162,9 @@ def load_arc(task_data: str | None = None, file: str = "mc/ARC-Easy.mc.jsonl", *
 def load_openbookqa(task_data: str | None = None, file: str = "mc/openbookqa.mc.jsonl", **_: Any):
     """OpenBookQA as ``question_stem``, ``choices``, ``gold``."""
     path = data_file(task_data, file)
-    rows = [{"question_stem": r["query"], "choices": list(r["choices"]), "gold": int(r["gold"])} for r in _mc_rows(path)]
+    rows = [
+        {"question_stem": r["query"], "choices": list(r["choices"]), "gold": int(r["gold"])} for r in _mc_rows(path)
+    ]
     return _dataset(rows, path)
 
 
@@ -186,9 +189,8 @@ def load_winogrande(task_data: str | None = None, file: str = "mc/winogrande.mc.
     for number, r in enumerate(_mc_rows(path), 1):
         if len(r["choices"]) != 2 or "_" not in r["query"]:
             raise ReplacemeError(f"{path}: row {number} needs two choices and a '_' blank")
-        rows.append(
-            {"sentence": r["query"], "option1": r["choices"][0], "option2": r["choices"][1], "answer": str(int(r["gold"]) + 1)}
-        )
+        option1, option2 = r["choices"]
+        rows.append({"sentence": r["query"], "option1": option1, "option2": option2, "answer": str(int(r["gold"]) + 1)})
     return _dataset(rows, path)
 
 
