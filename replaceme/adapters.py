@@ -27,12 +27,14 @@ class ModelAdapter:
         mlp_out_path: dotted path from a decoder layer to its MLP output projection.
         mlp_out_layout: ``"linear"`` (``nn.Linear``, weight ``[out, in]``, ``y = x Wᵀ + b``)
             or ``"conv1d"`` (GPT-2's ``Conv1D``, weight ``[in, out]``, ``y = x W + b``).
+        attention_path: dotted path from a decoder layer to its self-attention module.
     """
 
     name: str
     layers_path: str
     mlp_out_path: str
     mlp_out_layout: Literal["linear", "conv1d"] = "linear"
+    attention_path: str = "self_attn"
 
     def layers(self, model: Any) -> Any:
         """The ``ModuleList`` of decoder layers."""
@@ -44,6 +46,10 @@ class ModelAdapter:
     def mlp_out(self, model: Any, index: int) -> Any:
         """The MLP output projection of decoder layer ``index``."""
         return _get(self.layers(model)[index], self.mlp_out_path)
+
+    def attention(self, layer: Any) -> Any:
+        """The self-attention module of a decoder layer."""
+        return _get(layer, self.attention_path)
 
     def matches(self, model: Any) -> bool:
         try:
@@ -65,10 +71,10 @@ _LLAMA_LIKE = ModelAdapter("llama-like", "model.layers", "mlp.down_proj")
 #: model_type -> adapter, for the architectures we test.
 BUILTIN_ADAPTERS: dict[str, ModelAdapter] = {
     **{t: ModelAdapter(t, "model.layers", "mlp.down_proj") for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3")},
-    "gpt2": ModelAdapter("gpt2", "transformer.h", "mlp.c_proj", "conv1d"),
+    "gpt2": ModelAdapter("gpt2", "transformer.h", "mlp.c_proj", "conv1d", "attn"),
     "opt": ModelAdapter("opt", "model.decoder.layers", "fc2"),
-    "gpt_neox": ModelAdapter("gpt_neox", "gpt_neox.layers", "mlp.dense_4h_to_h"),
-    "falcon": ModelAdapter("falcon", "transformer.h", "mlp.dense_4h_to_h"),
+    "gpt_neox": ModelAdapter("gpt_neox", "gpt_neox.layers", "mlp.dense_4h_to_h", attention_path="attention"),
+    "falcon": ModelAdapter("falcon", "transformer.h", "mlp.dense_4h_to_h", attention_path="self_attention"),
 }
 
 

@@ -22,7 +22,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own statistics cache and no progress bars."""
     monkeypatch.setenv("REPLACEME_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("REPLACEME_NO_PROGRESS", "1")
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and robust on a busy machine
 
 
 @pytest.fixture(scope="session")

@@ -45,12 +45,12 @@ VOCAB = 128
 H, FF, L = 32, 64, 6
 
 
-def tiny_config(arch: str):
-    """A small config (hidden 32, 6 layers, vocab 128) for each supported architecture."""
+def tiny_config(arch: str, layers: int = L):
+    """A small config (hidden 32, ``layers`` layers, vocab 128) for each supported architecture."""
     import transformers as tf
 
     common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    llama_like = dict(hidden_size=H, intermediate_size=FF, num_hidden_layers=L, num_attention_heads=4,
+    llama_like = dict(hidden_size=H, intermediate_size=FF, num_hidden_layers=layers, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=256, **common)
     if arch == "llama":
         return tf.LlamaConfig(**llama_like, tie_word_embeddings=True)
@@ -65,15 +65,15 @@ def tiny_config(arch: str):
     if arch == "phi3":
         return tf.Phi3Config(**llama_like)
     if arch == "gpt2":
-        return tf.GPT2Config(n_embd=H, n_layer=L, n_head=4, n_positions=256, **common)
+        return tf.GPT2Config(n_embd=H, n_layer=layers, n_head=4, n_positions=256, **common)
     if arch == "opt":
-        return tf.OPTConfig(hidden_size=H, ffn_dim=FF, num_hidden_layers=L, num_attention_heads=4,
+        return tf.OPTConfig(hidden_size=H, ffn_dim=FF, num_hidden_layers=layers, num_attention_heads=4,
                             max_position_embeddings=256, word_embed_proj_dim=H, **common)
     if arch == "gpt_neox":
-        return tf.GPTNeoXConfig(hidden_size=H, intermediate_size=FF, num_hidden_layers=L, num_attention_heads=4,
+        return tf.GPTNeoXConfig(hidden_size=H, intermediate_size=FF, num_hidden_layers=layers, num_attention_heads=4,
                                 max_position_embeddings=256, **common)
     if arch == "falcon":
-        return tf.FalconConfig(hidden_size=H, num_hidden_layers=L, num_attention_heads=4, new_decoder_architecture=False,
+        return tf.FalconConfig(hidden_size=H, num_hidden_layers=layers, num_attention_heads=4, new_decoder_architecture=False,
                                multi_query=True, parallel_attn=True, bias=True, **common)
     raise KeyError(arch)
 
@@ -81,12 +81,12 @@ def tiny_config(arch: str):
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "gpt2", "opt", "gpt_neox", "falcon"]
 
 
-def tiny_model(arch: str, seed: int = 0):
+def tiny_model(arch: str, seed: int = 0, layers: int = L):
     """A randomly initialised tiny causal LM in eval mode, with biases perturbed so folds are tested."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch))
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("bias"):

@@ -92,6 +92,6 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     diagnostics = [c for c in result.outcome.compensations if c.diagnostics]
     if diagnostics:
         keys = sorted({k for c in diagnostics for k, v in c.diagnostics.items() if isinstance(v, (int, float))})
-        stdout.print(table("Compensation diagnostics", ["block", *keys],
-                           [[str(c.block), *(c.diagnostics.get(k) for k in keys)] for c in diagnostics]))
+        stdout.print(table("Compensation diagnostics", ["", *(str(c.block) for c in diagnostics)],
+                           [[k, *(c.diagnostics.get(k) for c in diagnostics)] for k in keys]))
     stdout.print(f"saved to {out}")

@@ -20,6 +20,7 @@ blocks ending at L; our tables differ from it there on purpose.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import random
@@ -93,6 +94,20 @@ def _portable_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
             out[key] = _to_cpu(value)
         except TypeError:
             log.debug("layer kwarg %s of type %s not kept in the sample", key, type(value).__name__)
+    return out
+
+
+def _bind(signature: inspect.Signature, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A layer call's arguments by name (positional ones too: GPT-2 passes its mask
+    positionally), with ``**kwargs`` flattened; the first entry is the hidden states."""
+    bound = signature.bind_partial(*args, **kwargs).arguments
+    out: dict[str, Any] = {}
+    for name, value in bound.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+            out[name] = value
     return out
 
 
@@ -245,11 +260,14 @@ def collect_stats(
     want_kwargs = set(request.layer_kwargs)
 
     def pre_hook(index: int):
+        signature = inspect.signature(layers[index].forward)
+
         def hook(module, args, kwargs):
-            hidden_states = args[0] if args else kwargs["hidden_states"]
-            acc.boundary(index, hidden_states)
+            arguments = _bind(signature, args, kwargs)
+            first = next(iter(arguments))
+            acc.boundary(index, arguments[first])
             if acc.keep is not None and index in want_kwargs:
-                acc.keep.layer_kwargs[index] = _portable_kwargs(kwargs)
+                acc.keep.layer_kwargs[index] = _portable_kwargs({k: v for k, v in arguments.items() if k != first})
 
         return hook
 
