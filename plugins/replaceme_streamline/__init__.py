@@ -11,30 +11,34 @@ Recipe ``llm-streamline`` = selector ``mean-token-cosine`` + compensator
    (non-pad tokens only) so that, called as layer ``s`` was, it maps ``x_s`` to
    ``x_{s+k}``. Reference settings are the defaults: AdamW, lr 2e-4 with 1%
    warm-up then cosine decay to 5e-5, weight decay 1e-3, 1 epoch, gradient
-   norm clipped at 5. Training runs in float32 (cast back to the model dtype),
-   on the run's device, seeded, and keeps the weights with the best
-   validation MSE, the initial ones included (the reference crashes when
-   validation never improves; we warn and keep the initial weights).
-   Validation uses the shared pass's held-out batches, or the tail of the
-   training sample when there are none.
+   norm clipped at 5. Training runs in float32 (cast back to the model
+   dtype) on the run's device, one optimiser step per calibration batch,
+   batches shuffled by the seed (bit-identical reruns on CPU), and keeps the
+   weights with the best validation MSE, the initial ones included (the
+   reference crashes when validation never improves; we warn and keep the
+   initial weights). Validation uses the shared pass's held-out batches, or
+   the tail of the training sample when there are none.
 3. Write it into slot ``s`` and delete layers ``s+1 .. s+k-1``.
 
 Layer-count convention: ``--layers N`` is the *net* removal, so the window
 holds ``k = N + 1`` layers (``num_blocks`` windows of ``N/num_blocks + 1``).
 
-Variant ``-o replacement ffn`` (the paper's first version, arXiv v1, trained
-a residual-free FFN ``x ↦ FFN(x)``, h → 4h → h). A standard Hugging Face
-decoder layer always adds its input back, and no setting of its weights
-cancels that residual, so a faithful residual-free FFN would need custom
-modelling code, which a pruned model must never require. We save the closest
-standard form instead: the window's first layer with every attention weight
-set to zero (its attention output is exactly 0) and the rest trained, so
-the layer computes ``x ↦ x + MLP(norm(x))`` with the architecture's own MLP
-(Llama: SwiGLU of width ``intermediate_size``, about as many parameters as a
-4h FFN) initialised from layer ``s``. It loads with plain ``from_pretrained``;
-``pruning.json`` says so under ``compensations[].diagnostics.saved_as``.
-The zeroed attention weights stay in the checkpoint (dead weight: they cost
-the attention's compute and memory but add nothing).
+Variant ``-o replacement ffn``: arXiv 2403.19135 v1 replaced the window by a
+residual-free FFN ``x ↦ FFN(x)`` (h → 4h → h). A standard Hugging Face
+decoder layer always adds its input back (``out = x + attn(...) + mlp(...)``)
+and both branches see only normalised inputs, so no setting of its weights
+can output ``−x`` to cancel that residual: a faithful residual-free FFN needs
+custom modelling code, which a pruned model must never require. We save the
+closest standard form instead: the window's first layer with every attention
+weight set to zero (its attention output is then exactly 0) and the rest
+trained, so the layer computes ``x ↦ x + MLP(norm(x))`` with the
+architecture's own MLP (Llama: SwiGLU of width ``intermediate_size``, about
+as many parameters as a 4h FFN), initialised from layer ``s``. This changes
+the math (the FFN learns the update ``x_{s+k} − x_s`` of a normalised input,
+not ``x_{s+k}`` itself). It loads with plain ``from_pretrained``;
+``pruning.json`` says so under ``compensations[].diagnostics.saved_as``. The
+zeroed attention weights stay in the checkpoint as dead weight: they cost the
+attention's compute and memory but add nothing.
 """
 
 from __future__ import annotations

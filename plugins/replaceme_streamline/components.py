@@ -31,7 +31,9 @@ class TrainedLayerOptions:
         "x + MLP(norm(x)) initialised from that layer's MLP; it keeps the residual, unlike the paper's "
         "v1 FFN, because a standard layer cannot drop it (saved as a standard layer, no custom code)",
     )
-    token_budget: int = option(65536, "non-pad calibration tokens of the shared-pass sample to train on (whole batches)")
+    token_budget: int = option(
+        65536, "non-pad calibration tokens of the shared-pass sample to train on (whole batches)"
+    )
     epochs: int = option(1, "passes over the training batches (one optimiser step per calibration batch)")
     lr: float = option(2e-4, "peak AdamW learning rate (reference 2e-4)")
     min_lr: float = option(5e-5, "learning rate at the end of the cosine decay (reference 5e-5)")
@@ -88,6 +90,31 @@ def pairs_for(batches: list, block: Block) -> list:
     return [Pair(b.boundaries[s], b.boundaries[e], b.mask, b.layer_kwargs[s]) for b in batches]
 
 
+def _report_diagnostics(report: Any, train: list, validation: list) -> dict[str, Any]:
+    """JSON-able numbers of one training run, for ``pruning.json``.
+
+    ``val_mse_removal`` is the validation MSE of plain removal (``x_s`` against
+    ``x_e``), the baseline the trained layer must beat; training losses are
+    means over the first and last tenth of the steps. All are measured in
+    float32, before the layer is cast back to the model's dtype.
+    """
+    from replaceme_streamline.train import identity_mse
+
+    return {
+        "train_loss_first": report.train_loss_first,
+        "train_loss_last": report.train_loss_last,
+        "val_mse_init": report.val_init,
+        "val_mse_best": report.val_best,
+        "val_mse_removal": identity_mse(validation),
+        "improved": report.improved,
+        "best_step": report.best_step,
+        "steps": report.steps,
+        "train_tokens": sum(p.tokens for p in train),
+        "val_tokens": sum(p.tokens for p in validation),
+        "seconds": report.seconds,
+    }
+
+
 class TrainedLayerCompensator(Compensator):
     """One trained layer per window (LLM-Streamline, arXiv 2403.19135, §3.2)."""
 
@@ -121,37 +148,31 @@ class TrainedLayerCompensator(Compensator):
     def _compensate_block(self, block: Block, ctx: CompensationContext) -> Compensation:
         from replaceme.console import LossBar
         from replaceme_streamline.replacement import SAVED_AS, build_replacement
-        from replaceme_streamline.train import identity_mse, train_replacement
+        from replaceme_streamline.train import train_replacement
 
-        train_batches, val_batches, val_source = split_validation(ctx.stats.sample, self.options.token_budget, self.options.val_fraction)
+        o = self.options
+        train_batches, val_batches, val_source = split_validation(ctx.stats.sample, o.token_budget, o.val_fraction)
         train, validation = pairs_for(train_batches, block), pairs_for(val_batches, block)
         home = next(ctx.adapter.layers(ctx.model)[block.start].parameters())
-        module = build_replacement(ctx.model, ctx.adapter, block.start, self.options.replacement)
+        module = build_replacement(ctx.model, ctx.adapter, block.start, o.replacement)
         settings = self._settings(ctx.seed)
         with LossBar(f"training the layer replacing {block}", settings.epochs * len(train)) as bar:
-            module, report = train_replacement(module, train, validation, settings, ctx.device, lambda loss: bar.update(loss=loss))
+            module, report = train_replacement(
+                module, train, validation, settings, ctx.device, lambda loss: bar.update(loss=loss)
+            )
+        # back to the model's dtype and device; trainable like every other layer (for later healing)
         module.to(device=home.device, dtype=home.dtype).requires_grad_(True)
         diagnostics = {
-            "replacement": self.options.replacement,
-            "saved_as": SAVED_AS[self.options.replacement],
-            "train_loss_first": report.train_losses[0],
-            "train_loss_last": report.train_losses[-1],
-            "val_mse_init": report.val_init,
-            "val_mse_best": report.val_best,
-            "val_mse_removal": identity_mse(validation),
-            "improved": report.improved,
-            "best_step": report.best_step,
-            "steps": report.steps,
+            "replacement": o.replacement,
+            "saved_as": SAVED_AS[o.replacement],
+            **_report_diagnostics(report, train, validation),
             "epochs": settings.epochs,
             "validation": val_source,
-            "train_tokens": sum(p.tokens for p in train),
-            "val_tokens": sum(p.tokens for p in validation),
-            "seconds": report.seconds,
         }
         log.info(
             "block %s: validation MSE %.4g (init %.4g, plain removal %.4g), train loss %.4g -> %.4g in %d steps",
             block, report.val_best, report.val_init, diagnostics["val_mse_removal"],
-            report.train_losses[0], report.train_losses[-1], report.steps,
+            report.train_loss_first, report.train_loss_last, report.steps,
         )  # fmt: skip
         return Compensation(block, "layer", module, diagnostics)
 

@@ -31,16 +31,6 @@ from torch import nn
 from replaceme.adapters import ModelAdapter
 from replaceme.errors import ReplacemeError
 
-#: where the attention module and its output projection sit inside a decoder
-#: layer, for the architectures we know (Llama-family, OPT, GPT-2, GPT-NeoX, Falcon).
-ATTENTION_OUTPUTS = (
-    ("self_attn", "o_proj"),
-    ("self_attn", "out_proj"),
-    ("attn", "c_proj"),
-    ("attention", "dense"),
-    ("self_attention", "dense"),
-)
-
 #: how each replacement is written into the saved model (recorded in pruning.json).
 SAVED_AS = {
     "layer": "a standard decoder layer (trained copy of the window's first layer)",
@@ -58,29 +48,17 @@ def copy_layer(model: Any, adapter: ModelAdapter, index: int) -> nn.Module:
     return copy.deepcopy(layer, memo={id(model.config): model.config})
 
 
-def attention_of(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The attention module of ``layer`` and its output projection.
-
-    Raises:
-        ReplacemeError: for an architecture not in :data:`ATTENTION_OUTPUTS`.
-    """
-    for attn_name, proj_name in ATTENTION_OUTPUTS:
-        attention = getattr(layer, attn_name, None)
-        projection = getattr(attention, proj_name, None)
-        if isinstance(projection, nn.Module):
-            return attention, projection
-    known = ", ".join(f"{a}.{p}" for a, p in ATTENTION_OUTPUTS)
-    raise ReplacemeError(
-        f"replacement=ffn: cannot find the attention output projection of {type(layer).__name__} "
-        f"(known: {known}); use replacement=layer"
-    )
-
-
 @torch.no_grad()
-def silence_attention(layer: nn.Module) -> nn.Module:
+def silence_attention(layer: nn.Module, adapter: ModelAdapter) -> nn.Module:
     """Zero and freeze every parameter of ``layer``'s attention (in place): its output
     projection then outputs exactly 0, so the layer is ``x ↦ x + MLP(norm(x))``."""
-    attention, _ = attention_of(layer)
+    try:
+        attention = adapter.attention(layer)
+    except AttributeError:
+        raise ReplacemeError(
+            f"replacement=ffn: no attention module at '{adapter.attention_path}' in {type(layer).__name__}; "
+            "use replacement=layer"
+        ) from None
     for param in attention.parameters():
         param.zero_()
         param.requires_grad_(False)
@@ -97,7 +75,7 @@ def build_replacement(model: Any, adapter: ModelAdapter, start: int, kind: str) 
     for param in layer.parameters():
         param.requires_grad_(True)
     if kind == "ffn":
-        silence_attention(layer)
+        silence_attention(layer, adapter)
     elif kind != "layer":
         raise ReplacemeError(f"unknown replacement {kind!r}; expected layer or ffn")
     return layer

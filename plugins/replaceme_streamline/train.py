@@ -108,6 +108,20 @@ class TrainReport:
     def improved(self) -> bool:
         return self.best_step > 0
 
+    def _window(self) -> int:
+        return max(1, math.ceil(len(self.train_losses) / 10))
+
+    @property
+    def train_loss_first(self) -> float:
+        """Mean training loss of the first tenth of the steps (at least one): single
+        steps see different batches, so one step alone is too noisy to compare."""
+        return sum(self.train_losses[: self._window()]) / self._window()
+
+    @property
+    def train_loss_last(self) -> float:
+        """Mean training loss of the last tenth of the steps (at least one)."""
+        return sum(self.train_losses[-self._window() :]) / self._window()
+
 
 def lr_at(step: int, total: int, s: TrainSettings) -> float:
     """Learning rate of step ``step`` (0-based) of ``total``: linear warm-up, then
@@ -216,7 +230,7 @@ def _step(module: nn.Module, pair: Pair, s: TrainSettings, device: torch.device)
         p = _on(part, device, dtype)
         loss = squared_error(forward(module, p.x, p.kwargs), p.y, p.mask) / max(count, 1)
         loss.backward()
-        total += float(loss)
+        total += float(loss.detach())
     return total
 
 
