@@ -47,11 +47,11 @@ def _block_request(candidates: list[Block], sample_tokens: int = 0) -> StatsRequ
 
 
 def _heldout(stats, block: Block, transform) -> dict:
-    from replaceme_linear.diagnostics import heldout_diagnostics
+    from replaceme_linear.diagnostics import block_tokens, heldout_diagnostics
 
     if not stats.sample.holdout:
         return {"heldout_tokens": 0}
-    return heldout_diagnostics(stats.sample.holdout, block.start, block.end, transform)
+    return heldout_diagnostics(*block_tokens(stats.sample.holdout, block.start, block.end), transform)
 
 
 @dataclass
@@ -126,6 +126,11 @@ class CosineOptions:
     )
     accurate: bool = option(False, "minimise 1 − cos(XT + z, x_e) with z = x_s − m_{s-1} (the paper's accurate variant)")
     init: Literal["identity", "lstsq"] = option("identity", "start from T = I (reference) or from the LSTSQ solution")
+    refit: bool = option(
+        False,
+        "with several blocks, fit each on the model with the earlier blocks already replaced (as the reference "
+        "does), re-running the sampled batches through it; off = every block from the unpruned model's pass",
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_tokens", "lbfgs_steps", "token_budget"):
@@ -154,49 +159,80 @@ class CosineCompensator(Compensator):
         return request
 
     def compensate(self, plan: Plan, ctx: CompensationContext) -> list[Compensation]:
+        import copy
+
+        import torch
+
+        from replaceme_linear.diagnostics import block_tokens, heldout_diagnostics, rerun_block_tokens
+
+        o = self.options
+        train, holdout = ctx.stats.sample.take(o.token_budget), ctx.stats.sample.holdout
+        working, shift, out = None, 0, []
+        for k, block in enumerate(plan.blocks):
+            if o.refit and k > 0:  # the model as it is once the earlier blocks are replaced
+                working = working if working is not None else copy.deepcopy(ctx.model)
+                _apply(working, ctx.adapter, out[-1], shift)
+                shift += out[-1].block.size
+                s, e = block.start - shift, block.end - shift
+                acts = rerun_block_tokens(working, ctx.adapter, train, s, e)
+                held = rerun_block_tokens(working, ctx.adapter, holdout, s, e) if holdout else None
+            else:
+                acts = block_tokens(train, block.start, block.end)
+                held = block_tokens(holdout, block.start, block.end) if holdout else None
+            transform, diagnostics = self._fit(block, acts, ctx)
+            diagnostics.update(heldout_diagnostics(*held, transform) if held else {"heldout_tokens": 0})
+            diagnostics["refit"] = bool(o.refit and k > 0)
+            diagnostics["sample_bytes"] = ctx.stats.sample.nbytes()
+            out.append(Compensation(block, "linear", transform, diagnostics))
+        del working
+        return out
+
+    def _fit(self, block: Block, acts: tuple, ctx: CompensationContext) -> tuple:
+        """Fit T for one block from ``(m_{s-1}, x_s, x_e)`` token activations."""
         import time
 
         import torch
 
         from replaceme.console import LossBar
         from replaceme_linear.cosine_solve import fit_transform
-        from replaceme_linear.diagnostics import block_tokens
         from replaceme_linear.lstsq_solve import solve_lstsq
 
         o = self.options
-        batches = ctx.stats.sample.take(o.token_budget)
-        out = []
-        for block in plan.blocks:
-            t0 = time.perf_counter()
-            m, xs, xe = (a.to(ctx.device, torch.float32) for a in block_tokens(batches, block.start, block.end))
-            x, target, offset = (m, xe, xs - m) if o.accurate else (m, xe - xs + m, None)
-            init = None
-            if o.init == "lstsq":
-                gram = ctx.stats.gram_for(block)
-                init = solve_lstsq(gram.xtx, gram.xty).transform.to(torch.float32)
-            steps = o.epochs * math.ceil(x.shape[0] / o.batch_tokens) if o.solver == "adam" else o.lbfgs_steps
-            with LossBar(f"cosine fit {block}", total=steps) as bar:
-                fit = fit_transform(
-                    x, target, offset=offset, init=init, loss=o.loss, solver=o.solver, epochs=o.epochs, lr=o.lr,
-                    batch_tokens=o.batch_tokens, lbfgs_steps=o.lbfgs_steps, seed=ctx.seed,
-                    on_step=lambda adv, loss: bar.update(adv, loss=loss),
-                )
-            if not torch.isfinite(fit.transform).all():
-                raise ReplacemeError(f"cosine fit of block {block} diverged (NaN/Inf); try a smaller lr or solver lbfgs")
-            transform = fit.transform.to("cpu", torch.float64)
-            diagnostics = {
-                "tokens": int(x.shape[0]),
-                "activation_bytes": int(sum(a.numel() * a.element_size() for a in (m, xs, xe))),
-                "sample_bytes": ctx.stats.sample.nbytes(),
-                "loss_first": fit.history[0] if fit.history else None,
-                "loss_last": fit.history[-1] if fit.history else None,
-                "steps": fit.steps,
-                "seconds": time.perf_counter() - t0,
-                **_heldout(ctx.stats, block, transform),
-            }
-            del m, xs, xe, x, target, offset
-            out.append(Compensation(block, "linear", transform, diagnostics))
-        return out
+        t0 = time.perf_counter()
+        m, xs, xe = (a.to(ctx.device, torch.float32) for a in acts)
+        x, target, offset = (m, xe, xs - m) if o.accurate else (m, xe - xs + m, None)
+        init = None
+        if o.init == "lstsq":
+            gram = ctx.stats.gram_for(block)
+            init = solve_lstsq(gram.xtx, gram.xty).transform.to(torch.float32)
+        steps = o.epochs * math.ceil(x.shape[0] / o.batch_tokens) if o.solver == "adam" else o.lbfgs_steps
+        with LossBar(f"cosine fit {block}", total=steps) as bar:
+            fit = fit_transform(
+                x, target, offset=offset, init=init, loss=o.loss, solver=o.solver, epochs=o.epochs, lr=o.lr,
+                batch_tokens=o.batch_tokens, lbfgs_steps=o.lbfgs_steps, seed=ctx.seed,
+                on_step=lambda adv, loss: bar.update(adv, loss=loss),
+            )
+        if not torch.isfinite(fit.transform).all():
+            raise ReplacemeError(f"cosine fit of block {block} diverged (NaN/Inf); try a smaller lr or solver lbfgs")
+        diagnostics = {
+            "tokens": int(x.shape[0]),
+            "activation_bytes": int(sum(a.numel() * a.element_size() for a in (m, xs, xe))),
+            "loss_first": fit.history[0] if fit.history else None,
+            "loss_last": fit.history[-1] if fit.history else None,
+            "steps": fit.steps,
+            "seconds": time.perf_counter() - t0,
+        }
+        return fit.transform.to("cpu", torch.float64), diagnostics
+
+
+def _apply(model, adapter, comp: Compensation, shift: int) -> None:
+    """Write one block's compensation into ``model``, whose earlier blocks (``shift``
+    layers) are already removed: fold T into layer ``start - 1``, then remove the block."""
+    from replaceme.surgery import fold_linear_map, remove_layers
+
+    if comp.kind == "linear":
+        fold_linear_map(model, adapter, comp.block.start - 1 - shift, comp.value)
+    remove_layers(model, adapter, range(comp.block.start - shift, comp.block.end - shift))
 
 
 class FoldLinearMerger(Merger):
@@ -206,17 +242,14 @@ class FoldLinearMerger(Merger):
     description = "Fold a linear map into the previous layer's MLP output projection, then remove the block."
 
     def merge(self, model, adapter, plan, compensations) -> None:
-        from replaceme.surgery import fold_linear_map, remove_layers
-
         removed = {i for b in plan.blocks for i in range(b.start, b.end)}
-        for comp in compensations:
-            if comp.kind != "linear":
-                continue
+        shift = 0
+        for comp in sorted(compensations, key=lambda c: c.block):
             carrier = comp.block.start - 1
-            if carrier < 0 or carrier in removed:
+            if comp.kind == "linear" and (carrier < 0 or carrier in removed):
                 raise ReplacemeError(f"cannot fold the map of block {comp.block}: layer {carrier} is removed or absent")
-            fold_linear_map(model, adapter, carrier, comp.value)
-        remove_layers(model, adapter, removed)
+            _apply(model, adapter, comp, shift)
+            shift += comp.block.size
 
 
 @hookimpl

@@ -23,9 +23,9 @@ def fit_quality(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> dict[str, 
     return {"rel_residual": rel, "cosine": cos}
 
 
-def heldout_diagnostics(batches: list[Any], start: int, end: int, t: torch.Tensor) -> dict[str, Any]:
-    """Held-out quality of T and of the identity (plain removal), plus token count."""
-    m, xs, xe = block_tokens(batches, start, end)
+def heldout_diagnostics(m: torch.Tensor, xs: torch.Tensor, xe: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
+    """Held-out quality of T and of the identity (plain removal), from ``[N, h]`` token activations."""
+    m, xs, xe = (a.to("cpu", torch.float64) for a in (m, xs, xe))
     y = xe - xs + m
     eye = torch.eye(t.shape[0], dtype=torch.float64)
     mapped, identity = fit_quality(m, y, t.to("cpu", torch.float64)), fit_quality(m, y, eye)
@@ -36,3 +36,15 @@ def heldout_diagnostics(batches: list[Any], start: int, end: int, t: torch.Tenso
         "identity_rel_residual": identity["rel_residual"],
         "identity_cosine": identity["cosine"],
     }
+
+
+def rerun_block_tokens(model: Any, adapter: Any, batches: list[Any], start: int, end: int) -> tuple[torch.Tensor, ...]:
+    """Run ``batches`` through ``model`` again (the shared pass's own hooks) and return
+    ``m_{s-1}``, ``x_s``, ``x_e`` of its non-pad tokens — for a model already partly pruned."""
+    from replaceme.calibration import CalibrationData, CalibrationSpec
+    from replaceme.stats import StatsRequest, collect_stats
+
+    calib = CalibrationData([b.input_ids for b in batches], [b.mask for b in batches], CalibrationSpec("<sample>"))
+    request = StatsRequest(sample_tokens=2**62, sample_mlp={start - 1}, sample_boundaries={start, end})
+    stats = collect_stats(model, adapter, calib, request, holdout_tokens=0)
+    return block_tokens(stats.sample.train, start, end)

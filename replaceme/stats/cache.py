@@ -22,7 +22,7 @@ from replaceme.paths import cache_dir
 from replaceme.stats.store import ActivationSample, ActivationStats, BatchActivations, GramSums
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def model_fingerprint(model: Any) -> str:
@@ -45,7 +45,7 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 
 def _batch_to_dict(b: BatchActivations) -> dict[str, Any]:
-    return {"mask": b.mask, "boundaries": b.boundaries, "mlp": b.mlp, "layer_kwargs": b.layer_kwargs}
+    return {"mask": b.mask, "input_ids": b.input_ids, "boundaries": b.boundaries, "mlp": b.mlp, "layer_kwargs": b.layer_kwargs}
 
 
 def _stats_to_dict(stats: ActivationStats) -> dict[str, Any]:

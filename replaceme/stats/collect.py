@@ -288,7 +288,7 @@ def collect_stats(
     try:
         for b in track(range(calib.num_batches), "calibration pass"):
             mask = calib.masks[b].to(device)
-            keep = BatchActivations(mask=calib.masks[b].clone()) if (b in holdout_set or b in sample_set) and request.wants_sample else None
+            keep = BatchActivations(mask=calib.masks[b].clone(), input_ids=calib.input_ids[b].clone()) if (b in holdout_set or b in sample_set) and request.wants_sample else None
             acc.begin(mask, use_for_gram=b not in holdout_set, keep=keep)
             try:
                 model(input_ids=calib.input_ids[b].to(device), attention_mask=mask.long(), use_cache=False)

@@ -21,6 +21,8 @@ class BatchActivations:
 
     Attributes:
         mask: ``[B, T]`` bool, False at pad positions.
+        input_ids: ``[B, T]`` token ids, so the batch can be run again through a
+            partly pruned model (block-by-block refitting).
         boundaries: ``j -> x_j``, each ``[B, T, hidden]`` (model dtype, CPU).
         mlp: ``i -> m_i``, each ``[B, T, hidden]``.
         layer_kwargs: ``i -> kwargs`` layer ``i`` was called with (tensors on CPU),
@@ -28,6 +30,7 @@ class BatchActivations:
     """
 
     mask: torch.Tensor
+    input_ids: torch.Tensor | None = None
     boundaries: dict[int, torch.Tensor] = field(default_factory=dict)
     mlp: dict[int, torch.Tensor] = field(default_factory=dict)
     layer_kwargs: dict[int, dict[str, Any]] = field(default_factory=dict)
