@@ -52,17 +52,9 @@ _IGNORED = {"token", "use_4bit", "distances_path", "save_transform_only", "thri"
 
 def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a YAML config into (prune parameters, method options)."""
-    import yaml
+    from replaceme.paths import read_yaml_mapping
 
-    path = Path(path)
-    if not path.is_file():
-        raise ReplacemeError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ReplacemeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ReplacemeError(f"{path}: expected a mapping of keys to values")
+    raw = read_yaml_mapping(path, "config file")
     params: dict[str, Any] = {}
     options: dict[str, Any] = dict(raw.pop("options", None) or {})
     layers_per_block = raw.pop("layers_to_skip", None)

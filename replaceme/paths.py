@@ -65,3 +65,21 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """Read a YAML mapping with ``safe_load``; one-line errors for a missing file or bad YAML."""
+    import yaml
+
+    from replaceme.errors import ReplacemeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ReplacemeError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ReplacemeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ReplacemeError(f"{path}: expected a mapping of keys to values")
+    return data

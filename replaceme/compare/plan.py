@@ -123,17 +123,9 @@ def read_plan_file(path: str | Path) -> dict[str, Any]:
         tasks: [boolq, piqa]
         limit: 200
     """
-    import yaml
+    from replaceme.paths import read_yaml_mapping
 
-    path = Path(path)
-    if not path.is_file():
-        raise ReplacemeError(f"plan file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ReplacemeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ReplacemeError(f"{path}: expected a mapping")
+    data = read_yaml_mapping(path, "plan file")
     methods = []
     for item in data.pop("methods", []) or []:
         if isinstance(item, str):
