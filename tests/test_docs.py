@@ -16,7 +16,7 @@ def _readme_commands() -> list[str]:
 def test_readme_opens_with_the_main_job_and_the_test_command():
     main, tests = _readme_commands()[:2]
     assert main.strip().endswith("replaceme compare")
-    assert "pip install torch==2.13.0" in main and "pip install torch==2.13.0" in tests
+    assert "torch==2.13.0" in main and "torch==2.13.0" in tests  # CPU torch first, before anything can pull CUDA
     assert tests.strip().endswith("pytest -q")
 
 
