@@ -10,8 +10,6 @@ from replaceme.errors import ReplacemeError
 
 log = logging.getLogger(__name__)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-#: the model name that means the embedded demo subject (built and cached on first use)
-DEMO_MODEL = "demo"
 
 
 def quiet_transformers() -> None:
@@ -54,9 +52,9 @@ def _first_line(exc: Exception) -> str:
 
 def resolve_model_path(name_or_path: str) -> str:
     """Map the demo name to its (built and cached) directory; check local paths exist."""
-    if name_or_path == DEMO_MODEL:
-        from replaceme.demo import demo_model_dir
+    from replaceme.demo import demo_model_dir, is_demo
 
+    if is_demo(name_or_path):
         return str(demo_model_dir())
     if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
         raise ReplacemeError(f"model path not found: {name_or_path}")

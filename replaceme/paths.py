@@ -43,6 +43,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``target``; on success it becomes ``target``.
 
+    The temporary directory is named ``.<target name>.<random>.partial``.
     On any error the temporary directory is removed and ``target`` is untouched.
     With ``overwrite``, an existing ``target`` is replaced only after the new
     content is complete.
@@ -50,6 +51,7 @@ def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield tmp
         if target.exists():

@@ -57,6 +57,17 @@ class Registry:
     def method(self, name: str) -> Method:
         return self.get("methods", name)
 
+    def builtin_methods(self) -> list[str]:
+        """Methods shipped with replaceme itself, uncompensated ones first, then by cost."""
+        builtin = {p.name for p in self.plugins if p.distribution == "replaceme"}
+        names = [n for n in self.methods if self.owners.get(("methods", n)) in builtin]
+
+        def cost(name: str) -> tuple:
+            comp = self.compensators[self.methods[name].compensator]
+            return (comp.name != "none", comp.needs_training, name)
+
+        return sorted(names, key=cost)
+
 
 def make_plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("replaceme")

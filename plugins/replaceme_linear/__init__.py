@@ -161,8 +161,6 @@ class CosineCompensator(Compensator):
     def compensate(self, plan: Plan, ctx: CompensationContext) -> list[Compensation]:
         import copy
 
-        import torch
-
         from replaceme_linear.diagnostics import block_tokens, heldout_diagnostics, rerun_block_tokens
 
         o = self.options

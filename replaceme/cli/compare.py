@@ -13,9 +13,9 @@ from replaceme.cli.common import calibration_options, model_options
 @click.argument("model", required=False)
 @click.option("--model", "model_opt", help="Same as the MODEL argument ('demo' = the embedded demo model).")
 @click.option("--method", "-m", "methods", multiple=True,
-              help="Method to compare (repeatable; default: every registered method). "
-                   "Use LABEL=NAME to run one method twice under different labels with --plan options.")
-@click.option("--layers", "-n", "layers", help="Layer budget(s), comma-separated: --layers 1,2  [default: 1]")
+              help="Method to compare (repeatable; default: every built-in method). "
+                   "To run one method twice with different options, use --plan.")
+@click.option("--layers", "-n", "layers", help="Layer budget(s), comma-separated: --layers 1,2  [default: 1; demo: 2,4]")
 @click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
               help="Method option for every method that has it; METHOD.KEY targets one method.")
 @calibration_options
@@ -76,12 +76,14 @@ def compare(ctx, model, model_opt, methods, layers, options, ppl, context_length
         given = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
         return value if given or name not in settings else settings[name]
 
-    model = model or model_opt or settings.get("model") or "demo"
+    from replaceme.demo import DEMO_NAME, is_demo
+
+    model = model or model_opt or settings.get("model") or DEMO_NAME
     entries = [MethodEntry(m) for m in methods] or settings.get("methods") or []
     if not entries:
         from replaceme.registry import registry
 
-        entries = [MethodEntry(name) for name in registry().methods]
+        entries = [MethodEntry(name) for name in registry().builtin_methods()]
     for key, value in options:
         target, _, opt = key.rpartition(".")
         opt = opt.replace("-", "_")
@@ -93,10 +95,10 @@ def compare(ctx, model, model_opt, methods, layers, options, ppl, context_length
             raise ReplacemeError(f"-o {key}: no method in this comparison " + (f"is labelled '{target}'" if target else "has that option"))
         for e in matched:
             e.options[opt] = value
-    budgets = parse_layers(layers) if layers else settings.get("layers") or [1]
+    budgets = parse_layers(layers) if layers else settings.get("layers") or ([2, 4] if is_demo(model) else [1])
     calib_values = {k: pick(k, v) for k, v in calib.items()}
     ppl_sources = list(ppl) or settings.get("ppl") or []
-    if model == "demo":
+    if is_demo(model):
         from replaceme.demo import demo_data_files, demo_model_dir
 
         files = demo_data_files(demo_model_dir())

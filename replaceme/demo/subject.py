@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 from replaceme.demo.corpus import CORPUS_VERSION
 from replaceme.demo.train import Recipe
 from replaceme.errors import ReplacemeError
+from replaceme.paths import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -241,23 +241,11 @@ def demo_model_dir(
             log.info("demo model: %s", final)
             return final
         # We hold the lock, so leftovers of killed builds of this key are stale.
-        for stale in root.glob(f".{key}.tmp-*"):
+        for stale in root.glob(f".{key}.*.partial"):
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root))
         log.info("building the demo model (first use; about 2 minutes) into %s", final)
-        try:
+        with atomic_directory(final, overwrite=True) as tmp:
             info = build(tmp, recipe)
-            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-            if final.exists():  # rebuild, or an incomplete folder: move it out of the way first
-                trash = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-old-", dir=root))
-                os.replace(final, trash / key)
-                os.replace(tmp, final)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     log.info(
         "demo model built in %.0f s (validation perplexity %s): %s",
         info["build_seconds"],

@@ -39,7 +39,7 @@ def cache(tmp_path, monkeypatch):
 
 def leftovers(root: Path) -> list[str]:
     """Temporary build folders still lying in the cache root."""
-    return sorted(p.name for p in root.glob(".*.tmp-*")) if root.exists() else []
+    return sorted(p.name for p in root.glob(".*.partial")) if root.exists() else []
 
 
 def test_is_demo():
@@ -161,7 +161,7 @@ def test_interrupted_build_leaves_nothing(cache, monkeypatch):
 
 def test_stale_temporary_folders_are_removed(cache):
     key = subject.recipe_key(TINY)
-    stale = cache / f".{key}.tmp-killed"
+    stale = cache / f".{key}.killed.partial"
     (stale / "junk").mkdir(parents=True)
     subject.demo_model_dir(recipe=TINY)
     assert not stale.exists() and not leftovers(cache)
