@@ -129,17 +129,23 @@ def prune(
     adapter = adapter_for(model)
     num_layers = adapter.num_layers(model)
     check_layers(layers, num_layers)
-    if calibration is None:
-        raise ReplacemeError("a calibration source is needed (a text file or a hub dataset)")
-    spec = calibration if isinstance(calibration, CalibrationSpec) else CalibrationSpec(str(calibration), seed=seed)
     torch.manual_seed(seed)
-    with Meter() as m:
-        calib = build_calibration(spec, tokenizer)
-    usage["calibration"] = m.usage
     request = resolved.stats_request(num_layers, layers)
-    with Meter() as m:
-        stats = gather_stats(model, adapter, calib, request, use_cache=use_cache)
-    usage["statistics"] = m.usage
+    spec = None
+    if request.is_empty:  # e.g. block-removal of a fixed range: no data needed
+        from replaceme.stats.store import ActivationStats
+
+        stats = ActivationStats(num_layers=num_layers, hidden_size=int(model.config.hidden_size))
+    else:
+        if calibration is None:
+            raise ReplacemeError(f"method '{resolved.label}' needs calibration data (a text file or a hub dataset)")
+        spec = calibration if isinstance(calibration, CalibrationSpec) else CalibrationSpec(str(calibration), seed=seed)
+        with Meter() as m:
+            calib = build_calibration(spec, tokenizer)
+        usage["calibration"] = m.usage
+        with Meter() as m:
+            stats = gather_stats(model, adapter, calib, request, use_cache=use_cache)
+        usage["statistics"] = m.usage
     outcome = apply_method(model, adapter, resolved, layers, stats, seed=seed)
     usage.update(outcome.usage)
     return PruneResult(

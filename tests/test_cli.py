@@ -152,3 +152,12 @@ def test_distances_command(tmp_path, tiny_dir, calib_file):
     assert sum(r["best"] for r in rows) == 2
     assert csv.read_text().startswith("start,end,size,distance")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_block_removal_needs_no_calibration(tmp_path, tiny_dir):
+    result = invoke("prune", tiny_dir, "-m", "block-removal", "-n", 2, "--output", tmp_path / "o", "--json")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "o" / "pruning.json").read_text())
+    assert meta["plan"]["blocks"] == [[3, 5]] and meta["calibration"] is None
+    result = invoke("prune", tiny_dir, "-m", "uidl", "-n", 1, "--output", tmp_path / "p")
+    assert_one_line_error(result, "needs calibration data")

@@ -74,9 +74,9 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     out = Path(output)
     if out.exists() and not overwrite:
         raise ReplacemeError(f"output directory {out} exists (use --overwrite to replace it)")
-    spec = calibration_spec(**calib)
+    spec = calibration_spec(**calib) if calib["calib"] else None
     result = replaceme.prune(model, method=method, layers=int(layers), calibration=spec, selector=selector,
-                             compensator=compensator, device=device, dtype=dtype, seed=spec.seed,
+                             compensator=compensator, device=device, dtype=dtype, seed=calib["seed"],
                              use_cache=not no_cache, trust_remote_code=trust_remote_code, **opts)
     replaceme.save_pruned(result, out, overwrite=overwrite)
     if as_json:

@@ -45,6 +45,11 @@ class StatsRequest:
         )
 
     @property
+    def is_empty(self) -> bool:
+        """Nothing to measure: the method needs no calibration data at all."""
+        return not (self.block_sizes or self.gram_blocks or self.wants_sample)
+
+    @property
     def wants_sample(self) -> bool:
         return bool(self.sample_boundaries or self.sample_mlp or self.layer_kwargs)
 
