@@ -126,14 +126,17 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class _Accumulator:
     """Consumes boundary states and MLP outputs of one batch at a time."""
 
-    def __init__(self, num_layers: int, hidden: int, request: StatsRequest, stats_device: torch.device):
+    def __init__(self, num_layers: int, hidden: int, request: StatsRequest, stats_device: torch.device,
+                 model_device: torch.device):
         self.L = num_layers
         self.request = request
         self.sizes = sorted(n for n in request.block_sizes if 1 <= n <= num_layers)
         self.window = max([1, *self.sizes, *(e - s for s, e in request.gram_blocks)])
         self.device = stats_device
-        self.angular_sum = {n: torch.zeros(num_layers - n + 1, dtype=torch.float64) for n in self.sizes}
-        self.cosine_sum = {n: torch.zeros(num_layers - n + 1, dtype=torch.float64) for n in self.sizes}
+        # sums stay on the model's device: no host sync per block size and batch
+        zeros_on_model = lambda size: torch.zeros(size, dtype=torch.float64, device=model_device)  # noqa: E731
+        self.angular_sum = {n: zeros_on_model(num_layers - n + 1) for n in self.sizes}
+        self.cosine_sum = {n: zeros_on_model(num_layers - n + 1) for n in self.sizes}
         self.sequences = 0
         self.tokens = 0
         self.gram_starts = sorted({s for s, _ in request.gram_blocks})
@@ -141,7 +144,8 @@ class _Accumulator:
         zeros = lambda: torch.zeros(hidden, hidden, dtype=torch.float64, device=stats_device)  # noqa: E731
         self.xtx = {(s, p): zeros() for s in self.gram_starts for p in self.gram_variants}
         self.xty = {(s, e, p): zeros() for s, e in request.gram_blocks for p in self.gram_variants}
-        self.yty = {(s, e, p): 0.0 for s, e in request.gram_blocks for p in self.gram_variants}
+        self.yty = {(s, e, p): torch.zeros((), dtype=torch.float64, device=stats_device)
+                    for s, e in request.gram_blocks for p in self.gram_variants}
         self.gram_tokens = {p: 0 for p in self.gram_variants}
         self.mlp_needed = {s - 1 for s in self.gram_starts} | set(request.sample_mlp)
 
@@ -152,10 +156,11 @@ class _Accumulator:
         self.keep = keep
         self.x: dict[int, torch.Tensor] = {}
         self.m: dict[int, torch.Tensor] = {}
+        tokens = int(mask.sum())
         self.sequences += mask.shape[0]
-        self.tokens += int(mask.sum())
+        self.tokens += tokens
         if use_for_gram:
-            self.gram_tokens[False] += int(mask.sum())
+            self.gram_tokens[False] += tokens
             if True in self.gram_tokens:
                 self.gram_tokens[True] += mask.numel()
 
@@ -174,14 +179,15 @@ class _Accumulator:
                 "the model may overflow in this dtype (try --dtype float32)"
             )
         rows = torch.arange(x.shape[0], device=x.device)
+        x64 = x.to(torch.float64)  # once per boundary, shared by every block size
         for n in self.sizes:
             s = j - n
             if s < 0:
                 continue
             xs = self.x[s]
-            cos_last = _cosine(xs[rows, self.last], x[rows, self.last]).clamp(-1.0, 1.0)
-            self.angular_sum[n][s] += (torch.arccos(cos_last) / math.pi).sum().item()
-            self.cosine_sum[n][s] += _cosine(xs, x)[self.mask].sum().item()
+            cos_last = _cosine(xs[rows, self.last], x64[rows, self.last]).clamp(-1.0, 1.0)
+            self.angular_sum[n][s] += (torch.arccos(cos_last) / math.pi).sum()
+            self.cosine_sum[n][s] += _cosine(xs, x64)[self.mask].sum()
         if self.use_for_gram:
             self._gram(j, x)
         if self.keep is not None and j in self.request.sample_boundaries:
@@ -202,16 +208,16 @@ class _Accumulator:
                 X = self.m[s - 1][sel].to(self.device, torch.float64)
                 Y = x[sel].to(self.device, torch.float64) - self.x[s][sel].to(self.device, torch.float64) + X
                 self.xty[(s, e, with_pad)].addmm_(X.T, Y)
-                self.yty[(s, e, with_pad)] += float((Y * Y).sum())
+                self.yty[(s, e, with_pad)] += (Y * Y).sum()
 
     def finish(self, stats: ActivationStats) -> None:
         for n in self.sizes:
-            stats.angular[n] = self.angular_sum[n] / max(self.sequences, 1)
-            stats.token_cosine[n] = self.cosine_sum[n] / max(self.tokens, 1)
+            stats.angular[n] = self.angular_sum[n].cpu() / max(self.sequences, 1)
+            stats.token_cosine[n] = self.cosine_sum[n].cpu() / max(self.tokens, 1)
         for (s, e, with_pad), xty in self.xty.items():
             key = (s, e, "with_pad") if with_pad else (s, e)
             stats.gram[key] = GramSums(
-                xtx=self.xtx[(s, with_pad)], xty=xty, yty=self.yty[(s, e, with_pad)], tokens=self.gram_tokens[with_pad]
+                xtx=self.xtx[(s, with_pad)], xty=xty, yty=float(self.yty[(s, e, with_pad)]), tokens=self.gram_tokens[with_pad]
             )
         stats.sequences = self.sequences
         stats.tokens = self.tokens
@@ -249,7 +255,7 @@ def collect_stats(
     for s, e in request.gram_blocks:
         if s < 1:
             raise ReplacemeError(f"block [{s}, {e}) starts at layer 0: there is no MLP before it to fold a map into")
-    acc = _Accumulator(L, hidden, request, stats_device)
+    acc = _Accumulator(L, hidden, request, stats_device, device)
     holdout, sample = split_batches(
         calib, request.sample_tokens if request.wants_sample else 0, holdout_tokens if request.wants_sample or request.gram_blocks else 0, calib.spec.seed
     )
