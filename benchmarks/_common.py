@@ -209,6 +209,21 @@ def emit(result: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(result, default=str), flush=True)
 
 
+def parse_or_work(parser: Any, worker: Any) -> Any:
+    """Add ``--threads``/``--seed``/``--worker`` and parse; in a worker process
+    (``--worker <json>``), run ``worker(job)``, emit its result and return None."""
+    import argparse
+
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        emit(worker(json.loads(args.worker)))
+        return None
+    return args
+
+
 def rss() -> int:
     import psutil
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 from pathlib import Path
@@ -225,13 +224,8 @@ def main() -> None:
                    help="timing rounds (one pass of every mode, in one process) go on until this much time has run")
     p.add_argument("--min-rounds", type=int, default=2)
     p.add_argument("--max-rounds", type=int, default=4)
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    args = p.parse_args()
-
-    if args.worker:
-        common.emit(worker(json.loads(args.worker)))
+    args = common.parse_or_work(p, worker)
+    if args is None:
         return
 
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
@@ -153,12 +152,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=1, help="net layers removed")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--repeats", type=int, default=3, help="runs of each strategy (interleaved); the median is reported")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.worker:
-        common.emit(worker(json.loads(args.worker)))
+    args = common.parse_or_work(p, worker)
+    if args is None:
         return
 
     model = args.model or str(common.require_shared("models", "stories260K"))
