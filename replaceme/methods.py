@@ -69,12 +69,7 @@ def resolve_method(
     reg = reg or registry()
     method = reg.method(name)
     options = dict(options or {})
-    classes = {
-        "selector": reg.get("selectors", selector or method.selector),
-        "compensator": reg.get("compensators", compensator or method.compensator),
-    }
-    merger_name = merger or (method.merger if compensator is None else None) or classes["compensator"].default_merger
-    classes["merger"] = reg.get("mergers", merger_name)
+    classes = stage_classes(reg, method, selector=selector, compensator=compensator, merger=merger)
     fields = {stage: option_fields(cls.Options) for stage, cls in classes.items()}
     known = set().union(*fields.values())
     for key in options:
@@ -94,11 +89,24 @@ def resolve_method(
     return ResolvedMethod(label, method, instances["selector"], instances["compensator"], instances["merger"], options)
 
 
+def stage_classes(reg: Registry, method: Method, *, selector: str | None = None, compensator: str | None = None,
+                  merger: str | None = None) -> dict[str, type]:
+    """The selector, compensator and merger classes of ``method`` with optional swaps.
+
+    Swapping the compensator also drops the recipe's merger for the new
+    compensator's default, unless a merger is named.
+    """
+    comp = reg.get("compensators", compensator or method.compensator)
+    merger_name = merger or (method.merger if compensator is None else None) or comp.default_merger
+    return {
+        "selector": reg.get("selectors", selector or method.selector),
+        "compensator": comp,
+        "merger": reg.get("mergers", merger_name),
+    }
+
+
 def declares_option(name: str, key: str, *, selector: str | None = None, compensator: str | None = None) -> bool:
     """Whether method ``name`` (with optional stage swaps) has an option ``key``."""
     reg = registry()
-    method = reg.method(name)
-    comp = reg.get("compensators", compensator or method.compensator)
-    stages = [reg.get("selectors", selector or method.selector), comp,
-              reg.get("mergers", (method.merger if compensator is None else None) or comp.default_merger)]
+    stages = stage_classes(reg, reg.method(name), selector=selector, compensator=compensator).values()
     return any(key in option_fields(stage.Options) for stage in stages)

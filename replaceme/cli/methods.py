@@ -9,6 +9,7 @@ import click
 
 def methods_catalog() -> dict:
     """Every method and stage with its options, JSON-able."""
+    from replaceme.methods import stage_classes
     from replaceme.options import describe_options
     from replaceme.registry import registry
 
@@ -22,11 +23,10 @@ def methods_catalog() -> dict:
     for kind in ("selectors", "compensators", "mergers"):
         out[kind] = [component(c, kind) for c in getattr(reg, kind).values()]
     for m in reg.methods.values():
-        comp = reg.compensators[m.compensator]
-        stages = [reg.selectors[m.selector], comp, reg.mergers[m.merger or comp.default_merger]]
+        stages = list(stage_classes(reg, m).values())
         out["methods"].append({
             "name": m.name, "description": m.description, "reference": m.reference,
-            "selector": m.selector, "compensator": m.compensator, "merger": m.merger or comp.default_merger,
+            "selector": m.selector, "compensator": m.compensator, "merger": stages[2].name,
             "defaults": m.defaults, "plugin": reg.owners.get(("methods", m.name)),
             "options": [dict(o, default=m.defaults.get(o["name"], o["default"]), stage=s.name)
                         for s in stages for o in describe_options(s.Options)],
