@@ -161,6 +161,18 @@ class Merger(Component):
     def merge(self, model: Any, adapter: ModelAdapter, plan: Plan, compensations: list[Compensation]) -> None:
         raise NotImplementedError
 
+    def modifies(self, plan: Plan, compensations: list[Compensation]) -> set[int] | None:
+        """Decoder layers (indices in the unpruned model) whose tensors :meth:`merge` writes in place.
+
+        ``compare`` merges into a variant of the shared model (:mod:`replaceme.variant`)
+        that owns copies of these layers only and shares every other tensor, so a
+        merger must name every layer it writes into (in place, e.g. ``weight.copy_``).
+        Deleting layers, swapping in new modules and editing the config need no
+        declaration. ``None`` (the default) means unknown: the variant then owns a
+        copy of every decoder layer.
+        """
+        return None
+
 
 @dataclass(frozen=True)
 class Method:

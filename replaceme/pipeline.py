@@ -68,6 +68,7 @@ class MethodOutcome:
         compensations: one per block.
         usage: ``select``/``compensate``/``merge`` -> time and peak memory.
         layers_before, layers_after: decoder layer counts.
+        model: the pruned model (the input model, or its variant with ``variant=True``).
     """
 
     plan: Plan
@@ -75,6 +76,7 @@ class MethodOutcome:
     usage: dict[str, Usage] = field(default_factory=dict)
     layers_before: int = 0
     layers_after: int = 0
+    model: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,10 +100,14 @@ def apply_method(
     *,
     device: Any = None,
     seed: int = 0,
+    variant: bool = False,
 ) -> MethodOutcome:
-    """Select, compensate and merge ``method`` on ``model`` (mutated in place).
+    """Select, compensate and merge ``method`` on ``model``.
 
-    The model ends with exactly ``layers`` fewer decoder layers, whatever the method.
+    By default ``model`` is pruned in place. With ``variant=True`` it is left
+    untouched: the merge goes into a variant (:func:`replaceme.variant.make_variant`)
+    that shares every tensor the merger does not write, returned as ``outcome.model``.
+    The pruned model has exactly ``layers`` fewer decoder layers, whatever the method.
     """
     num_layers = adapter.num_layers(model)
     check_layers(layers, num_layers)
@@ -122,9 +128,13 @@ def apply_method(
         compensations = method.compensator.compensate(plan, cctx)
     usage["compensate"] = m.usage
     with Meter() as m:
+        if variant:
+            from replaceme.variant import make_variant
+
+            model = make_variant(model, adapter, method.merger.modifies(plan, compensations))
         method.merger.merge(model, adapter, plan, compensations)
     usage["merge"] = m.usage
     after = adapter.num_layers(model)
     if after != num_layers - layers:
         raise RuntimeError(f"merger '{method.merger.name}' left {after} layers, expected {num_layers - layers}")
-    return MethodOutcome(plan, compensations, usage, num_layers, after)
+    return MethodOutcome(plan, compensations, usage, num_layers, after, model)

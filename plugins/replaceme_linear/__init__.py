@@ -159,8 +159,7 @@ class CosineCompensator(Compensator):
         return request
 
     def compensate(self, plan: Plan, ctx: CompensationContext) -> list[Compensation]:
-        import copy
-
+        from replaceme.variant import make_variant
         from replaceme_linear.diagnostics import block_tokens, heldout_diagnostics, rerun_block_tokens
 
         o = self.options
@@ -168,7 +167,8 @@ class CosineCompensator(Compensator):
         working, shift, out = None, 0, []
         for k, block in enumerate(plan.blocks):
             if o.refit and k > 0:  # the model as it is once the earlier blocks are replaced
-                working = working if working is not None else copy.deepcopy(ctx.model)
+                if working is None:  # shares every tensor but the layers that receive folds
+                    working = make_variant(ctx.model, ctx.adapter, {b.start - 1 for b in plan.blocks})
                 _apply(working, ctx.adapter, out[-1], shift)
                 shift += out[-1].block.size
                 s, e = block.start - shift, block.end - shift
@@ -248,6 +248,10 @@ class FoldLinearMerger(Merger):
                 raise ReplacemeError(f"cannot fold the map of block {comp.block}: layer {carrier} is removed or absent")
             _apply(model, adapter, comp, shift)
             shift += comp.block.size
+
+    def modifies(self, plan, compensations) -> set[int]:
+        """The MLP output projection of layer ``start - 1`` of each block with a map."""
+        return {c.block.start - 1 for c in compensations if c.kind == "linear"}
 
 
 @hookimpl

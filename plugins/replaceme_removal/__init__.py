@@ -69,6 +69,9 @@ class RemoveMerger(Merger):
 
         remove_layers(model, adapter, {i for b in plan.blocks for i in range(b.start, b.end)})
 
+    def modifies(self, plan, compensations) -> set[int]:
+        return set()  # layers are only deleted
+
 
 @hookimpl
 def register_selectors(register):

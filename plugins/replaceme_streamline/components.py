@@ -197,3 +197,6 @@ class WriteLayerMerger(Merger):
                 raise ReplacemeError(f"merger 'write-layer' cannot write a compensation of kind '{comp.kind}'")
         keep = [i for i in range(len(layers)) if i not in removed or i in replacements]
         keep_layers(model, adapter, keep, replacements)
+
+    def modifies(self, plan: Plan, compensations: list[Compensation]) -> set[int]:
+        return set()  # new modules are swapped in; no existing tensor is written

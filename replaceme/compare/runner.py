@@ -1,9 +1,10 @@
-"""Run a comparison: one model load, one calibration pass, a fresh copy of the
-same weights per method, one evaluation spec for all, rows saved as they finish."""
+"""Run a comparison: one model load, one calibration pass, one evaluation spec for
+all, rows saved as they finish. Each method prunes a variant of the loaded model
+(:mod:`replaceme.variant`) that shares every tensor its merge does not write, so
+memory stays about one model whatever the number of methods."""
 
 from __future__ import annotations
 
-import copy
 import gc
 import hashlib
 import json
@@ -102,6 +103,7 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     from replaceme.pipeline import apply_method, check_layers, gather_stats
     from replaceme.provenance import device_info, versions
     from replaceme.resources import Meter
+    from replaceme.variant import VersionGuard
 
     resolved = {m.label: resolve_method(m.name, m.options, selector=m.selector, compensator=m.compensator) for m in plan.methods}
     if output is not None:
@@ -154,11 +156,12 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
         method = resolved[label]
         log.info("[%d/%d] %s, %d layer(s) removed", i, len(pending), label, n)
         row = Row(label=label, method=method.method.name, layers=n, key=plan.row_key(label, n))
-        pruned = None
+        pruned = outcome = None
+        guard = VersionGuard(model)
         try:
             with Meter() as meter:
-                pruned = copy.deepcopy(model)
-                outcome = apply_method(pruned, adapter, method, n, stats, seed=plan.seed)
+                outcome = apply_method(model, adapter, method, n, stats, seed=plan.seed, variant=True)
+                pruned = outcome.model
                 t0 = time.perf_counter()
                 result = evaluate(pruned, tokenizer, plan.evaluation)
                 row.eval_seconds = time.perf_counter() - t0
@@ -174,8 +177,15 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
             log.error("%s at %d layers failed: %s", label, n, row.error)
             log.debug("traceback", exc_info=True)
         finally:
-            del pruned
+            del pruned, outcome
             _release()
+        written = guard.modified()
+        if written:
+            raise ReplacemeError(
+                f"method '{label}' wrote into the shared model's weights ({', '.join(written[:3])}"
+                f"{', ...' if len(written) > 3 else ''}); its merger must declare the layers it writes "
+                "(Merger.modifies), and the comparison stops since later rows would start from modified weights"
+            )
         rows[(label, n)] = row
         _save_row(output, row)
         finish()

@@ -1,0 +1,98 @@
+"""Memory-lean variants of a model: share every untouched weight, own only what a merge writes.
+
+``compare`` prunes one model with many methods. A deep copy per method costs a whole
+model each; a *variant* costs a few layers:
+
+- the module tree is copied (new module objects, a new ``ModuleList``, a new config),
+  so a merge that deletes layers, renumbers ``layer_idx`` or edits the config changes
+  the variant alone;
+- every parameter and buffer outside the *owned* decoder layers is a new
+  ``nn.Parameter`` over the **same storage** as the base's (``tensor.detach()``), so
+  it costs no memory; tied weights stay tied (one new parameter per base parameter);
+  moving or casting the variant (``variant.to(...)``, as evaluation does) replaces its
+  own parameters' data and leaves the base alone;
+- the owned decoder layers (those the merger writes in place, from
+  :meth:`replaceme.components.Merger.modifies`) are deep copies, so in-place writes
+  (``weight.copy_``) reach the variant only.
+
+A merger that writes in place into a layer it did not declare would write into the
+base: :class:`VersionGuard` notices it (through the tensors' version counters, which
+every in-place torch operation bumps) so that the caller can stop before another
+variant starts from modified weights.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from replaceme.adapters import ModelAdapter
+
+
+def _shared_tensors(module: nn.Module) -> Iterable[torch.Tensor]:
+    yield from module.parameters()
+    yield from module.buffers()
+
+
+def make_variant(model: nn.Module, adapter: ModelAdapter, own: Iterable[int] | None = ()) -> nn.Module:
+    """A copy of ``model`` that shares storage for every tensor outside decoder layers ``own``.
+
+    Args:
+        model: the base model (never modified).
+        adapter: where its decoder layers are.
+        own: indices of the decoder layers to deep-copy (the ones a merger writes in
+            place); ``None`` = every decoder layer (embeddings, final norm and head
+            are still shared).
+
+    Returns:
+        The variant: same class, same values, its own module tree and config.
+    """
+    layers = adapter.layers(model)
+    owned = range(len(layers)) if own is None else sorted(set(own))
+    private = {id(t) for i in owned for t in _shared_tensors(layers[i])}
+    memo: dict[int, Any] = {}
+    for param in model.parameters():
+        if id(param) not in private:
+            memo[id(param)] = nn.Parameter(param.detach(), requires_grad=param.requires_grad)
+    for buffer in model.buffers():
+        if id(buffer) not in private and id(buffer) not in memo:
+            memo[id(buffer)] = buffer.detach()
+    return copy.deepcopy(model, memo)
+
+
+def private_bytes(variant: nn.Module, base: nn.Module) -> int:
+    """Bytes of the variant's tensors that do not share storage with ``base`` (for reports and tests)."""
+    base_ptrs = {t.untyped_storage().data_ptr() for t in _shared_tensors(base)}
+    seen, total = set(), 0
+    for t in _shared_tensors(variant):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in base_ptrs and ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+class VersionGuard:
+    """Remembers the version counter of every tensor of a model, to detect in-place writes.
+
+    Every in-place torch operation on a tensor or on a view of it (``copy_``,
+    ``add_``, ``mul_``...) bumps the counter. Writes through ``.data`` do not and
+    escape the guard; mergers write through ``torch.no_grad()`` and the tensor itself.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.versions = {name: t._version for name, t in self._named(model)}
+
+    @staticmethod
+    def _named(model: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
+        yield from model.named_parameters(remove_duplicate=True)
+        yield from model.named_buffers(remove_duplicate=True)
+
+    def modified(self) -> list[str]:
+        """Names of the tensors written in place since the guard was made."""
+        return [name for name, t in self._named(self.model) if self.versions.get(name, t._version) != t._version]
