@@ -42,9 +42,10 @@ def compare(ctx, model, model_opt, methods, layers, options, ppl, context_length
     """Compare pruning methods on MODEL fairly: the same weights, the same
     calibration pass and the same evaluation for all, plus the unpruned baseline.
 
-    With no MODEL, the embedded demo model is used (built offline on first use,
-    about two minutes on two CPU cores, then cached), with its own calibration
-    and held-out text: `replaceme compare` alone shows every method at work.
+    With no MODEL, the embedded demo model is used (trained by replaceme's own
+    code and shipped with the package, so it starts at once, offline), with its
+    own calibration and held-out text: `replaceme compare` alone shows every
+    method at work.
 
     The table has each metric, the average task score, the % of the baseline
     retained (accuracy ratio; inverse ratio for perplexity), prune and

@@ -1,8 +1,11 @@
 """The demo subject: build the demo model once, cache it, hand out its directory.
 
-``demo_model_dir()`` returns a directory that any Hugging Face code can load::
+``demo_model_dir()`` returns a directory that any Hugging Face code can load:
+for the default recipe, the trained build shipped inside the package
+(:mod:`replaceme.demo.shipped`); for any other recipe (tests use tiny ones) or
+on request (``rebuild=True``), a build trained and cached on first use::
 
-    <cache>/demo-v<N>/
+    <cache>/demo-v<N>[-<recipe hash>]/
         config.json, generation_config.json, model.safetensors   # LlamaForCausalLM
         tokenizer.json, tokenizer_config.json                    # word-level fast tokenizer
         calibration.txt, validation.txt   # held-out documents, one per blank-line-separated record
@@ -39,7 +42,7 @@ log = logging.getLogger(__name__)
 #: The model argument that selects the demo model (also the default).
 DEMO_NAME = "demo"
 #: Bump whenever the default recipe, the corpus or the tokenizer changes.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 CALIBRATION_FILE = "calibration.txt"
 VALIDATION_FILE = "validation.txt"
 INFO_FILE = "demo.json"
@@ -83,10 +86,12 @@ def describe(recipe: Recipe | None = None) -> str:
     return f"""\
 ### The demo model
 
-When no model is given (or `--model {DEMO_NAME}`), replaceme uses a small model it
-builds itself, offline, the first time it is needed (about two minutes on two CPU
-cores), and caches in `$REPLACEME_CACHE` (default `~/.cache/replaceme`, or
-`$XDG_CACHE_HOME/replaceme`); the log says where.
+When no model is given (or `--model {DEMO_NAME}`), replaceme uses a small model
+trained by its own code and shipped inside the package (`replaceme/demo/weights/`,
+with the recipe in `demo.json` and a sha256 of every file in `SHA256SUMS`), so it
+starts at once, offline, and gives the same numbers everywhere.
+`python -m replaceme.demo --retrain --verify` trains the recipe again (a few
+minutes on two CPU cores) and checks the result against the shipped weights.
 
 **What it is.** A standard Hugging Face `LlamaForCausalLM` with {r.layers} decoder
 layers (hidden size {r.hidden}, {r.heads} attention heads sharing {r.kv_heads} key/value
@@ -117,10 +122,9 @@ knows nothing about the world, cannot follow instructions, and is far too small
 for lm-eval benchmarks to mean anything (they will sit at chance). How its
 perplexity reacts to pruning says nothing about how a real LLM would react; use
 it for demonstrations and tests, and a real model for conclusions. Training runs
-on one CPU thread, so the weights are reproducible for the same software
-versions (other CPUs may round differently); only on a machine too slow to do
-all the steps within about two minutes does it train fewer steps, which is
-logged and recorded in the model directory's `demo.json`.
+on one CPU thread, so retraining reproduces the weights for the same software
+versions (other versions and CPUs round differently, which is why the trained
+weights are shipped rather than rebuilt on each machine).
 """
 
 
@@ -213,16 +217,28 @@ def demo_model_dir(
     recipe: Recipe | None = None,
     **overrides: Any,
 ) -> Path:
-    """The directory of the demo model, building it first if it is not cached.
+    """The directory of the demo model.
+
+    The default recipe's build ships with the package
+    (:mod:`replaceme.demo.shipped`): its folder is returned at once, after its
+    checksums are checked. Any other recipe, or ``rebuild=True``, is trained
+    and cached (first use only).
 
     Args:
         cache_dir: cache root; default from :func:`cache_root`.
-        rebuild: build again even when a cached copy exists (it is replaced
-            only once the new build is complete).
+        rebuild: train again into the cache even when a copy exists (it is
+            replaced only once the new build is complete); for the default
+            recipe this bypasses the shipped weights.
         recipe, overrides: a non-default recipe (tests use tiny ones); it is
             cached under its own key.
     """
     recipe = (recipe or Recipe()).replace(**overrides)
+    if not rebuild and recipe == Recipe():
+        from replaceme.demo.shipped import shipped_model_dir
+
+        path = shipped_model_dir()
+        log.info("demo model (shipped with replaceme): %s", path)
+        return path
     root = cache_root(cache_dir)
     key = recipe_key(recipe)
     final = root / key
