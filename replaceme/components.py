@@ -57,12 +57,19 @@ class SelectionContext:
             ``N / num_blocks + layers_added_per_block`` layers.
         separate_blocks: chosen blocks must not touch (the compensator writes
             into the layer just before each block, which must survive).
+        scorer: a :class:`replaceme.scoring.PlanScorer` supplied by the
+            orchestration at selection time (None when listing candidates):
+            ``scorer.score(plan)`` applies the method's own compensator and
+            merger to a variant of the model and measures the calibration loss,
+            KL and last-hidden-state cosine, so a selector can choose by what
+            the model actually loses, whatever the compensator.
     """
 
     num_layers: int
     layers: int
     layers_added_per_block: int = 0
     separate_blocks: bool = False
+    scorer: Any = None
 
 
 class Selector(Component):

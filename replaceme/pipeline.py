@@ -9,7 +9,7 @@ from typing import Any
 
 from replaceme.adapters import ModelAdapter
 from replaceme.calibration import CalibrationData
-from replaceme.components import Compensation, CompensationContext
+from replaceme.components import Compensation
 from replaceme.errors import ReplacemeError
 from replaceme.methods import ResolvedMethod
 from replaceme.plan import Plan
@@ -109,9 +109,15 @@ def apply_method(
     that shares every tensor the merger does not write, returned as ``outcome.model``.
     The pruned model has exactly ``layers`` fewer decoder layers, whatever the method.
     """
+    import dataclasses
+
+    from replaceme.scoring import PlanScorer
+
     num_layers = adapter.num_layers(model)
     check_layers(layers, num_layers)
-    ctx = method.selection_context(num_layers, layers)
+    device = device or next(model.parameters()).device
+    scorer = PlanScorer(model, adapter, stats, method.compensator, method.merger, device=device, seed=seed)
+    ctx = dataclasses.replace(method.selection_context(num_layers, layers), scorer=scorer)
     usage: dict[str, Usage] = {}
     with Meter() as m:
         plan = method.selector.select(stats, ctx)
@@ -123,9 +129,8 @@ def apply_method(
             f"which with compensator '{method.compensator.name}' removes {plan.layers_in_blocks - added}, not {layers}"
         )
     log.info("%s: blocks %s", method.label, ", ".join(map(str, plan.blocks)))
-    cctx = CompensationContext(model=model, adapter=adapter, stats=stats, device=device or next(model.parameters()).device, seed=seed)
-    with Meter() as m:
-        compensations = method.compensator.compensate(plan, cctx)
+    with Meter() as m:  # a selector that scored this plan already compensated it
+        compensations = scorer.compensations(plan)
     usage["compensate"] = m.usage
     with Meter() as m:
         if variant:

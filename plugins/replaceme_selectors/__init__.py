@@ -26,6 +26,21 @@ from replaceme.plan import Block, Plan, greedy_non_overlapping, merge_touching
 from replaceme.stats.request import StatsRequest
 
 
+def block_size(ctx: SelectionContext, num_blocks: int) -> int:
+    """Layers per block when ``--layers`` is split evenly into ``num_blocks`` blocks
+    (plus the layers the compensator writes back into each)."""
+    if ctx.layers % num_blocks:
+        raise ReplacemeError(f"--layers {ctx.layers} cannot be split evenly into num_blocks={num_blocks} blocks")
+    return ctx.layers // num_blocks + ctx.layers_added_per_block
+
+
+def blocks_of_size(ctx: SelectionContext, n: int) -> list[Block]:
+    """Every block of ``n`` layers that starts after layer 0."""
+    if n > ctx.num_layers - 1:
+        raise ReplacemeError(f"a block of {n} layers does not fit after layer 0 of a {ctx.num_layers}-layer model")
+    return [Block(s, s + n) for s in range(1, ctx.num_layers - n + 1)]
+
+
 @dataclass
 class DistanceOptions:
     num_blocks: int = option(1, "number of non-overlapping blocks; --layers is split evenly among them")
@@ -44,16 +59,11 @@ class DistanceSelector(Selector):
     score = staticmethod(scoring.angular)
 
     def block_size(self, ctx: SelectionContext) -> int:
-        k = self.options.num_blocks
-        if ctx.layers % k:
-            raise ReplacemeError(f"--layers {ctx.layers} cannot be split evenly into num_blocks={k} blocks")
-        return ctx.layers // k + ctx.layers_added_per_block
+        return block_size(ctx, self.options.num_blocks)
 
     def candidates(self, ctx: SelectionContext) -> list[Block]:
         n = self.block_size(ctx)
-        if n > ctx.num_layers - 1:
-            raise ReplacemeError(f"a block of {n} layers does not fit after layer 0 of a {ctx.num_layers}-layer model")
-        singles = [Block(s, s + n) for s in range(1, ctx.num_layers - n + 1)]
+        singles = blocks_of_size(ctx, n)
         if not (self.options.merge_consecutive and self.options.num_blocks > 1):
             return singles
         merged = [
