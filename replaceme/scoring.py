@@ -17,9 +17,9 @@ batches kept by the shared pass:
 
 It works for every compensator: it only calls ``compensate`` and ``merge``.
 
-Cost. A variant shares every parameter with the unpruned model except those of
-the layers a merge may write (``start - 1`` and ``start`` of each block), so a
-candidate costs one or two layers of memory. Layers before the first changed
+Cost. A variant shares every tensor with the unpruned model except the layers
+the merger declares it writes (:meth:`replaceme.components.Merger.modifies`),
+so a candidate costs a layer or two of memory. Layers before the first changed
 one are identical, so scoring starts from the shared pass's cached input of that
 layer and replays only the later layers with the call arguments the model used
 (``x ↦ layer(x, **kwargs)``), then the final norm and the LM head. This fast
@@ -30,7 +30,6 @@ candidate is scored by a full forward pass instead, which is always exact.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -170,21 +169,17 @@ class PlanScorer:
         return self._compensations[key]
 
     def variant(self, plan: Plan) -> Any:
-        """A copy of the model with ``plan`` compensated and merged, sharing every
-        parameter except those of the layers the merge may write."""
-        layers = self.adapter.layers(self.model)
-        owned = {i for b in plan.blocks for i in (b.start - 1, b.start) if 0 <= i < len(layers)}
-        memo: dict[int, Any] = {}
-        for i, layer in enumerate(layers):
-            if i not in owned:
-                for t in [*layer.parameters(), *layer.buffers()]:
-                    memo[id(t)] = t
-        inside = {id(t) for i in owned for t in [*layers[i].parameters(), *layers[i].buffers()]}
-        for t in [*self.model.parameters(), *self.model.buffers()]:
-            if id(t) not in inside:
-                memo[id(t)] = t
-        variant = copy.deepcopy(self.model, memo)
-        self.merger.merge(variant, self.adapter, plan, self.compensations(plan))
+        """A variant of the model (:func:`replaceme.variant.make_variant`) with ``plan``
+        compensated and merged: it owns copies of the layers the merger declares it
+        writes and shares every other tensor with the unpruned model."""
+        from replaceme.variant import VersionGuard, make_variant
+
+        compensations = self.compensations(plan)
+        guard = VersionGuard(self.model)
+        variant = make_variant(self.model, self.adapter, self.merger.modifies(plan, compensations))
+        self.merger.merge(variant, self.adapter, plan, compensations)
+        if written := guard.modified():
+            raise ReplacemeError(f"merger '{self.merger.name}' wrote shared weights it did not declare: {', '.join(written[:3])}")
         return variant
 
     def old_indices(self, plan: Plan, count: int) -> list[int] | None:

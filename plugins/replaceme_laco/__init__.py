@@ -223,6 +223,10 @@ class CollapseMerger(Merger):
                     target[name].copy_(value)
         remove_layers(model, adapter, {i for b in plan.blocks for i in range(b.start, b.end)})
 
+    def modifies(self, plan, compensations) -> set[int]:
+        """The layer before each block, which receives the collapsed parameters."""
+        return {c.block.start - 1 for c in compensations}
+
 
 @hookimpl
 def register_selectors(register):
