@@ -42,6 +42,7 @@ class PruneResult:
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     source: str | None = None
+    offloaded: Any = None
 
     @property
     def plan(self):
@@ -65,6 +66,7 @@ class PruneResult:
             "seed": self.seed,
             "versions": versions(),
             "usage": {k: u.to_dict() for k, u in self.usage.items()},
+            "offload": self.offloaded.describe() if self.offloaded is not None else {"enabled": False},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
@@ -83,6 +85,7 @@ def prune(
     seed: int = 0,
     use_cache: bool = True,
     trust_remote_code: bool = False,
+    offload: bool = False,
     **options: Any,
 ) -> PruneResult:
     """Prune ``layers`` decoder layers with ``method``.
@@ -99,6 +102,11 @@ def prune(
         device, dtype: where and in what precision to run (``auto``: CUDA+bf16 or CPU+fp32).
         seed: seeds calibration shuffling, samples and training.
         use_cache: reuse cached statistics for identical inputs.
+        offload: never hold the whole model: read it from its safetensors
+            checkpoint one decoder layer at a time (a local directory only; see
+            :mod:`replaceme.offload`). ``result.model`` is then a skeleton whose
+            untouched parameters are on the meta device; save it with
+            :func:`save_pruned`, which streams the checkpoint.
         **options: method options (``replaceme methods`` lists them).
 
     Returns:
@@ -116,8 +124,17 @@ def prune(
     resolved = resolve_method(method, options, selector=selector, compensator=compensator)
     usage: dict[str, Usage] = {}
     source = None
+    offloaded = None
     with Meter() as m:
-        if isinstance(model_or_path, (str, Path)):
+        if offload:
+            from replaceme.offload import load_offloaded
+
+            if not isinstance(model_or_path, (str, Path)):
+                raise ReplacemeError("offload=True needs a model directory, not a loaded model")
+            source = str(model_or_path)
+            offloaded, tokenizer = load_offloaded(source, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+            model = offloaded.model
+        elif isinstance(model_or_path, (str, Path)):
             source = str(model_or_path)
             model, tokenizer = load_model(source, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         else:
@@ -144,9 +161,18 @@ def prune(
             calib = build_calibration(spec, tokenizer)
         usage["calibration"] = m.usage
         with Meter() as m:
-            stats = gather_stats(model, adapter, calib, request, use_cache=use_cache)
+            if offloaded is not None:
+                from replaceme.stats.layerwise import collect_stats_layerwise
+
+                stats = collect_stats_layerwise(offloaded, calib, request)
+            else:
+                stats = gather_stats(model, adapter, calib, request, use_cache=use_cache)
         usage["statistics"] = m.usage
-    outcome = apply_method(model, adapter, resolved, layers, stats, seed=seed)
+    if offloaded is not None:
+        outcome = apply_method(model, adapter, resolved, layers, stats, seed=seed, device=offloaded.device,
+                               materialise=offloaded.load_layers)
+    else:
+        outcome = apply_method(model, adapter, resolved, layers, stats, seed=seed)
     usage.update(outcome.usage)
     return PruneResult(
         model=model,
@@ -159,6 +185,7 @@ def prune(
         options=resolved.options(),
         seed=seed,
         source=source,
+        offloaded=offloaded,
     )
 
 
@@ -174,7 +201,10 @@ def save_pruned(result: PruneResult, output: str | Path, *, overwrite: bool = Fa
     if output.exists() and not overwrite:
         raise ReplacemeError(f"output directory {output} exists (use --overwrite to replace it)")
     with atomic_directory(output, overwrite=overwrite) as tmp:
-        result.model.save_pretrained(tmp, safe_serialization=True)
+        if result.offloaded is not None:
+            result.offloaded.save(tmp)
+        else:
+            result.model.save_pretrained(tmp, safe_serialization=True)
         if result.tokenizer is not None:
             result.tokenizer.save_pretrained(tmp)
         write_json_atomic(tmp / "pruning.json", {**result.metadata(), **(extra or {})})

@@ -101,6 +101,7 @@ def apply_method(
     device: Any = None,
     seed: int = 0,
     variant: bool = False,
+    materialise: Any = None,
 ) -> MethodOutcome:
     """Select, compensate and merge ``method`` on ``model``.
 
@@ -108,6 +109,10 @@ def apply_method(
     untouched: the merge goes into a variant (:func:`replaceme.variant.make_variant`)
     that shares every tensor the merger does not write, returned as ``outcome.model``.
     The pruned model has exactly ``layers`` fewer decoder layers, whatever the method.
+    ``materialise(layers)``, if given, is called with the (unpruned) indices of the
+    decoder layers the compensator reads (a replacement layer is initialised from
+    each block's first layer) and then with those the merger writes
+    (``Merger.modifies``): ``--offload`` loads only these from the checkpoint.
     """
     import dataclasses
 
@@ -129,9 +134,17 @@ def apply_method(
             f"which with compensator '{method.compensator.name}' removes {plan.layers_in_blocks - added}, not {layers}"
         )
     log.info("%s: blocks %s", method.label, ", ".join(map(str, plan.blocks)))
+    if materialise is not None:
+        materialise({b.start for b in plan.blocks} if method.compensator.layers_added_per_block else set())
     with Meter() as m:  # a selector that scored this plan already compensated it
         compensations = scorer.compensations(plan)
     usage["compensate"] = m.usage
+    if materialise is not None:
+        written = method.merger.modifies(plan, compensations)
+        if written is None:
+            raise ReplacemeError(f"merger '{method.merger.name}' does not declare the layers it writes (Merger.modifies), "
+                                 "which --offload needs")
+        materialise(written)
     with Meter() as m:
         if variant:
             from replaceme.variant import make_variant

@@ -165,6 +165,8 @@ class CosineCompensator(Compensator):
         o = self.options
         train, holdout = ctx.stats.sample.take(o.token_budget), ctx.stats.sample.holdout
         working, shift, out = None, 0, []
+        if o.refit and len(plan.blocks) > 1 and any(p.is_meta for p in ctx.model.parameters()):
+            raise ReplacemeError("cosine refit re-runs the partly pruned model, which --offload never holds; drop -o refit")
         for k, block in enumerate(plan.blocks):
             if o.refit and k > 0:  # the model as it is once the earlier blocks are replaced
                 if working is None:  # shares every tensor but the layers that receive folds

@@ -25,10 +25,13 @@ from replaceme.cli.common import calibration_options, calibration_spec, model_op
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="YAML with these settings (our names, or ReplaceMe reference keys); flags override it.")
 @click.option("--no-cache", is_flag=True, help="Recompute calibration statistics even if cached.")
+@click.option("--offload", is_flag=True,
+              help="Never hold the whole model: read a local safetensors checkpoint one decoder layer at a time "
+                   "and write the pruned one by streaming (peak memory ≈ one layer + activations).")
 @click.option("--json", "as_json", is_flag=True, help="Print pruning.json to stdout.")
 @click.pass_context
 def prune(ctx: click.Context, model, method, layers, selector, compensator, options, output, overwrite,
-          config_file, no_cache, as_json, device, dtype, trust_remote_code, **calib) -> None:
+          config_file, no_cache, offload, as_json, device, dtype, trust_remote_code, **calib) -> None:
     """Prune MODEL (directory, hub id, or 'demo') and save a standard model directory.
 
     --layers N always means the result has N fewer decoder layers. The output
@@ -43,6 +46,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
       replaceme prune ./model -m uidl -n 2 --calib data.jsonl --calib-column text --output out/
       replaceme prune ./model -m block-removal -n 2 -o start 10 --calib data.txt --output out/
       replaceme prune --config reference.yaml
+      replaceme prune ./llama-70b -m replaceme-lstsq -n 20 --calib data.txt --offload --output out/
     """
     import replaceme
     from replaceme.console import stdout
@@ -77,7 +81,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     spec = calibration_spec(**calib) if calib["calib"] else None
     result = replaceme.prune(model, method=method, layers=int(layers), calibration=spec, selector=selector,
                              compensator=compensator, device=device, dtype=dtype, seed=calib["seed"],
-                             use_cache=not no_cache, trust_remote_code=trust_remote_code, **opts)
+                             use_cache=not no_cache, trust_remote_code=trust_remote_code, offload=offload, **opts)
     replaceme.save_pruned(result, out, overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(json.loads((out / "pruning.json").read_text()), indent=2))

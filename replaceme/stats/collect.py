@@ -25,6 +25,8 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -85,7 +87,7 @@ def _to_cpu(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def _portable_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+def portable_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in kwargs.items():
         if key in ("hidden_states", "past_key_values", "past_key_value", "layer_past", "use_cache", "output_attentions"):
@@ -97,7 +99,7 @@ def _portable_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _bind(signature: inspect.Signature, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+def bind_arguments(signature: inspect.Signature, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     """A layer call's arguments by name (positional ones too: GPT-2 passes its mask
     positionally), with ``**kwargs`` flattened; the first entry is the hidden states."""
     bound = signature.bind_partial(*args, **kwargs).arguments
@@ -123,8 +125,43 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-12)
 
 
-class _Accumulator:
-    """Consumes boundary states and MLP outputs of one batch at a time."""
+@dataclass
+class BatchState:
+    """What the accumulator holds about one calibration batch while its boundaries arrive.
+
+    Attributes:
+        mask: ``[B, T]`` bool on the compute device.
+        last: index of each row's last non-pad token, ``[B]``.
+        use_for_gram: False for held-out batches (they never enter the Gram sums).
+        keep: where the batch's sampled activations go, or None.
+        x: ``j -> x_j`` of the rolling window (as returned by ``store``).
+        m: ``i -> m_i`` of the rolling window.
+        store: where window tensors are kept: identity in the hooked pass (one
+            batch at a time, on the device); a copy to CPU or disk in the
+            layer-by-layer pass, where every batch's window lives at once.
+    """
+
+    mask: torch.Tensor
+    last: torch.Tensor
+    use_for_gram: bool
+    keep: BatchActivations | None
+    x: dict[int, torch.Tensor] = field(default_factory=dict)
+    m: dict[int, torch.Tensor] = field(default_factory=dict)
+    store: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
+    #: whether ``store`` copies (else MLP outputs are cloned: a layer may add to its
+    #: MLP output in place afterwards, as Falcon's parallel attention does)
+    store_copies: bool = False
+
+
+class Accumulator:
+    """Running sums of the statistics pass, fed boundary states and MLP outputs.
+
+    Shared by the hooked whole-model pass (:func:`collect_stats`: one batch at a
+    time, boundaries in order) and the layer-by-layer pass
+    (:mod:`replaceme.stats.layerwise`: one layer at a time, every batch's
+    :class:`BatchState` alive at once). For each batch, the boundaries ``x_j`` must
+    arrive in increasing ``j``, and ``m_i`` before ``x_{i+1}``.
+    """
 
     def __init__(self, num_layers: int, hidden: int, request: StatsRequest, stats_device: torch.device,
                  model_device: torch.device):
@@ -149,13 +186,12 @@ class _Accumulator:
         self.gram_tokens = {p: 0 for p in self.gram_variants}
         self.mlp_needed = {s - 1 for s in self.gram_starts} | set(request.sample_mlp)
 
-    def begin(self, mask: torch.Tensor, use_for_gram: bool, keep: BatchActivations | None) -> None:
-        self.mask = mask
-        self.last = _last_token_index(mask)
-        self.use_for_gram = use_for_gram
-        self.keep = keep
-        self.x: dict[int, torch.Tensor] = {}
-        self.m: dict[int, torch.Tensor] = {}
+    def begin(self, mask: torch.Tensor, use_for_gram: bool, keep: BatchActivations | None,
+              store: Callable[[torch.Tensor], torch.Tensor] | None = None) -> BatchState:
+        """Start a batch (``mask`` on the compute device); returns its state."""
+        state = BatchState(mask, _last_token_index(mask), use_for_gram, keep)
+        if store is not None:
+            state.store, state.store_copies = store, True
         tokens = int(mask.sum())
         self.sequences += mask.shape[0]
         self.tokens += tokens
@@ -163,19 +199,23 @@ class _Accumulator:
             self.gram_tokens[False] += tokens
             if True in self.gram_tokens:
                 self.gram_tokens[True] += mask.numel()
+        return state
 
-    def mlp_output(self, i: int, m: torch.Tensor) -> None:
+    def mlp_output(self, state: BatchState, i: int, m: torch.Tensor) -> None:
+        """``m_i`` of the batch, any shape ``[..., hidden]`` (OPT flattens tokens)."""
         if i in self.mlp_needed:
-            m = m.detach().reshape(*self.mask.shape, -1)  # some models (OPT) flatten tokens in the MLP
-            self.m[i] = m
-            if self.keep is not None and i in self.request.sample_mlp:
-                self.keep.mlp[i] = m.to("cpu", copy=True)
+            m = m.detach().reshape(*state.mask.shape, -1)
+            state.m[i] = state.store(m) if state.store_copies else m.clone()
+            if state.keep is not None and i in self.request.sample_mlp:
+                state.keep.mlp[i] = m.to("cpu", copy=True)
 
-    def boundary(self, j: int, x: torch.Tensor) -> None:
+    def boundary(self, state: BatchState, j: int, x: torch.Tensor) -> None:
+        """``x_j`` of the batch, ``[B, T, hidden]`` on the compute device."""
         x = x.detach()
-        if not torch.isfinite(x[self.mask]).all():
+        if not torch.isfinite(x[state.mask]).all():
+            producer = "the embedding" if j == 0 else f"layer {j - 1}"
             raise ReplacemeError(
-                f"non-finite hidden states (NaN/Inf) entering layer {j} on calibration data; "
+                f"{producer} produced non-finite hidden states (NaN/Inf) on calibration data (input of layer {j}); "
                 "the model may overflow in this dtype (try --dtype float32)"
             )
         rows = torch.arange(x.shape[0], device=x.device)
@@ -184,29 +224,30 @@ class _Accumulator:
             s = j - n
             if s < 0:
                 continue
-            xs = self.x[s]
-            cos_last = _cosine(xs[rows, self.last], x64[rows, self.last]).clamp(-1.0, 1.0)
+            xs = state.x[s].to(x.device)
+            cos_last = _cosine(xs[rows, state.last], x64[rows, state.last]).clamp(-1.0, 1.0)
             self.angular_sum[n][s] += (torch.arccos(cos_last) / math.pi).sum()
-            self.cosine_sum[n][s] += _cosine(xs, x64)[self.mask].sum()
-        if self.use_for_gram:
-            self._gram(j, x)
-        if self.keep is not None and j in self.request.sample_boundaries:
-            self.keep.boundaries[j] = x.to("cpu", copy=True)
-        self.x[j] = x
-        self.x.pop(j - self.window - 1, None)
-        self.m.pop(j - self.window - 2, None)
+            self.cosine_sum[n][s] += _cosine(xs, x64)[state.mask].sum()
+        if state.use_for_gram:
+            self._gram(state, j, x)
+        if state.keep is not None and j in self.request.sample_boundaries:
+            state.keep.boundaries[j] = x.to("cpu", copy=True)
+        state.x[j] = state.store(x)
+        state.x.pop(j - self.window - 1, None)
+        state.m.pop(j - self.window - 2, None)
 
-    def _gram(self, j: int, x: torch.Tensor) -> None:
+    def _gram(self, state: BatchState, j: int, x: torch.Tensor) -> None:
         for with_pad in self.gram_variants:
-            sel = torch.ones_like(self.mask) if with_pad else self.mask
+            sel = torch.ones_like(state.mask) if with_pad else state.mask
             if j in self.gram_starts:  # X = m_{j-1} is complete once x_j exists
-                X = self.m[j - 1][sel].to(self.device, torch.float64)
+                X = state.m[j - 1].to(x.device)[sel].to(self.device, torch.float64)
                 self.xtx[(j, with_pad)].addmm_(X.T, X)
             for s, e in self.request.gram_blocks:
                 if e != j:
                     continue
-                X = self.m[s - 1][sel].to(self.device, torch.float64)
-                Y = x[sel].to(self.device, torch.float64) - self.x[s][sel].to(self.device, torch.float64) + X
+                X = state.m[s - 1].to(x.device)[sel].to(self.device, torch.float64)
+                xs = state.x[s].to(x.device)[sel].to(self.device, torch.float64)
+                Y = x[sel].to(self.device, torch.float64) - xs + X
                 self.xty[(s, e, with_pad)].addmm_(X.T, Y)
                 self.yty[(s, e, with_pad)] += (Y * Y).sum()
 
@@ -221,6 +262,28 @@ class _Accumulator:
             )
         stats.sequences = self.sequences
         stats.tokens = self.tokens
+
+
+def check_gram_blocks(request: StatsRequest) -> None:
+    for s, e in request.gram_blocks:
+        if s < 1:
+            raise ReplacemeError(f"block [{s}, {e}) starts at layer 0: there is no MLP before it to fold a map into")
+
+
+def plan_batches(calib: CalibrationData, request: StatsRequest, holdout_tokens: int) -> tuple[list[int], list[int]]:
+    """Held-out and sampled batches of a pass (see :func:`split_batches`); no sample unless asked."""
+    holdout, sample = split_batches(
+        calib, request.sample_tokens if request.wants_sample else 0,
+        holdout_tokens if request.wants_sample or request.gram_blocks else 0, calib.spec.seed,
+    )
+    return holdout, sample if request.wants_sample else []
+
+
+def batch_keep(calib: CalibrationData, b: int, request: StatsRequest, kept_batches: set[int]) -> BatchActivations | None:
+    """The container for batch ``b``'s sampled activations, if it is sampled or held out."""
+    if b in kept_batches and request.wants_sample:
+        return BatchActivations(mask=calib.masks[b].clone(), input_ids=calib.input_ids[b].clone())
+    return None
 
 
 @torch.no_grad()
@@ -252,50 +315,46 @@ def collect_stats(
     hidden = int(model.config.hidden_size)
     device = next(model.parameters()).device
     stats_device = torch.device(stats_device) if stats_device is not None else device
-    for s, e in request.gram_blocks:
-        if s < 1:
-            raise ReplacemeError(f"block [{s}, {e}) starts at layer 0: there is no MLP before it to fold a map into")
-    acc = _Accumulator(L, hidden, request, stats_device, device)
-    holdout, sample = split_batches(
-        calib, request.sample_tokens if request.wants_sample else 0, holdout_tokens if request.wants_sample or request.gram_blocks else 0, calib.spec.seed
-    )
-    if not request.wants_sample:
-        sample = []
+    check_gram_blocks(request)
+    acc = Accumulator(L, hidden, request, stats_device, device)
+    holdout, sample = plan_batches(calib, request, holdout_tokens)
     stats = ActivationStats(num_layers=L, hidden_size=hidden)
     kept: dict[int, BatchActivations] = {}
     want_kwargs = set(request.layer_kwargs)
+    current: list[BatchState] = []
 
     def pre_hook(index: int):
         signature = inspect.signature(layers[index].forward)
 
         def hook(module, args, kwargs):
-            arguments = _bind(signature, args, kwargs)
+            state = current[0]
+            arguments = bind_arguments(signature, args, kwargs)
             first = next(iter(arguments))
-            acc.boundary(index, arguments[first])
-            if acc.keep is not None and index in want_kwargs:
-                acc.keep.layer_kwargs[index] = _portable_kwargs({k: v for k, v in arguments.items() if k != first})
+            acc.boundary(state, index, arguments[first])
+            if state.keep is not None and index in want_kwargs:
+                state.keep.layer_kwargs[index] = portable_kwargs({k: v for k, v in arguments.items() if k != first})
 
         return hook
 
     def last_hook(module, args, output):
-        acc.boundary(L, output[0] if isinstance(output, tuple) else output)
+        acc.boundary(current[0], L, output[0] if isinstance(output, tuple) else output)
         raise _StopForward
 
     def mlp_hook(index: int):
         def hook(module, args, output):
-            acc.mlp_output(index, output)
+            acc.mlp_output(current[0], index, output)
 
         return hook
 
     handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     handles.append(layers[L - 1].register_forward_hook(last_hook))
     handles += [adapter.mlp_out(model, i).register_forward_hook(mlp_hook(i)) for i in sorted(acc.mlp_needed) if 0 <= i < L]
-    holdout_set, sample_set = set(holdout), set(sample)
+    holdout_set, kept_batches = set(holdout), set(holdout) | set(sample)
     try:
         for b in track(range(calib.num_batches), "calibration pass"):
             mask = calib.masks[b].to(device)
-            keep = BatchActivations(mask=calib.masks[b].clone(), input_ids=calib.input_ids[b].clone()) if (b in holdout_set or b in sample_set) and request.wants_sample else None
-            acc.begin(mask, use_for_gram=b not in holdout_set, keep=keep)
+            keep = batch_keep(calib, b, request, kept_batches)
+            current[:] = [acc.begin(mask, use_for_gram=b not in holdout_set, keep=keep)]
             try:
                 model(input_ids=calib.input_ids[b].to(device), attention_mask=mask.long(), use_cache=False)
             except _StopForward:
@@ -305,6 +364,7 @@ def collect_stats(
     finally:
         for h in handles:
             h.remove()
+        current.clear()
     acc.finish(stats)
     stats.sample = ActivationSample(train=[kept[b] for b in sample if b in kept], holdout=[kept[b] for b in holdout if b in kept])
     stats.seconds = time.perf_counter() - start_time

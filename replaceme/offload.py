@@ -1,0 +1,317 @@
+"""A model that is never whole in memory: a meta-device skeleton over a safetensors checkpoint.
+
+``prune --offload`` (GUIDE §5) builds the model's module tree with accelerate's
+``init_empty_weights`` (parameters on the ``meta`` device, no memory; buffers such
+as rotary frequencies are real, since they are computed, not stored) and
+materialises from the checkpoint only what is needed at a time:
+
+- the small non-layer parameters (final norm, position embeddings, projections),
+  once; the input embedding never: the rows of the calibration tokens are read
+  from the checkpoint in chunks and passed as ``inputs_embeds``;
+- one decoder layer at a time during the statistics pass
+  (:mod:`replaceme.stats.layerwise`), freed afterwards;
+- for compensation and merging, only the layers a method touches (the block's
+  first layer when a replacement layer is copied from it, and the layers the
+  merger declares it writes, ``Merger.modifies``: the layer before each block
+  for a folded map); the mergers then run unchanged on the skeleton (removing
+  meta layers costs nothing);
+- the pruned checkpoint is written by streaming (:meth:`OffloadedModel.save`):
+  untouched tensors are copied from the input checkpoint under their new layer
+  indices, the modified layers come from the skeleton.
+
+Why our own code rather than accelerate's offload hooks (``cpu_offload``,
+``disk_offload``, ``dispatch_model``) or llm-compressor's sequential pipeline:
+accelerate's hooks move each layer's weights in and out *per forward call*, i.e.
+once per calibration batch, and keep a full CPU (or disk) copy of the weights;
+we need the transpose (each layer loaded once, every batch through it), which
+is what llm-compressor's sequential pipeline does, but that pipeline traces the
+model with torch.fx into subgraphs, is tied to its own modifiers and calibration
+loop, and pulls in a large dependency. Catching each layer's call arguments
+with a stub (below) gives the same layer-major order with the model's own
+forward code, for every architecture transformers supports.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from replaceme.adapters import ModelAdapter
+from replaceme.checkpoint import Checkpoint, PlannedTensor, write_checkpoint
+from replaceme.errors import ReplacemeError
+
+log = logging.getLogger(__name__)
+
+
+class _Captured(Exception):
+    def __init__(self, args: tuple, kwargs: dict[str, Any]):
+        self.args_, self.kwargs_ = args, kwargs
+
+
+def _is_meta(t: torch.Tensor) -> bool:
+    return t.device.type == "meta"
+
+
+def free_parameters(module: nn.Module) -> None:
+    """Put every parameter of ``module`` back on the meta device (buffers stay)."""
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None and not _is_meta(p):
+                sub._parameters[name] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+
+
+class OffloadedModel:
+    """A skeleton model whose weights stay in ``checkpoint`` until asked for.
+
+    Attributes:
+        model: the Hugging Face model, parameters on ``meta`` unless materialised.
+        adapter: where its layers are.
+        checkpoint: the input weights.
+        dtype: the run's dtype (floating tensors are cast to it).
+        device: the compute device.
+    """
+
+    def __init__(self, model: Any, adapter: ModelAdapter, checkpoint: Checkpoint, dtype: torch.dtype, device: str):
+        self.model = model
+        self.adapter = adapter
+        self.checkpoint = checkpoint
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.layers_path = adapter.layers_path
+        self.num_layers = adapter.num_layers(model)
+        self.origin = {id(layer): i for i, layer in enumerate(adapter.layers(model))}
+        embedding = model.get_input_embeddings()
+        output = model.get_output_embeddings()
+        self._skip = {id(embedding.weight)} | ({id(output.weight)} if output is not None else set())
+        self.embedding_name = self._name_of(embedding.weight)
+        names = self._checkpoint_names()
+        layer_prefix = self.layers_path + "."
+        rest = [n for n, p in model.named_parameters() if not n.startswith(layer_prefix) and id(p) not in self._skip]
+        self._materialise(model, "", [n for n in rest if n in names])
+        self._buffers_to(model, layer_prefix)
+        self.calls = 0
+
+    # ----- names
+
+    def _name_of(self, param: torch.Tensor) -> str:
+        for name, p in self.model.named_parameters():
+            if p is param:
+                return name
+        raise RuntimeError("parameter not in model")
+
+    def _checkpoint_names(self) -> set[str]:
+        """Check the checkpoint against the skeleton. Decoder-layer tensors must be
+        stored under their module names; other tensors may be renamed in the
+        checkpoint (transformers' conversion mappings, e.g. GPT-NeoX's
+        ``embed_out``) as long as no materialised parameter needs them: they are
+        copied to the output verbatim, as ``save_pretrained`` writes them."""
+        names = set(self.checkpoint.names())
+        state = set(self.model.state_dict())
+        layer_prefix = self.layers_path + "."
+        unknown = sorted(n for n in names - state if n.startswith(layer_prefix))
+        if unknown:
+            raise ReplacemeError(
+                f"--offload: checkpoint tensor '{unknown[0]}' has no place in the model built from its config "
+                "(a renamed or converted layer layout is not supported with --offload)"
+            )
+        skipped = {n for n, p in self.model.named_parameters() if id(p) in self._skip}
+        missing = sorted(n for n, _ in self.model.named_parameters()
+                         if n not in names and n not in skipped and not self._tied(n))
+        if missing:
+            raise ReplacemeError(f"--offload: the checkpoint has no tensor '{missing[0]}'")
+        if self.embedding_name not in names:
+            raise ReplacemeError(f"--offload: the checkpoint has no input embedding '{self.embedding_name}'")
+        return names
+
+    def _tied(self, name: str) -> bool:
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        p = params.get(name)
+        return p is not None and any(q is p and other != name and other in self.checkpoint for other, q in params.items())
+
+    def layer_prefix(self, index: int) -> str:
+        return f"{self.layers_path}.{index}."
+
+    # ----- materialising
+
+    def _materialise(self, root: nn.Module, prefix: str, names: list[str]) -> None:
+        values = self.checkpoint.read(prefix + n for n in names)
+        state = {}
+        for n in names:
+            t = values[prefix + n]
+            state[n] = t.to(self.device, self.dtype if t.is_floating_point() else t.dtype)
+        root.load_state_dict(state, strict=False, assign=True)
+
+    def _buffers_to(self, root: nn.Module, skip_prefix: str = "") -> None:
+        for name, buf in list(root.named_buffers()):
+            if skip_prefix and name.startswith(skip_prefix):
+                continue
+            owner_name, _, attr = name.rpartition(".")
+            owner = root.get_submodule(owner_name) if owner_name else root
+            owner._buffers[attr] = buf.to(self.device)
+
+    def load_layer(self, index: int) -> nn.Module:
+        """Materialise decoder layer ``index`` (original numbering) on the device."""
+        layer = self._by_origin(index)
+        prefix = self.layer_prefix(index)
+        names = [n[len(prefix):] for n in self.checkpoint.names() if n.startswith(prefix)]
+        self._materialise(layer, prefix, names)
+        self._buffers_to(layer)
+        still_meta = [n for n, p in layer.named_parameters() if _is_meta(p)]
+        if still_meta:
+            raise ReplacemeError(f"--offload: the checkpoint has no tensor '{prefix}{still_meta[0]}'")
+        return layer
+
+    def free_layer(self, index: int) -> None:
+        free_parameters(self._by_origin(index))
+
+    def _by_origin(self, index: int) -> nn.Module:
+        for layer in self.adapter.layers(self.model):
+            if self.origin.get(id(layer)) == index:
+                return layer
+        raise KeyError(index)
+
+    def load_layers(self, indices: set[int]) -> None:
+        """Materialise decoder layers ``indices`` (original numbering) that are not yet in memory."""
+        for index in sorted(indices):
+            layer = self._by_origin(index)
+            if any(_is_meta(p) for p in layer.parameters()):
+                self.load_layer(index)
+
+    def describe(self) -> dict[str, Any]:
+        """For ``pruning.json``: what was read layer by layer, and what is resident now."""
+        layers = self.adapter.layers(self.model)
+        resident = [k for k, layer in enumerate(layers) if any(not _is_meta(p) for p in layer.parameters())]
+        return {
+            "enabled": True,
+            "checkpoint_bytes": self.parameter_bytes(),
+            "device": str(self.device),
+            "layers_in_memory_at_save": resident,
+        }
+
+    def parameter_bytes(self) -> int:
+        """Bytes of the checkpoint's tensors (at the run's dtype for floating ones)."""
+        total = 0
+        for name in self.checkpoint.names():
+            dtype, shape = self.checkpoint.info(name)
+            dtype = self.dtype if dtype.is_floating_point else dtype
+            total += PlannedTensor(name, dtype, shape, lambda: None).nbytes
+        return total
+
+    # ----- running
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``inputs_embeds [B, T, h]`` on the device, computed by the model's own
+        input-embedding module (which may scale, as Gemma's does) over a compact
+        weight holding only the rows of the tokens in ``input_ids``, read from the checkpoint."""
+        unique, inverse = torch.unique(input_ids, return_inverse=True)
+        rows = self.checkpoint.read_rows(self.embedding_name, unique).to(self.device, self.dtype)
+        embedding = self.model.get_input_embeddings()
+        full = embedding._parameters["weight"]
+        embedding._parameters["weight"] = nn.Parameter(rows, requires_grad=False)
+        try:
+            return embedding(inverse.to(self.device))
+        finally:
+            embedding._parameters["weight"] = full
+
+    def layer_call(self, index: int, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                   passthrough_tuple: bool) -> tuple[tuple, dict[str, Any]]:
+        """The positional and keyword arguments the model's own forward passes to
+        decoder layer ``index`` (the hidden states included, correct only for layer 0).
+
+        The layers before ``index`` are replaced by pass-through stubs for the call
+        (returning a tuple when the real layers do), so no weights are needed."""
+        layers = self.adapter.layers(self.model)
+
+        def passthrough(self_, *args, **kwargs):
+            hidden = args[0] if args else next(iter(kwargs.values()))
+            return (hidden,) if passthrough_tuple else hidden
+
+        def capture(self_, *args, **kwargs):
+            raise _Captured(args, kwargs)
+
+        for i, layer in enumerate(layers):
+            layer.forward = types.MethodType(capture if i == index else passthrough, layer)
+        try:
+            self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
+        except _Captured as got:
+            return got.args_, got.kwargs_
+        finally:
+            for layer in layers:
+                del layer.forward
+        raise RuntimeError(f"the model's forward never called layer {index}")
+
+    # ----- writing
+
+    def output_tensors(self) -> list[PlannedTensor]:
+        """The tensors of the (pruned) skeleton, in checkpoint order: untouched ones
+        copied from the input under their new layer index, materialised ones from the modules."""
+        prefix = self.layers_path + "."
+        ck = self.checkpoint
+        out: list[PlannedTensor] = []
+
+        def planned(name: str, source: str | None, module_tensor: torch.Tensor | None) -> PlannedTensor:
+            if module_tensor is not None and not _is_meta(module_tensor):
+                t = module_tensor
+                return PlannedTensor(name, t.dtype, tuple(t.shape), lambda: t)
+            dtype, shape = ck.info(source)
+            dtype = self.dtype if dtype.is_floating_point else dtype
+            return PlannedTensor(name, dtype, shape, lambda: ck.read([source])[source])
+
+        for name in ck.names():
+            if not name.startswith(prefix):
+                out.append(planned(name, name, None))
+        for k, layer in enumerate(self.adapter.layers(self.model)):
+            state = layer.state_dict(keep_vars=True)
+            old = self.origin.get(id(layer))
+            if old is None:  # a new module (e.g. a trained replacement layer)
+                for suffix, t in state.items():
+                    if _is_meta(t):
+                        raise RuntimeError(f"new layer {k} has an unmaterialised tensor {suffix}")
+                    out.append(planned(f"{prefix}{k}.{suffix}", None, t))
+                continue
+            old_prefix = self.layer_prefix(old)
+            for name in ck.names():
+                if name.startswith(old_prefix):
+                    suffix = name[len(old_prefix):]
+                    out.append(planned(f"{prefix}{k}.{suffix}", name, state.get(suffix)))
+        return out
+
+    def save(self, directory: Path, max_shard_bytes: int = 2 * 2**30) -> None:
+        """Write the pruned weights (streaming) and config into ``directory``."""
+        write_checkpoint(directory, self.output_tensors(), max_shard_bytes)
+        self.model.config.save_pretrained(directory)
+        generation = getattr(self.model, "generation_config", None)
+        if generation is not None and self.model.can_generate():
+            generation.save_pretrained(directory)
+
+
+def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: bool) -> tuple[OffloadedModel, Any]:
+    """Build the skeleton of the model at ``path`` and its tokenizer (no weights read yet)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from replaceme.adapters import adapter_for
+    from replaceme.loading import _first_line, quiet_transformers, resolve_device, resolve_dtype, resolve_model_path
+
+    quiet_transformers()
+    local = Path(resolve_model_path(path)).expanduser()
+    if not local.is_dir():
+        raise ReplacemeError(f"--offload needs a local model directory (got '{path}'); download it first")
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    checkpoint = Checkpoint(local)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        raise ReplacemeError(f"cannot load model '{path}': {_first_line(exc)}") from exc
+    model.tie_weights()  # as from_pretrained does (from_config leaves tied weights apart on meta)
+    model.eval()
+    return OffloadedModel(model, adapter_for(model), checkpoint, torch_dtype, device), tokenizer
