@@ -6,12 +6,15 @@ statistic of the shared pass ignores them.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from replaceme.data.texts import TextSource, load_texts
 from replaceme.errors import ReplacemeError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -23,13 +26,23 @@ class CalibrationSpec:
             optionally with a ``[start:end]`` record slice.
         column: text column of ``.jsonl``/``.csv``/``.parquet``/hub data.
         split: hub dataset split.
-        samples: number of records used (after a seeded shuffle).
+        samples: number of records used (after a seeded shuffle, or the
+            first ones in file order with ``order="file"``).
         max_length: tokens per sequence (longer records are truncated).
         batch_size: sequences per forward pass.
         seed: seeds the shuffle and every sample drawn later.
         chat_template: format conversation records (lists of
             ``{"from"|"role", "value"|"content"}``) with the tokenizer's chat
             template: ``auto`` does so when records are conversations.
+        order: ``shuffle`` (seeded) or ``file``: the first ``samples`` records,
+            batched in file order, as the ReplaceMe reference does.
+        drop_last: drop a last batch smaller than ``batch_size`` (the
+            reference's ``DataLoader(drop_last=True)``).
+        holdout_fraction: at most this fraction of the calibration batches is
+            held out from every fit (LSTSQ sums, cosine and LLM-Streamline
+            training) and used only for held-out diagnostics; 0 fits on every
+            batch, as the reference does. The token budget of the pass bounds
+            it too (see :func:`replaceme.stats.collect.split_batches`).
     """
 
     source: str
@@ -40,11 +53,18 @@ class CalibrationSpec:
     batch_size: int = 8
     seed: int = 0
     chat_template: Literal["auto", "on", "off"] = "auto"
+    order: Literal["shuffle", "file"] = "shuffle"
+    drop_last: bool = False
+    holdout_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("samples", "max_length", "batch_size"):
             if getattr(self, name) < 1:
                 raise ReplacemeError(f"calibration {name.replace('_', '-')} must be >= 1")
+        if self.order not in ("shuffle", "file"):
+            raise ReplacemeError(f"calibration order must be 'shuffle' or 'file', got {self.order!r}")
+        if not 0 <= self.holdout_fraction < 1:  # also False for NaN
+            raise ReplacemeError(f"--holdout-fraction must be in [0, 1), got {self.holdout_fraction}")
 
     @property
     def text_source(self) -> TextSource:
@@ -105,7 +125,10 @@ def format_record(record: Any, tokenizer: Any, mode: str) -> str:
 
 
 def build_calibration(spec: CalibrationSpec, tokenizer: Any) -> CalibrationData:
-    """Load, shuffle (seeded), take ``spec.samples`` records and tokenise them.
+    """Load, shuffle (seeded; or keep file order), take ``spec.samples`` records and tokenise them.
+
+    Batches are consecutive runs of ``batch_size`` records in that order,
+    right-padded; with ``drop_last`` a short last batch is dropped.
 
     Raises:
         ReplacemeError: missing/empty source, missing column, or no tokens.
@@ -114,8 +137,18 @@ def build_calibration(spec: CalibrationSpec, tokenizer: Any) -> CalibrationData:
 
     records = load_texts(spec.text_source)
     order = list(range(len(records)))
-    random.Random(spec.seed).shuffle(order)
+    if spec.order == "shuffle":
+        random.Random(spec.seed).shuffle(order)
     texts = [format_record(records[i], tokenizer, spec.chat_template) for i in order[: spec.samples]]
+    if spec.drop_last and len(texts) % spec.batch_size:
+        kept = len(texts) - len(texts) % spec.batch_size
+        if kept == 0:
+            raise ReplacemeError(
+                f"calibration: {len(texts)} records make no full batch of {spec.batch_size} (drop_last)"
+            )
+        log.warning("calibration: the last %d record(s) do not fill a batch of %d and are dropped, as the reference does",
+                    len(texts) - kept, spec.batch_size)
+        texts = texts[:kept]
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0

@@ -46,12 +46,13 @@ class _StopForward(Exception):
 
 
 def split_batches(
-    calib: CalibrationData, sample_tokens: int, holdout_tokens: int, seed: int
+    calib: CalibrationData, sample_tokens: int, holdout_tokens: int, seed: int, holdout_fraction: float = 0.1
 ) -> tuple[list[int], list[int]]:
     """Choose held-out batches and the ordered training sample, deterministically.
 
-    Held out: a seeded choice of at most ``num_batches // 10`` batches holding at
-    most ``holdout_tokens`` tokens (none with fewer than 10 batches). Sample: the
+    Held out: a seeded choice of at most ``floor(num_batches × holdout_fraction)``
+    batches (default 0.1: none with fewer than 10 batches) holding at most
+    ``holdout_tokens`` tokens; ``holdout_fraction = 0`` holds out nothing. Sample: the
     other batches in a seeded order, the prefix fitting ``sample_tokens``.
     The choice depends only on the data, budgets and seed, so a method gets the
     same batches whatever other methods share the pass.
@@ -62,7 +63,9 @@ def split_batches(
     tokens = [int(m.sum()) for m in calib.masks]
     holdout: list[int] = []
     total = 0
-    for b in order[: calib.num_batches // 10 if holdout_tokens > 0 else 0]:
+    # the small epsilon keeps e.g. 30 × 0.1 at 3 despite binary rounding
+    max_batches = math.floor(calib.num_batches * holdout_fraction + 1e-9) if holdout_tokens > 0 else 0
+    for b in order[:max_batches]:
         if holdout and total + tokens[b] > holdout_tokens:
             break
         holdout.append(b)
@@ -275,6 +278,7 @@ def plan_batches(calib: CalibrationData, request: StatsRequest, holdout_tokens: 
     holdout, sample = split_batches(
         calib, request.sample_tokens if request.wants_sample else 0,
         holdout_tokens if request.wants_sample or request.gram_blocks else 0, calib.spec.seed,
+        holdout_fraction=calib.spec.holdout_fraction,
     )
     return holdout, sample if request.wants_sample else []
 
