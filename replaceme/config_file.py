@@ -1,27 +1,35 @@
 """``--config FILE.yaml`` for ``prune``: our option names, or the keys of the
-ReplaceMe reference configs (so users of the original repository can bring theirs).
+ReplaceMe reference configs (github.com/mts-ai/ReplaceMe, ``examples/*.yaml`` and
+``reproduce/*.yaml``), so users of the original repository can bring theirs.
 
-Reference keys and what they become:
+A file is read as a *reference config* when it has any key that only the
+reference uses (``model_path``, ``dataset``, ``dataset_size``, ``layers_to_skip``,
+``num_A``, ...). It then gets the reference's data semantics, so that
+``method: lstsq`` gives the reference's T:
 
-==================== =============================================================
-``method``           ``lstsq`` → ``replaceme-lstsq``, ``cosine`` → ``replaceme-cosine``
-``model_path``       the model
-``dataset``          ``--calib``; ``dataset_column`` → ``--calib-column``;
-                     ``dataset_subset`` → ``--calib-split``; ``dataset_size`` → ``--calib-samples``
-``batch_size``, ``max_length``   the same
-``layers_to_skip``   layers per block; with ``num_A`` blocks, ``--layers = layers_to_skip × num_A``
-``num_A``            option ``num_blocks``; ``merge_consecutive``, ``alpha``, ``diag``,
-                     ``loss``, ``solver`` → options of the same name
-``save_path``        ``--output``
-==================== =============================================================
+- the first ``dataset_size`` records in file order (all when it is null),
+  batched in that order, and a last batch smaller than ``batch_size`` dropped
+  (the reference's ``DataLoader(shuffle=False, drop_last=True)``);
+- no held-out batches (``--holdout-fraction 0``): every batch enters the fit;
+- for ``cosine``: every calibration token in the sample (the reference keeps
+  them all), and with several blocks each fitted on the model with the earlier
+  ones already replaced (``refit``), as the reference's pipeline does.
 
-Keys that only matter to the reference (``token``, ``use_4bit``, ``distances_path``,
-``save_transform_only``, ...) are ignored with a warning. YAML is read with ``safe_load``.
+What still differs on purpose: pad tokens are left out of every statistic
+(``-o mask_padding false`` includes them, as the reference does), and a block
+that ends at the last layer is compared with that layer's output before the
+final norm (the reference uses the post-norm ``hidden_states[-1]``).
+
+Every reference key is mapped (:data:`REFERENCE_KEYS` says to what), or warned
+about precisely when it cannot matter here, or rejected when it asks for
+something we do not do. Command-line flags override the file. YAML is read
+with ``safe_load``.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,48 +37,164 @@ from replaceme.errors import ReplacemeError, did_you_mean
 
 log = logging.getLogger(__name__)
 
-_REFERENCE_METHODS = {"lstsq": "replaceme-lstsq", "cosine": "replaceme-cosine"}
-_RENAME = {
-    "model_path": "model",
-    "model": "model",
-    "dataset": "calib",
-    "dataset_column": "calib_column",
-    "dataset_subset": "calib_split",
-    "dataset_size": "calib_samples",
-    "save_path": "output",
-    "num_A": "num_blocks",
+#: Reference key -> what it becomes here (the README's mapping table is built from the same facts).
+REFERENCE_KEYS: dict[str, str] = {
+    "method": "`lstsq` → `-m replaceme-lstsq`, `cosine` → `-m replaceme-cosine`",
+    "model_path": "MODEL",
+    "dataset": "`--calib` (the reference's hub shortcuts are expanded: `wikitext` → `wikitext:wikitext-2-raw-v1`, "
+    "`allenai/c4` → `allenai/c4:en`, `HuggingFaceFW/fineweb` → `HuggingFaceFW/fineweb:sample-10BT`, "
+    "`Open-Orca/SlimOrca` → its `conversations` through the chat template); a local file works too",
+    "dataset_column": "`--calib-column`",
+    "dataset_subset": "`--calib-split`",
+    "dataset_size": "`--calib-samples` with `--calib-order file`: the first N records in file order (null: all)",
+    "batch_size": "`--batch-size` (a last, smaller batch is dropped, as the reference's DataLoader does)",
+    "max_length": "`--max-length`",
+    "layers_to_skip": "layers per block: `--layers` = `layers_to_skip` × `num_A`",
+    "num_A": "`-o num_blocks`",
+    "merge_consecutive": "`-o merge_consecutive`",
+    "alpha": "`-o alpha` (lstsq)",
+    "diag": "`-o diag` (lstsq; `true` is rejected for cosine)",
+    "loss": "`-o loss` (cosine: `cosine`, `mse`; `elasticnet` is rejected); ignored for lstsq, as there",
+    "solver": "`-o solver` (cosine: `adam`, `l-bfgs` → `lbfgs`; `cg`, `trust-ncg` are rejected); ignored for lstsq",
+    "accurate": "`-o accurate` (cosine); ignored for lstsq, as there",
+    "save_path": "`--output` (used as given: no `_ReplaceMe_lstsq_N` suffix is appended)",
+    "distances_path": "null: distances computed in the same pass, as the reference does; a path: warned, "
+    "distances are still computed (one pass gives them for free)",
+    "use_4bit": "`false`: nothing to do; `true`: warned, the model loads in `--dtype` (no bitsandbytes)",
+    "token": "warned: use `HF_TOKEN` or `hf auth login`",
+    "save_transform_only": "warned: T is always folded into the saved model (pruning.json records the blocks)",
+    "min_distance_layer": "warned: the reference does not use it either (selection scans every block)",
+    "activations_save_path": "warned: unused by the reference too",
+    "thri": "`false`: nothing to do; `true` (lower-triangular T) is rejected",
+    "two_vectors": "`false`: nothing to do; `true` (rank-one T) is rejected",
+    "start_id": "warned: the reference pipeline's own bookkeeping",
+    "end_id": "warned: the reference pipeline's own bookkeeping",
+    "num_layer": "warned: the reference pipeline's own bookkeeping",
+    "tasks": "warned: prune does not evaluate; run `replaceme evaluate OUTPUT --tasks ...`",
 }
+
+#: Keys that only a reference config has (their presence switches on the reference semantics).
+_REFERENCE_ONLY = set(REFERENCE_KEYS) - {"method", "batch_size", "max_length", "merge_consecutive", "alpha",
+                                         "diag", "loss", "solver", "accurate", "tasks"}
+_REFERENCE_METHODS = {"lstsq": "replaceme-lstsq", "cosine": "replaceme-cosine"}
+_HUB_SHORTCUTS = {
+    "wikitext": "wikitext:wikitext-2-raw-v1",
+    "allenai/c4": "allenai/c4:en",
+    "HuggingFaceFW/fineweb": "HuggingFaceFW/fineweb:sample-10BT",
+}
+_RENAME = {"model_path": "model", "model": "model", "dataset": "calib", "dataset_column": "calib_column",
+           "dataset_subset": "calib_split", "dataset_size": "calib_samples", "save_path": "output", "num_A": "num_blocks"}
 #: keys that map to ``prune`` parameters (everything else known is a method option)
 PRUNE_KEYS = {
     "method", "model", "layers", "calib", "calib_column", "calib_split", "calib_samples", "max_length",
     "batch_size", "seed", "output", "overwrite", "selector", "compensator", "device", "dtype", "chat_template",
+    "order", "holdout_fraction", "drop_last",
 }
-_OPTION_KEYS = {"num_blocks", "merge_consecutive", "alpha", "diag", "loss", "solver", "mask_padding"}
-_IGNORED = {"token", "use_4bit", "distances_path", "save_transform_only", "thri", "two_vectors",
-            "start_id", "end_id", "num_layer", "min_distance_layer", "accurate"}
+_OPTION_KEYS = {"num_blocks", "merge_consecutive", "alpha", "diag", "loss", "solver", "mask_padding", "accurate",
+                "refit", "token_budget", "epochs", "lr", "batch_tokens", "init", "lbfgs_steps", "start", "max_condition"}
+_WARN = {
+    "token": "use HF_TOKEN or `hf auth login` for gated models",
+    "save_transform_only": "T is always folded into the saved model; pruning.json records the blocks",
+    "min_distance_layer": "the reference does not use it either",
+    "activations_save_path": "the reference does not use it either",
+    "start_id": "it is the reference pipeline's own bookkeeping",
+    "end_id": "it is the reference pipeline's own bookkeeping",
+    "num_layer": "it is the reference pipeline's own bookkeeping",
+}
+#: reference keys whose reference default is harmless and whose other values we cannot do
+_FLAGS_WE_LACK = {"thri": "a lower-triangular T", "two_vectors": "a rank-one T"}
+
+
+def is_reference_config(raw: dict[str, Any]) -> bool:
+    """Whether a config uses the ReplaceMe reference's keys."""
+    return any(key in _REFERENCE_ONLY for key in raw)
 
 
 def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read a YAML config into (prune parameters, method options)."""
+    """Read a YAML config into (prune parameters, method options).
+
+    Raises :class:`ReplacemeError` for unknown keys or reference settings we
+    cannot reproduce; logs a warning for each reference key that is ignored.
+    """
     from replaceme.paths import read_yaml_mapping
 
     raw = read_yaml_mapping(path, "config file")
+    reference = is_reference_config(raw)
     params: dict[str, Any] = {}
     options: dict[str, Any] = dict(raw.pop("options", None) or {})
+    method = raw.get("method")
+    method = _REFERENCE_METHODS.get(method, method) if isinstance(method, str) else method
+    cosine = method == "replaceme-cosine"
     layers_per_block = raw.pop("layers_to_skip", None)
+
+    def warn(key: str, why: str) -> None:
+        log.warning("%s: key '%s' of the reference config is ignored: %s", path, key, why)
+
+    def reject(key: str, why: str) -> ReplacemeError:
+        return ReplacemeError(f"{path}: {key}: {raw[key]!r} cannot be reproduced here ({why})")
+
     for key, value in raw.items():
-        key = _RENAME.get(key, key).replace("-", "_")
-        if key in PRUNE_KEYS:
-            params[key] = value
-        elif key in _OPTION_KEYS:
-            options[key] = value
-        elif key in _IGNORED:
-            log.warning("%s: key '%s' of the reference config is ignored", path, key)
+        if key in _WARN:
+            warn(key, _WARN[key])
+        elif key in _FLAGS_WE_LACK:
+            if value:
+                raise reject(key, f"{_FLAGS_WE_LACK[key]} is not implemented")
+        elif key == "use_4bit":
+            if value:
+                warn(key, "the model is loaded in --dtype (bfloat16 on CUDA, float32 on CPU); no 4-bit quantisation")
+        elif key == "distances_path":
+            if value is not None:
+                warn(key, "distances are computed again from the calibration data, in the same pass as the statistics")
+        elif key == "tasks":
+            warn(key, "prune does not evaluate; run `replaceme evaluate OUTPUT --tasks ...` on the result")
+        elif key in ("loss", "solver", "accurate") and reference and not cosine:
+            warn(key, f"it only applies to method cosine (the reference's {raw.get('method')} ignores it too)")
+        elif key == "solver" and reference:
+            solver = {"l-bfgs": "lbfgs", "lbfgs": "lbfgs", "adam": "adam"}.get(str(value))
+            if solver is None:
+                raise reject(key, "supported solvers: adam, l-bfgs")
+            options["solver"] = solver
+        elif key == "loss" and reference and value not in ("cosine", "mse"):
+            raise reject(key, "supported losses: cosine, mse")
+        elif key == "alpha" and reference and cosine:
+            warn(key, "the reference's cosine method has no ridge term")
+        elif key == "diag" and reference and cosine and value:
+            raise reject(key, "a diagonal T is available for lstsq only")
+        elif key == "diag" and reference and cosine:
+            pass  # false: the default
+        elif key == "dataset" and reference:
+            params["calib"] = _HUB_SHORTCUTS.get(str(value), value)
+            if value == "Open-Orca/SlimOrca":
+                # the reference formats each conversation with the chat template and calls the result 'text'
+                params["calib_column"], params["chat_template"] = "conversations", "on"
+            elif value == "fineweb_and_orca":
+                raise reject(key, "the reference's fineweb/SlimOrca mix: write the mixed records to a .jsonl and give that")
+        elif key == "dataset_column" and reference and raw.get("dataset") == "Open-Orca/SlimOrca":
+            pass  # the reference's processed column; the records are its 'conversations'
+        elif key == "dataset_size" and reference:
+            params["calib_samples"] = sys.maxsize if value is None else value
         else:
-            known = PRUNE_KEYS | _OPTION_KEYS | set(_RENAME)
-            raise ReplacemeError(f"{path}: unknown key '{key}'{did_you_mean(key, known)}")
+            name = _RENAME.get(key, key).replace("-", "_")
+            if name in PRUNE_KEYS:
+                params[name] = value
+            elif name in _OPTION_KEYS:
+                options[name] = value
+            else:
+                known = PRUNE_KEYS | _OPTION_KEYS | set(_RENAME) | set(REFERENCE_KEYS)
+                raise ReplacemeError(f"{path}: unknown key '{key}'{did_you_mean(key, known)}")
     if "method" in params:
         params["method"] = _REFERENCE_METHODS.get(params["method"], params["method"])
     if layers_per_block is not None:
         params.setdefault("layers", int(layers_per_block) * int(options.get("num_blocks", 1)))
+    if reference:
+        params.setdefault("order", "file")
+        params.setdefault("drop_last", True)
+        params.setdefault("holdout_fraction", 0.0)
+        params.setdefault("calib_samples", sys.maxsize)  # dataset_size absent: every record, as there
+        if cosine:
+            if "token_budget" not in options and params["calib_samples"] < sys.maxsize and "max_length" in params:
+                # the reference keeps every calibration token; this bounds them all
+                options["token_budget"] = int(params["calib_samples"]) * int(params["max_length"])
+            if int(options.get("num_blocks", 1)) > 1:
+                options.setdefault("refit", True)
     return params, options

@@ -67,7 +67,8 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
         selector = selector or params.get("selector")
         compensator = compensator or params.get("compensator")
         overwrite = overwrite or bool(params.get("overwrite", False))
-        for key in ("calib", "calib_column", "calib_split", "calib_samples", "max_length", "batch_size", "seed", "chat_template"):
+        for key in ("calib", "calib_column", "calib_split", "calib_samples", "max_length", "batch_size", "seed",
+                    "chat_template", "order", "holdout_fraction", "drop_last"):
             if key in params and not (given(key) or (key == "calib" and calib["calib"])):
                 calib[key] = params[key]
         if "device" in params and not given("device"):
