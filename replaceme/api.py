@@ -190,11 +190,13 @@ def prune(
 
 
 def save_pruned(result: PruneResult, output: str | Path, *, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
-    """Write the pruned model as a standard model directory plus ``pruning.json``.
+    """Write the pruned model as a standard model directory plus ``pruning.json`` and a
+    model card (``README.md``, see :mod:`replaceme.model_card`).
 
     The directory appears only once complete (written beside it, then renamed);
     an existing one is replaced only with ``overwrite``.
     """
+    from replaceme import model_card
     from replaceme.paths import atomic_directory, write_json_atomic
 
     output = Path(output)
@@ -207,5 +209,7 @@ def save_pruned(result: PruneResult, output: str | Path, *, overwrite: bool = Fa
             result.model.save_pretrained(tmp, safe_serialization=True)
         if result.tokenizer is not None:
             result.tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / "pruning.json", {**result.metadata(), **(extra or {})})
+        meta = {**result.metadata(), **(extra or {})}
+        write_json_atomic(tmp / "pruning.json", meta)
+        model_card.write(tmp, meta, output_name=output)
     return output

@@ -23,6 +23,8 @@ def calibration_options(f: F) -> F:
         click.option("--calib-order", "order", type=click.Choice(["shuffle", "file"]), default="shuffle", show_default=True,
                      help="shuffle: a seeded random choice of records; file: the first records, batched in file "
                           "order (as the ReplaceMe reference does)."),
+        click.option("--calib-drop-last", "drop_last", is_flag=True,
+                     help="Drop a last batch smaller than --batch-size (as the ReplaceMe reference's DataLoader does)."),
         click.option("--holdout-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
                      show_default=True,
                      help="Fraction of calibration batches (at most 8192 tokens) held out of every fit and used "

@@ -35,6 +35,26 @@ def split_names(values: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(n for n in names if n))
 
 
+def _command(model_or_dir: str, spec) -> str:
+    """The ``replaceme evaluate`` command line that measures ``spec`` again (for model cards)."""
+    import shlex
+
+    parts = ["replaceme", "evaluate", model_or_dir]
+    for source in spec.ppl:
+        parts += ["--ppl", source]
+    if spec.ppl:
+        parts += ["--context-length", str(spec.context_length)]
+        parts += ["--stride", str(spec.stride)] if spec.stride else []
+        parts += ["--max-ppl-tokens", str(spec.max_ppl_tokens)] if spec.max_ppl_tokens else []
+    if spec.tasks:
+        parts += ["--tasks", ",".join(spec.tasks)]
+        parts += ["--task-data", str(spec.task_data)] if spec.task_data else []
+        parts += ["--num-fewshot", str(spec.num_fewshot)] if spec.num_fewshot is not None else []
+        parts += ["--limit", str(spec.limit)] if spec.limit is not None else []
+        parts += ["--seed", str(spec.seed)]
+    return shlex.join(parts)
+
+
 @click.command()
 @click.argument("model_or_dir")
 @click.option("--ppl", "ppl", multiple=True, metavar="SOURCE",
@@ -65,9 +85,11 @@ def split_names(values: tuple[str, ...]) -> list[str]:
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed for lm-eval and few-shot sampling.")
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of a table.")
+@click.option("--model-card", is_flag=True,
+              help="Also put the results into the model card (README.md) of DIR, a model pruned by replaceme.")
 def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, ppl_batch_size, max_ppl_tokens,
              tasks, tasks_dir, task_data, num_fewshot, limit, batch_size, seed, device, dtype, trust_remote_code,
-             as_json) -> None:
+             as_json, model_card) -> None:
     """Evaluate MODEL_OR_DIR (a model directory or hub id): perplexity and lm-eval tasks.
 
     Perplexity uses non-overlapping windows of --context-length tokens, each
@@ -100,8 +122,18 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
     )
     if spec.is_empty:
         raise ReplacemeError("nothing to evaluate: give --ppl SOURCE and/or --tasks NAMES (see --help)")
+    if model_card:
+        from pathlib import Path
+
+        if not (Path(model_or_dir) / "pruning.json").is_file():
+            raise ReplacemeError(f"--model-card: {model_or_dir} is not a model pruned by replaceme (no pruning.json); "
+                                 "only replaceme's own outputs are written to")
     model, tokenizer = load_model(model_or_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     result = run_evaluation(model, tokenizer, spec)
+    if model_card:
+        from replaceme import model_card as card
+
+        card.add_results(model_or_dir, {"metrics": result.metrics, "command": _command(model_or_dir, spec)})
 
     if as_json:
         click.echo(json.dumps({"model": model_or_dir, **result.to_dict()}, indent=2))
