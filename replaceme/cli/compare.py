@@ -18,6 +18,9 @@ from replaceme.cli.common import calibration_options, model_options
 @click.option("--layers", "-n", "layers", help="Layer budget(s), comma-separated: --layers 1,2  [default: 1; demo: 2,4]")
 @click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
               help="Method option for every method that has it; METHOD.KEY targets one method.")
+@click.option("--include-model", "include_models", multiple=True, metavar="[LABEL=]DIR",
+              help="Also evaluate a model pruned elsewhere (LLM-Pruner, SliceGPT, an earlier replaceme output) "
+                   "as a row of the table (repeatable). It must share MODEL's tokenizer.")
 @calibration_options
 @click.option("--ppl", multiple=True, metavar="SOURCE", help="Perplexity text (repeatable): a file or hub dataset, with an optional [start:end] slice.")
 @click.option("--context-length", type=int, default=256, show_default=True, help="Perplexity window in tokens.")
@@ -36,7 +39,7 @@ from replaceme.cli.common import calibration_options, model_options
 @click.option("--no-cache", is_flag=True, help="Recompute calibration statistics even if cached.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @click.pass_context
-def compare(ctx, model, model_opt, methods, layers, options, ppl, context_length, stride, max_ppl_tokens, tasks,
+def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl, context_length, stride, max_ppl_tokens, tasks,
             tasks_dir, task_data, num_fewshot, limit, eval_batch_size, device, dtype, trust_remote_code, plan_file,
             output, overwrite, no_cache, as_json, **calib) -> None:
     """Compare pruning methods on MODEL fairly: the same weights, the same
@@ -60,6 +63,8 @@ def compare(ctx, model, model_opt, methods, layers, options, ppl, context_length
           --calib 'data.txt[:2000]' --ppl 'data.txt[3000:]' --output runs/cmp
       replaceme compare ./model -n 8 --calib wikitext:wikitext-2-raw-v1 \\
           --tasks boolq,piqa,hellaswag --task-data ./shared/data --limit 500
+      replaceme compare ./llama -m replaceme-lstsq -n 8 --calib data.txt --ppl test.txt \
+          --include-model slicegpt=./llama-slicegpt-25 --include-model ./llama-llm-pruner
       replaceme compare --plan plan.yaml
     """
     from replaceme.compare.plan import ComparePlan, MethodEntry, parse_layers, read_plan_file
@@ -123,8 +128,11 @@ def compare(ctx, model, model_opt, methods, layers, options, ppl, context_length
         limit=int(lim) if lim is not None and float(lim) >= 1 else lim, batch_size=pick("eval_batch_size", eval_batch_size),
         ppl_batch_size=pick("eval_batch_size", eval_batch_size), seed=spec.seed, device=device, dtype=dtype,
     )
+    from replaceme.compare.external import parse_include
+
+    include = parse_include(list(include_models) or settings.get("include_models") or [])
     plan = ComparePlan(model=model, methods=entries, layers=budgets, calibration=spec, evaluation=evaluation,
-                       seed=spec.seed, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+                       seed=spec.seed, device=device, dtype=dtype, trust_remote_code=trust_remote_code, include=include)
     out = Path(output) if output else pick("output", None)
     outcome = run_comparison(plan, Path(out) if out else None, overwrite=overwrite, use_cache=not no_cache)
     frame = to_frame(outcome.rows)

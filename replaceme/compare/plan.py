@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from replaceme.calibration import CalibrationSpec
+from replaceme.compare.external import IncludedModel
 from replaceme.errors import ReplacemeError
 from replaceme.evaluation.spec import EvalSpec
 
@@ -48,6 +49,8 @@ class ComparePlan:
         evaluation: the shared evaluation.
         seed: seeds calibration sampling and training.
         device, dtype: where pruning runs (evaluation follows ``evaluation``).
+        include: models pruned elsewhere, evaluated as extra rows
+            (:mod:`replaceme.compare.external`).
     """
 
     model: str
@@ -59,9 +62,10 @@ class ComparePlan:
     device: str = "auto"
     dtype: str = "auto"
     trust_remote_code: bool = False
+    include: list[IncludedModel] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        labels = [m.label for m in self.methods]
+        labels = [m.label for m in self.methods] + [e.label for e in self.include] + [BASELINE]
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
         if duplicates:
             raise ReplacemeError(f"method label(s) used twice: {', '.join(duplicates)} (give each a distinct label)")
@@ -82,6 +86,7 @@ class ComparePlan:
             "seed": self.seed,
             "device": self.device,
             "dtype": self.dtype,
+            "include": [asdict(e) for e in self.include],
         }
 
     def row_key(self, label: str, layers: int) -> str:
@@ -91,7 +96,9 @@ class ComparePlan:
         a method's options, the data or the evaluation recomputes what changed.
         """
         entry = next((asdict(m) for m in self.methods if m.label == label), None)
-        shared = {k: v for k, v in self.to_dict().items() if k not in ("methods", "layers")}
+        if entry is None:
+            entry = next(({"included": asdict(e)} for e in self.include if e.label == label), None)
+        shared = {k: v for k, v in self.to_dict().items() if k not in ("methods", "layers", "include")}
         blob = json.dumps({"shared": shared, "method": entry, "layers": layers}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

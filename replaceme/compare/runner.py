@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from replaceme.compare.external import check_tokenizers, evaluate_included
 from replaceme.compare.plan import BASELINE, ComparePlan
 from replaceme.compare.results import Row, write_exports
 from replaceme.errors import ReplacemeError
@@ -38,7 +39,7 @@ class Comparison:
 
 def _shared_hash(plan: ComparePlan) -> str:
     """Identity of what all rows share (model, calibration, evaluation, seed)."""
-    shared = {k: v for k, v in plan.to_dict().items() if k not in ("methods", "layers")}
+    shared = {k: v for k, v in plan.to_dict().items() if k not in ("methods", "layers", "include")}
     return hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -113,14 +114,16 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     num_layers = adapter.num_layers(model)
     for n in plan.layers:
         check_layers(n, num_layers)
+    check_tokenizers(plan.include, tokenizer, plan.model, trust_remote_code=plan.trust_remote_code)
 
-    order = [(BASELINE, 0)] + [(m.label, n) for n in plan.layers for m in plan.methods]
+    included = {e.label: e for e in plan.include}
+    order = [(BASELINE, 0)] + [(m.label, n) for n in plan.layers for m in plan.methods] + [(e, 0) for e in included]
     rows: dict[tuple[str, int], Row] = {}
     for label, n in order:
         done = _load_row(output, plan.row_key(label, n))
         if done is not None:
             rows[(label, n)] = done
-    pending = [(label, n) for label, n in order if (label, n) not in rows and label != BASELINE]
+    pending = [(label, n) for label, n in order if (label, n) not in rows and label != BASELINE and label not in included]
     if rows:
         log.info("resuming: %d of %d rows already done", len(rows), len(order))
     provenance: dict[str, Any] = {
@@ -189,6 +192,15 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
         rows[(label, n)] = row
         _save_row(output, row)
         finish()
+
+    for label, entry in included.items():
+        if (label, 0) not in rows:
+            log.info("included model %s: %s", label, entry.path)
+            rows[(label, 0)] = row = evaluate_included(
+                entry, plan.row_key(label, 0), tokenizer, plan.evaluation, num_layers,
+                device=plan.device, dtype=plan.dtype, trust_remote_code=plan.trust_remote_code)
+            _save_row(output, row)
+            finish()
 
     if (BASELINE, 0) not in rows:  # last, in place: evaluation may cast the model
         log.info("baseline (unpruned)")
