@@ -109,11 +109,16 @@ def prune(
             :func:`save_pruned`, which streams the checkpoint.
         **options: method options (``replaceme methods`` lists them).
 
+    Under ``torchrun`` the calibration pass is split over the processes
+    (:mod:`replaceme.distributed`); rank 0 returns the result, and the other ranks
+    raise :class:`replaceme.distributed.RankDone` once their share is delivered.
+
     Returns:
         A :class:`PruneResult` with the pruned model, the plan and the timings.
     """
     import torch
 
+    from replaceme import distributed
     from replaceme.adapters import adapter_for
     from replaceme.calibration import build_calibration
     from replaceme.loading import load_model
@@ -136,7 +141,8 @@ def prune(
             model = offloaded.model
         elif isinstance(model_or_path, (str, Path)):
             source = str(model_or_path)
-            model, tokenizer = load_model(source, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+            model, tokenizer = load_model(source, device=distributed.device_name(device), dtype=dtype,
+                                          trust_remote_code=trust_remote_code)
         else:
             model = model_or_path
             if tokenizer is None:
@@ -151,6 +157,9 @@ def prune(
     spec = None
     if request.is_empty:  # e.g. block-removal of a fixed range: no data needed
         from replaceme.stats.store import ActivationStats
+
+        if not distributed.world().is_root:  # under torchrun: nothing to share, rank 0 does it all
+            raise distributed.RankDone
 
         stats = ActivationStats(num_layers=num_layers, hidden_size=int(model.config.hidden_size))
     else:

@@ -34,10 +34,34 @@ def gather_stats(
     use_cache: bool = True,
     holdout_tokens: int = 8192,
 ) -> Any:
-    """Run the shared pass, or load it from the on-disk cache when inputs match."""
+    """Run the shared pass, or load it from the on-disk cache when inputs match.
+
+    Under ``torchrun`` (:mod:`replaceme.distributed`) every rank runs its shard of the
+    batches; rank 0 alone reads and writes the cache and gets the combined statistics,
+    and the other ranks raise :class:`~replaceme.distributed.RankDone` once they
+    have contributed.
+    """
+    from replaceme import distributed
+
+    if not distributed.world().active:
+        return _gather_stats(model, adapter, calib, request, use_cache=use_cache, holdout_tokens=holdout_tokens)
+    distributed.init(next(model.parameters()).device)
+    try:
+        stats = _gather_stats(model, adapter, calib, request, use_cache=use_cache, holdout_tokens=holdout_tokens)
+    except BaseException:
+        distributed.abort()
+        raise
+    distributed.leave()  # ranks > 0 end here
+    return stats
+
+
+def _gather_stats(model: Any, adapter: ModelAdapter, calib: CalibrationData, request: StatsRequest, *,
+                  use_cache: bool, holdout_tokens: int) -> Any:
+    from replaceme import distributed
     from replaceme.stats.cache import cache_key, load_cached, model_fingerprint, save_cached
     from replaceme.stats.collect import collect_stats
 
+    root = distributed.world().is_root
     key = None
     if use_cache:
         key = cache_key(
@@ -49,12 +73,12 @@ def gather_stats(
                 "holdout_tokens": holdout_tokens,
             }
         )
-        cached = load_cached(key)
-        if cached is not None:
+        cached = load_cached(key) if root else None
+        if distributed.broadcast(cached is not None):  # ranks > 0 have nothing to add
             log.info("statistics loaded from cache (key %s)", key[:12])
             return cached
     stats = collect_stats(model, adapter, calib, request, holdout_tokens=holdout_tokens)
-    if key is not None:
+    if key is not None and root:
         save_cached(key, stats)
     return stats
 

@@ -48,10 +48,20 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx: click.Context):
-        """Run the command; a :class:`ReplacemeError` becomes one line and exit status 2."""
+        """Run the command; a :class:`ReplacemeError` becomes one line and exit status 2.
+
+        Under ``torchrun`` only rank 0 prints it (every rank gets the same error and
+        exits 2), and a rank > 0 that has delivered its share of the work exits 0.
+        """
+        from replaceme.distributed import RankDone, world
+
         try:
             return super().invoke(ctx)
+        except RankDone:
+            ctx.exit(0)
         except ReplacemeError as exc:
+            if not world().is_root:
+                ctx.exit(2)
             error = click.ClickException(str(exc))
             error.exit_code = 2
             raise error from None

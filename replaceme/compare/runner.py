@@ -96,6 +96,7 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     """
     import torch
 
+    from replaceme import distributed
     from replaceme.adapters import adapter_for
     from replaceme.calibration import build_calibration
     from replaceme.evaluation import evaluate
@@ -107,9 +108,14 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     from replaceme.variant import VersionGuard
 
     resolved = {m.label: resolve_method(m.name, m.options, selector=m.selector, compensator=m.compensator) for m in plan.methods}
+    device = distributed.device_name(plan.device)
+    if distributed.world().active:  # torchrun: rank 0 alone writes; its errors stop every rank
+        from replaceme.loading import resolve_device
+
+        distributed.init(resolve_device(device))
     if output is not None:
-        prepare_output(output, plan, overwrite)
-    model, tokenizer = load_model(plan.model, device=plan.device, dtype=plan.dtype, trust_remote_code=plan.trust_remote_code)
+        distributed.on_root(lambda: prepare_output(output, plan, overwrite))
+    model, tokenizer = load_model(plan.model, device=device, dtype=plan.dtype, trust_remote_code=plan.trust_remote_code)
     adapter = adapter_for(model)
     num_layers = adapter.num_layers(model)
     for n in plan.layers:
@@ -132,6 +138,8 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     }
 
     stats = None
+    if not pending:
+        distributed.leave()  # torchrun: ranks > 0 end here (gather_stats does it otherwise)
     if pending:
         torch.manual_seed(plan.seed)
         calib = build_calibration(plan.calibration, tokenizer)

@@ -12,6 +12,9 @@ of calibration tokens. From the window we accumulate, per batch:
 - the ReplaceMe normal equations ``XᵀX``, ``XᵀY`` in float64 for requested blocks,
 - a bounded sample of whole batches of activations for iterative solvers.
 
+Under ``torchrun`` each rank runs its shard of the batches and the sums are combined
+in float64 (:mod:`replaceme.distributed`).
+
 The forward pass stops after the last decoder layer (no final norm, no LM head):
 ``x_L`` is the last layer's output *before* the final norm. Note that the
 ReplaceMe reference uses HF's ``hidden_states[-1]``, which is post-norm, for
@@ -31,6 +34,7 @@ from typing import Any
 
 import torch
 
+from replaceme import distributed
 from replaceme.adapters import ModelAdapter
 from replaceme.calibration import CalibrationData
 from replaceme.console import track
@@ -354,8 +358,10 @@ def collect_stats(
     handles.append(layers[L - 1].register_forward_hook(last_hook))
     handles += [adapter.mlp_out(model, i).register_forward_hook(mlp_hook(i)) for i in sorted(acc.mlp_needed) if 0 <= i < L]
     holdout_set, kept_batches = set(holdout), set(holdout) | set(sample)
+    mine = distributed.world().shard(calib.num_batches) if distributed.joined() else range(calib.num_batches)
+    error = None
     try:
-        for b in track(range(calib.num_batches), "calibration pass"):
+        for b in track(mine, "calibration pass"):
             mask = calib.masks[b].to(device)
             keep = batch_keep(calib, b, request, kept_batches)
             current[:] = [acc.begin(mask, use_for_gram=b not in holdout_set, keep=keep)]
@@ -365,11 +371,16 @@ def collect_stats(
                 pass
             if keep is not None:
                 kept[b] = keep
+    except Exception as exc:  # shared with the other ranks of a torchrun job, then re-raised
+        error = exc
     finally:
         for h in handles:
             h.remove()
         current.clear()
+    distributed.check(error)
+    kept = distributed.gather_to_root(kept)  # rank 0 gets every kept batch (one process's sample)
     acc.finish(stats)
     stats.sample = ActivationSample(train=[kept[b] for b in sample if b in kept], holdout=[kept[b] for b in holdout if b in kept])
     stats.seconds = time.perf_counter() - start_time
+    distributed.all_reduce_stats(stats)  # sums and counts over the ranks of a torchrun job
     return stats
