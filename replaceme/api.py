@@ -137,7 +137,8 @@ def prune(
             if not isinstance(model_or_path, (str, Path)):
                 raise ReplacemeError("offload=True needs a model directory, not a loaded model")
             source = str(model_or_path)
-            offloaded, tokenizer = load_offloaded(source, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+            offloaded, tokenizer = load_offloaded(source, device=distributed.device_name(device), dtype=dtype,
+                                                  trust_remote_code=trust_remote_code)
             model = offloaded.model
         elif isinstance(model_or_path, (str, Path)):
             source = str(model_or_path)
@@ -173,7 +174,8 @@ def prune(
             if offloaded is not None:
                 from replaceme.stats.layerwise import collect_stats_layerwise
 
-                stats = collect_stats_layerwise(offloaded, calib, request)
+                with distributed.session(offloaded.device):  # torchrun: ranks > 0 end here
+                    stats = collect_stats_layerwise(offloaded, calib, request)
             else:
                 stats = gather_stats(model, adapter, calib, request, use_cache=use_cache)
         usage["statistics"] = m.usage

@@ -27,9 +27,10 @@ outright is torn down with the others by ``torchrun``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -177,6 +178,29 @@ def joined() -> bool:
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized()
+
+
+def local_batches(count: int) -> Any:
+    """The calibration batches this process runs: its shard in a joined job, else all."""
+    return world().shard(count) if joined() else range(count)
+
+
+@contextlib.contextmanager
+def session(device: Any) -> Iterator[None]:
+    """The collective part of a run (the statistics pass): join the group on entry
+    (NCCL for a CUDA ``device``, else gloo); on exit, barrier and leave, and ranks
+    other than 0 raise :class:`RankDone`. On an error the group is left at once.
+    Nothing happens outside a multi-process job."""
+    if not world().active:
+        yield
+        return
+    init(device)
+    try:
+        yield
+    except BaseException:
+        abort()
+        raise
+    leave()
 
 
 def leave() -> None:

@@ -43,15 +43,8 @@ def gather_stats(
     """
     from replaceme import distributed
 
-    if not distributed.world().active:
-        return _gather_stats(model, adapter, calib, request, use_cache=use_cache, holdout_tokens=holdout_tokens)
-    distributed.init(next(model.parameters()).device)
-    try:
+    with distributed.session(next(model.parameters()).device):  # torchrun: ranks > 0 end here
         stats = _gather_stats(model, adapter, calib, request, use_cache=use_cache, holdout_tokens=holdout_tokens)
-    except BaseException:
-        distributed.abort()
-        raise
-    distributed.leave()  # ranks > 0 end here
     return stats
 
 

@@ -358,10 +358,9 @@ def collect_stats(
     handles.append(layers[L - 1].register_forward_hook(last_hook))
     handles += [adapter.mlp_out(model, i).register_forward_hook(mlp_hook(i)) for i in sorted(acc.mlp_needed) if 0 <= i < L]
     holdout_set, kept_batches = set(holdout), set(holdout) | set(sample)
-    mine = distributed.world().shard(calib.num_batches) if distributed.joined() else range(calib.num_batches)
     error = None
     try:
-        for b in track(mine, "calibration pass"):
+        for b in track(distributed.local_batches(calib.num_batches), "calibration pass"):
             mask = calib.masks[b].to(device)
             keep = batch_keep(calib, b, request, kept_batches)
             current[:] = [acc.begin(mask, use_for_gram=b not in holdout_set, keep=keep)]
@@ -377,6 +376,17 @@ def collect_stats(
         for h in handles:
             h.remove()
         current.clear()
+    return complete_pass(acc, stats, kept, holdout, sample, error, start_time)
+
+
+def complete_pass(acc: Accumulator, stats: ActivationStats, kept: dict[int, BatchActivations], holdout: list[int],
+                  sample: list[int], error: Exception | None, start_time: float) -> ActivationStats:
+    """End a statistics pass (hooked or layer by layer): fill ``stats`` from the accumulator
+    and the kept batches, in the sample's order.
+
+    Under ``torchrun`` an error of any rank stops every rank here, the kept batches are
+    gathered to rank 0 and every sum is all-reduced (:mod:`replaceme.distributed`).
+    """
     distributed.check(error)
     kept = distributed.gather_to_root(kept)  # rank 0 gets every kept batch (one process's sample)
     acc.finish(stats)

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from replaceme import distributed
 from replaceme.calibration import CalibrationData
 from replaceme.console import track
 from replaceme.offload import OffloadedModel
@@ -40,6 +41,7 @@ from replaceme.stats.collect import (
     batch_keep,
     bind_arguments,
     check_gram_blocks,
+    complete_pass,
     plan_batches,
     portable_kwargs,
 )
@@ -93,15 +95,28 @@ def collect_stats_layerwise(
     keeps: dict[int, BatchActivations] = {}
     signature = inspect.signature(type(adapter.layers(model)[0]).forward)
     first = next(n for n in signature.parameters if n != "self")
-    for b in range(calib.num_batches):
+    batches = distributed.local_batches(calib.num_batches)  # under torchrun: this rank's shard
+    for b in batches:
         mask = calib.masks[b].to(device)
         keep = batch_keep(calib, b, request, kept_batches)
         if keep is not None:
             keeps[b] = keep
         states.append(acc.begin(mask, use_for_gram=b not in holdout_set, keep=keep, store=store))
 
-    returns_tuple = False
     bar = track(range(L), "calibration pass (layer by layer)")
+    error = None
+    try:
+        _layer_by_layer(offloaded, calib, acc, batches, states, want_kwargs, signature, first, bar)
+    except Exception as exc:  # shared with the other ranks of a torchrun job, then re-raised
+        error = exc
+    return complete_pass(acc, stats, keeps, holdout, sample, error, start_time)
+
+
+def _layer_by_layer(offloaded: OffloadedModel, calib: CalibrationData, acc: Accumulator, batches: Any,
+                    states: list[BatchState], want_kwargs: set[int], signature: Any, first: str, bar: Any) -> None:
+    model, adapter, device = offloaded.model, offloaded.adapter, offloaded.device
+    hidden = int(model.config.hidden_size)
+    returns_tuple = False
     for j in bar:
         layer = offloaded.load_layer(j)
         handle = None
@@ -111,7 +126,7 @@ def collect_stats_layerwise(
                 lambda mod, args, out: acc.mlp_output(current[0], j, out)
             )
         try:
-            for b, state in enumerate(states):
+            for b, state in zip(batches, states):
                 ids, mask = calib.input_ids[b].to(device), calib.masks[b].to(device)
                 if j == 0:
                     embeds = offloaded.embed(ids)
@@ -140,8 +155,3 @@ def collect_stats_layerwise(
             if handle is not None:
                 handle.remove()
             offloaded.free_layer(j)
-    acc.finish(stats)
-    stats.sample = ActivationSample(train=[keeps[b] for b in sample if b in keeps],
-                                    holdout=[keeps[b] for b in holdout if b in keeps])
-    stats.seconds = time.perf_counter() - start_time
-    return stats
