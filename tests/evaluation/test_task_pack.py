@@ -44,19 +44,28 @@ def _mc(ctx: str, choices: list[str], gold: int) -> Doc:
 
 def expected_docs(task: str, data: Path) -> list[Doc]:
     """The documents of ``task``, read from the raw files and formatted as lm-eval's YAMLs do."""
-    if task == "boolq":
-        return [_mc(f"{r['passage']}\nQuestion: {r['question']}?\nAnswer:", ["no", "yes"], int(r["answer"]))
-                for r in _jsonl(data / "boolq/dev.jsonl")]
+    if task == "boolq":  # super_glue's passage: "title -- passage"
+        return [_mc(f"{r['title']} -- {r['passage']}\nQuestion: {r['question']}?\nAnswer:", ["no", "yes"],
+                    int(r["answer"])) for r in _jsonl(data / "boolq/dev.jsonl")]
     if task == "piqa":
         labels = (data / "piqa/valid-labels.lst").read_text().split()
         return [_mc(f"Question: {r['goal']}\nAnswer:", [r["sol1"], r["sol2"]], int(g))
                 for r, g in zip(_jsonl(data / "piqa/valid.jsonl"), labels)]
     if task == "hellaswag":
+        from lm_eval.tasks.hellaswag.utils import preprocess  # lm-eval's own cleaning
+
         lines = (data / "hellaswag/hellaswag_val_full.txt").read_text(encoding="utf-8").rstrip("\n").split("\n")
-        return [_mc(lines[i], lines[i + 2 : i + 6], int(lines[i + 1])) for i in range(0, len(lines), 6)]
-    if task in ("arc_easy", "arc_challenge", "openbookqa", "sciq"):
+        return [_mc(preprocess(lines[i]), [preprocess(e) for e in lines[i + 2 : i + 6]], int(lines[i + 1]))
+                for i in range(0, len(lines), 6)]
+    if task == "sciq":  # lm-eval's order: [distractor1, distractor2, distractor3, correct_answer]
+        docs = []
+        for r in _jsonl(data / "mc/sciq.mc.jsonl"):
+            choices = [c for i, c in enumerate(r["choices"]) if i != r["gold"]] + [r["choices"][r["gold"]]]
+            docs.append(_mc(f"\nQuestion: {r['query']}\nAnswer:", choices, 3))
+        return docs
+    if task in ("arc_easy", "arc_challenge", "openbookqa"):
         file = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge"}.get(task, task)
-        prompt = {"openbookqa": "{}", "sciq": "\nQuestion: {}\nAnswer:"}.get(task, "Question: {}\nAnswer:")
+        prompt = {"openbookqa": "{}"}.get(task, "Question: {}\nAnswer:")
         return [_mc(prompt.format(r["query"]), r["choices"], r["gold"]) for r in _jsonl(data / f"mc/{file}.mc.jsonl")]
     if task == "winogrande":  # partial evaluation: a context per option, one continuation
         docs = []

@@ -11,7 +11,8 @@ variable ``REPLACEME_TASK_DATA``. Expected layout (the files' original formats):
     DIR/boolq/dev.jsonl                      {question, title, answer, passage}
     DIR/piqa/valid.jsonl                     {goal, sol1, sol2}
     DIR/piqa/valid-labels.lst                one label (0/1) per line
-    DIR/hellaswag/hellaswag_val_full.txt     6 lines per item: query, gold, 4 endings
+    DIR/hellaswag/hellaswag_val_full.txt     6 lines per item: "activity_label: ctx_a ctx_b" (joined, ctx_b
+                                             not capitalised, partly cleaned), gold, 4 endings
     DIR/mc/ARC-Easy.mc.jsonl                 {query, choices, gold}
     DIR/mc/ARC-Challenge.mc.jsonl            (same)
     DIR/mc/openbookqa.mc.jsonl               (same)
@@ -19,8 +20,18 @@ variable ``REPLACEME_TASK_DATA``. Expected layout (the files' original formats):
     DIR/mc/sciq.mc.jsonl                     (same; no support paragraph)
     DIR/lambada/lambada_test.jsonl           {text}
 
-Differences from the hub tasks, all forced by the local copies: each task has
-one split (named ``validation``), so few-shot examples are drawn from that same
+Requests are lm-eval's own (tested: for every task, lm-eval's installed task YAML
+is built over the same documents and renders the same contexts and continuations).
+To get there the loaders rebuild what lm-eval's datasets hold: BoolQ's passage is
+super_glue's ``"title -- passage"``; SciQ's choices are ordered ``[distractor1,
+distractor2, distractor3, correct_answer]``; HellaSwag gets lm-eval's
+``preprocess`` again (removing the ``[...]`` spans and double spaces that 14
+items of the local copy keep).
+
+Differences that remain, all forced by the local copies: HellaSwag's ctx_b is not
+capitalised as lm-eval's ``process_docs`` does (``ctx_b.capitalize()``), since the
+local file joins ctx_a and ctx_b and capitalising needs the raw split; each task
+has one split (named ``validation``), so few-shot examples are drawn from that same
 split (never the document being evaluated) rather than from a train split; and
 SciQ has no support paragraph.
 

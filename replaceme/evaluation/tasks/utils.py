@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +90,16 @@ def _require(row: dict[str, Any], keys: tuple[str, ...], path: Path, number: int
 def load_boolq(task_data: str | None = None, file: str = "boolq/dev.jsonl", **_: Any):
     """BoolQ dev in its original format ``{question, title, answer, passage}``.
 
-    Rows: ``passage``, ``question``, ``label`` (1 = yes/true), as super_glue's.
+    Rows: ``passage``, ``question``, ``label`` (1 = yes/true), as super_glue's,
+    whose passage (what lm-eval's ``boolq`` reads) is ``"<title> -- <passage>"``
+    when the row has a title.
     """
     path = data_file(task_data, file)
     rows = []
     for number, row in enumerate(read_jsonl(path), 1):
         _require(row, ("passage", "question", "answer"), path, number)
-        rows.append({"passage": row["passage"], "question": row["question"], "label": int(bool(row["answer"]))})
+        passage = f"{row['title']} -- {row['passage']}" if row.get("title") else row["passage"]
+        rows.append({"passage": passage, "question": row["question"], "label": int(bool(row["answer"]))})
     return _dataset(rows, path)
 
 
@@ -119,12 +123,29 @@ def load_piqa(
     return _dataset(rows, path)
 
 
+def hellaswag_preprocess(text: str) -> str:
+    """lm-eval's HellaSwag text cleaning (``lm_eval/tasks/hellaswag/utils.py``: ``preprocess``).
+
+    Strip, turn WikiHow's `` [title]`` into ``". "``, drop other ``[...]`` spans,
+    and replace double spaces once.
+    """
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
+
+
 def load_hellaswag(task_data: str | None = None, file: str = "hellaswag/hellaswag_val_full.txt", **_: Any):
     """HellaSwag validation, 6 lines per item: query, gold index, 4 endings.
 
-    The text is already cleaned the way lm-eval's ``process_docs`` cleans it
-    (``preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize())``),
-    so rows are lm-eval's processed docs: ``query``, ``choices``, ``label``.
+    lm-eval's ``process_docs`` builds ``preprocess(activity_label + ": " + ctx_a
+    + " " + ctx_b.capitalize())``. The local copy has ``activity_label: ctx_a
+    ctx_b`` already joined and mostly cleaned; :func:`hellaswag_preprocess` is
+    applied again to the query and every ending, which removes the ``[...]``
+    spans and double spaces some items keep. What remains different: ctx_b is
+    not capitalised (``str.capitalize`` also lower-cases the rest of ctx_b), which
+    needs the raw split's separate ctx_a and ctx_b. Rows: ``query``,
+    ``choices``, ``label``.
     """
     path = data_file(task_data, file)
     lines = path.read_text(encoding="utf-8").split("\n")
@@ -137,7 +158,8 @@ def load_hellaswag(task_data: str | None = None, file: str = "hellaswag/hellaswa
         query, label, *endings = lines[start : start + 6]
         if not label.strip().isdigit():
             raise ReplacemeError(f"{path}:{start + 2}: expected a label index, got {label!r}")
-        rows.append({"query": query, "choices": endings, "label": int(label)})
+        rows.append({"query": hellaswag_preprocess(query), "choices": [hellaswag_preprocess(e) for e in endings],
+                     "label": int(label)})
     return _dataset(rows, path)
 
 
@@ -171,14 +193,20 @@ def load_openbookqa(task_data: str | None = None, file: str = "mc/openbookqa.mc.
 def load_sciq(task_data: str | None = None, file: str = "mc/sciq.mc.jsonl", **_: Any):
     """SciQ as ``support``, ``question``, ``choices``, ``gold``.
 
-    The local copy lacks the support paragraph, so ``support`` is empty unless
-    a row carries one: scores are not comparable with published SciQ numbers.
+    Choices are ordered as lm-eval's ``sciq`` orders them, ``[distractor1,
+    distractor2, distractor3, correct_answer]``: the local file's other choices
+    in their order, then the correct one, so ``gold`` is always the last index
+    (this matters when scores tie: argmax takes the first). The local copy
+    lacks the support paragraph, so ``support`` is empty unless a row carries
+    one: scores are not comparable with published SciQ numbers.
     """
     path = data_file(task_data, file)
-    rows = [
-        {"support": r.get("support", ""), "question": r["query"], "choices": list(r["choices"]), "gold": int(r["gold"])}
-        for r in _mc_rows(path)
-    ]
+    rows = []
+    for r in _mc_rows(path):
+        gold = int(r["gold"])
+        choices = [c for i, c in enumerate(r["choices"]) if i != gold] + [r["choices"][gold]]
+        rows.append({"support": r.get("support", ""), "question": r["query"], "choices": choices,
+                     "gold": len(choices) - 1})
     return _dataset(rows, path)
 
 
