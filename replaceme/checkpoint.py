@@ -4,9 +4,8 @@ Used by ``prune --offload`` (:mod:`replaceme.offload`), where the model is never
 whole in memory:
 
 - :class:`Checkpoint` maps tensor names to their files (``model.safetensors`` or
-  a sharded ``model.safetensors.index.json``) and reads only the tensors asked
-  for, through ``safetensors.safe_open``; each read opens the file, copies the
-  tensors out and closes it, so no mapping of the whole file stays resident.
+  a sharded ``model.safetensors.index.json``) and reads only the tensors (or
+  rows) asked for, with positioned reads (no memory map stays resident).
 - :class:`ShardWriter` writes the safetensors format itself: the header (names,
   dtypes, shapes, offsets) is known before any data, since every output tensor's
   shape is known in advance, so each tensor is produced, written and dropped in
@@ -22,7 +21,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,29 +44,47 @@ DTYPE_NAMES = {
 class Checkpoint:
     """The tensors of a local safetensors checkpoint, read on demand.
 
+    Reads are positioned reads (``seek`` + ``readinto``) into tensors we own, driven
+    by each file's header, rather than ``safetensors.safe_open``: that call
+    memory-maps the file, and every mapped page we touch counts toward the
+    process's resident memory until the file is closed, so reading an embedding
+    in chunks through one open handle would still end with all of it resident.
+
     Args:
         directory: a model directory holding ``model.safetensors`` or
             ``model.safetensors.index.json`` and its shards.
     """
 
     def __init__(self, directory: str | Path):
-        from safetensors import safe_open
-
         self.directory = Path(directory)
+        self._headers: dict[Path, dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]] = {}
         index = self.directory / INDEX_FILE
         single = self.directory / SINGLE_FILE
         if index.is_file():
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             self.files = {name: self.directory / file for name, file in weight_map.items()}
         elif single.is_file():
-            with safe_open(single, framework="pt") as f:
-                self.files = {name: single for name in f.keys()}
+            self.files = {name: single for name in self._header(single)}
         else:
             raise ReplacemeError(
                 f"--offload needs a local model directory with safetensors weights; {self.directory} has neither "
                 f"{SINGLE_FILE} nor {INDEX_FILE}"
             )
-        self._info: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+
+    def _header(self, file: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]:
+        """``name -> (dtype, shape, absolute start, end)`` of one file (cached)."""
+        cache = self._headers
+        if file not in cache:
+            dtypes = {v: k for k, v in DTYPE_NAMES.items()}
+            with open(file, "rb") as fh:
+                (length,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(length))
+            base = 8 + length
+            cache[file] = {
+                name: (dtypes[e["dtype"]], tuple(e["shape"]), base + e["data_offsets"][0], base + e["data_offsets"][1])
+                for name, e in header.items() if name != "__metadata__"
+            }
+        return cache[file]
 
     def names(self) -> list[str]:
         return list(self.files)
@@ -75,67 +92,55 @@ class Checkpoint:
     def __contains__(self, name: str) -> bool:
         return name in self.files
 
-    def read(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
-        """The tensors ``names`` (CPU, checkpoint dtype), one open per file."""
-        from safetensors import safe_open
-
-        by_file: dict[Path, list[str]] = {}
-        for name in names:
-            by_file.setdefault(self.files[name], []).append(name)
-        out = {}
-        for file, group in by_file.items():
-            with safe_open(file, framework="pt", device="cpu") as f:
-                for name in group:
-                    out[name] = f.get_tensor(name)
-        return out
-
     def info(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
         """``(dtype, shape)`` of a tensor, from its file's header only."""
-        if name not in self._info:
-            self._load_info(self.files[name])
-        return self._info[name]
+        dtype, shape, _, _ = self._header(self.files[name])[name]
+        return dtype, shape
 
-    def _load_info(self, file: Path) -> None:
-        with open(file, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(length))
-        names = {v: k for k, v in DTYPE_NAMES.items()}
-        for name, entry in header.items():
-            if name != "__metadata__":
-                self._info[name] = (names[entry["dtype"]], tuple(entry["shape"]))
+    def read_range(self, name: str, lo: int | None = None, hi: int | None = None) -> torch.Tensor:
+        """Tensor ``name``, or its rows ``lo:hi`` (first dimension), on CPU in its stored dtype."""
+        file = self.files[name]
+        dtype, shape, start, end = self._header(file)[name]
+        if lo is None:
+            lo, hi = 0, (shape[0] if shape else 1)
+        rows = shape[0] if shape else 1
+        row_bytes = (end - start) // rows if rows else 0
+        out = torch.empty(((hi - lo), *shape[1:]) if shape else (), dtype=dtype)
+        if out.numel():
+            with open(file, "rb") as fh:
+                fh.seek(start + lo * row_bytes)
+                view = out.reshape(-1).view(torch.uint8).numpy()
+                if fh.readinto(memoryview(view)) != view.nbytes:
+                    raise ReplacemeError(f"{file}: truncated data for tensor {name}")
+        return out
+
+    def read(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """The tensors ``names`` (CPU, checkpoint dtype)."""
+        return {name: self.read_range(name) for name in names}
 
     def read_rows(self, name: str, rows: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
         """Rows ``rows`` (a 1-D index tensor) of the 2-D tensor ``name``, reading
         ``chunk`` rows at a time, so an embedding matrix is never read whole."""
-        from safetensors import safe_open
-
-        _, shape = self.info(name)
+        dtype, shape = self.info(name)
         rows = rows.to(torch.long)
-        out = None
-        with safe_open(self.files[name], framework="pt", device="cpu") as f:
-            view = f.get_slice(name)
-            for lo in range(0, shape[0], chunk):
-                hi = min(lo + chunk, shape[0])
-                pick = ((rows >= lo) & (rows < hi)).nonzero().flatten()
-                if pick.numel() == 0:
-                    continue
-                block = view[lo:hi]
-                if out is None:
-                    out = torch.empty((rows.numel(), *shape[1:]), dtype=block.dtype)
-                out[pick] = block[rows[pick] - lo]
-        if out is None:
-            raise ReplacemeError(f"no rows asked of {name}")
+        out = torch.empty((rows.numel(), *shape[1:]), dtype=dtype)
+        for lo in range(0, shape[0], chunk):
+            hi = min(lo + chunk, shape[0])
+            pick = ((rows >= lo) & (rows < hi)).nonzero().flatten()
+            if pick.numel():
+                out[pick] = self.read_range(name, lo, hi)[rows[pick] - lo]
         return out
 
 
 @dataclass
 class PlannedTensor:
-    """One tensor of an output checkpoint: its name, dtype and shape, and how to produce it."""
+    """One tensor of an output checkpoint: its name, dtype and shape, and how to
+    produce it, as consecutive row blocks (so a large tensor never has to be whole)."""
 
     name: str
     dtype: torch.dtype
     shape: tuple[int, ...]
-    produce: Callable[[], torch.Tensor]
+    produce: Callable[[], Iterable[torch.Tensor]]
 
     @property
     def nbytes(self) -> int:
@@ -146,7 +151,7 @@ class PlannedTensor:
 
 
 def write_shard(path: Path, tensors: list[PlannedTensor], metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` to one safetensors file, producing and dropping them one at a time."""
+    """Write ``tensors`` to one safetensors file, producing and dropping them one block at a time."""
     header: dict[str, Any] = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0
     for t in tensors:
@@ -158,16 +163,31 @@ def write_shard(path: Path, tensors: list[PlannedTensor], metadata: dict[str, st
         fh.write(struct.pack("<Q", len(blob)))
         fh.write(blob)
         for t in tensors:
-            value = t.produce().detach().to("cpu", t.dtype).contiguous()
-            if tuple(value.shape) != t.shape:
-                raise RuntimeError(f"{t.name}: produced shape {tuple(value.shape)}, planned {t.shape}")
-            if value.numel():
-                fh.write(value.reshape(-1).view(torch.uint8).numpy().data)
-            del value
+            written = 0
+            for block in t.produce():
+                value = block.detach().to("cpu", t.dtype).contiguous()
+                if value.numel():
+                    fh.write(value.reshape(-1).view(torch.uint8).numpy().data)
+                written += value.numel() * value.element_size()
+                del value, block
+            if written != t.nbytes:
+                raise RuntimeError(f"{t.name}: produced {written} bytes, planned {t.nbytes}")
+
+
+def stored_blocks(checkpoint: Checkpoint, name: str, block_bytes: int = 16 * 2**20) -> Iterator[torch.Tensor]:
+    """Tensor ``name`` of ``checkpoint`` as consecutive row blocks of about ``block_bytes``."""
+    _, shape = checkpoint.info(name)
+    if len(shape) < 2:
+        yield checkpoint.read_range(name)
+        return
+    first = checkpoint.read_range(name, 0, 1)
+    step = max(1, block_bytes // max(1, first.numel() * first.element_size()))
+    for lo in range(0, shape[0], step):
+        yield checkpoint.read_range(name, lo, min(lo + step, shape[0]))
 
 
 def write_checkpoint(directory: Path, tensors: list[PlannedTensor], max_shard_bytes: int = 2 * 2**30) -> list[Path]:
-    """Write ``tensors`` as ``model.safetensors``, or as shards of at most
+    """Write ``tensors`` (in order) as ``model.safetensors``, or as shards of at most
     ``max_shard_bytes`` (a single larger tensor gets a shard of its own) plus
     ``model.safetensors.index.json``, like ``save_pretrained``."""
     shards: list[list[PlannedTensor]] = [[]]

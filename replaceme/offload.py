@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from replaceme.adapters import ModelAdapter
-from replaceme.checkpoint import Checkpoint, PlannedTensor, write_checkpoint
+from replaceme.checkpoint import Checkpoint, PlannedTensor, stored_blocks, write_checkpoint
 from replaceme.errors import ReplacemeError
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,10 @@ class OffloadedModel:
         return layer
 
     def free_layer(self, index: int) -> None:
+        from replaceme.resources import release_free_memory
+
         free_parameters(self._by_origin(index))
+        release_free_memory()
 
     def _by_origin(self, index: int) -> nn.Module:
         for layer in self.adapter.layers(self.model):
@@ -199,7 +202,7 @@ class OffloadedModel:
         for name in self.checkpoint.names():
             dtype, shape = self.checkpoint.info(name)
             dtype = self.dtype if dtype.is_floating_point else dtype
-            total += PlannedTensor(name, dtype, shape, lambda: None).nbytes
+            total += PlannedTensor(name, dtype, shape, list).nbytes
         return total
 
     # ----- running
@@ -257,10 +260,10 @@ class OffloadedModel:
         def planned(name: str, source: str | None, module_tensor: torch.Tensor | None) -> PlannedTensor:
             if module_tensor is not None and not _is_meta(module_tensor):
                 t = module_tensor
-                return PlannedTensor(name, t.dtype, tuple(t.shape), lambda: t)
+                return PlannedTensor(name, t.dtype, tuple(t.shape), lambda: [t])
             dtype, shape = ck.info(source)
             dtype = self.dtype if dtype.is_floating_point else dtype
-            return PlannedTensor(name, dtype, shape, lambda: ck.read([source])[source])
+            return PlannedTensor(name, dtype, shape, lambda: stored_blocks(ck, source))
 
         for name in ck.names():
             if not name.startswith(prefix):
@@ -283,6 +286,9 @@ class OffloadedModel:
 
     def save(self, directory: Path, max_shard_bytes: int = 2 * 2**30) -> None:
         """Write the pruned weights (streaming) and config into ``directory``."""
+        from replaceme.resources import release_free_memory
+
+        release_free_memory()
         write_checkpoint(directory, self.output_tensors(), max_shard_bytes)
         self.model.config.save_pretrained(directory)
         generation = getattr(self.model, "generation_config", None)
@@ -298,7 +304,10 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
     from replaceme.adapters import adapter_for
     from replaceme.loading import _first_line, quiet_transformers, resolve_device, resolve_dtype, resolve_model_path
 
+    from replaceme.resources import return_large_allocations
+
     quiet_transformers()
+    return_large_allocations()
     local = Path(resolve_model_path(path)).expanduser()
     if not local.is_dir():
         raise ReplacemeError(f"--offload needs a local model directory (got '{path}'); download it first")

@@ -74,3 +74,37 @@ def _cuda_in_use() -> bool:
 
     torch = sys.modules.get("torch")
     return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized())
+
+
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def return_large_allocations(threshold: int = 1 << 20) -> None:
+    """Make glibc serve allocations of ``threshold`` bytes or more with their own
+    memory maps, which go back to the system when freed.
+
+    By default glibc raises this threshold dynamically (up to 32 MiB) after large
+    frees, so the tensors of a layer loaded and freed one after another land on the
+    heap and stay resident as fragments: ``--offload`` then grew by a layer's size
+    every few layers. No-op outside glibc.
+    """
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-3, int(threshold))  # M_MMAP_THRESHOLD; setting it disables the dynamic adjustment
+
+
+def release_free_memory() -> None:
+    """Hand memory that is free in the heap back to the system (glibc ``malloc_trim``); no-op elsewhere."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)

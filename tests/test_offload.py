@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 import replaceme
 from replaceme.calibration import CalibrationSpec, build_calibration
-from replaceme.checkpoint import Checkpoint, PlannedTensor, write_checkpoint
+from replaceme.checkpoint import Checkpoint, PlannedTensor, stored_blocks, write_checkpoint
 from replaceme.errors import ReplacemeError
 from replaceme.offload import load_offloaded
 
@@ -102,7 +102,7 @@ def test_sharded_checkpoint_in_and_out(tmp_path):
 def test_shard_writer_round_trip_and_bf16(tmp_path):
     values = {"a": torch.randn(3, 5, dtype=torch.bfloat16), "b": torch.arange(7), "c": torch.randn(2, dtype=torch.float64),
               "empty": torch.zeros(0, 4)}
-    planned = [PlannedTensor(k, v.dtype, tuple(v.shape), lambda v=v: v) for k, v in values.items()]
+    planned = [PlannedTensor(k, v.dtype, tuple(v.shape), lambda v=v: [v]) for k, v in values.items()]
     write_checkpoint(tmp_path, planned)
     back = load_file(tmp_path / "model.safetensors")  # the reference reader accepts our format
     for k, v in values.items():
@@ -111,9 +111,11 @@ def test_shard_writer_round_trip_and_bf16(tmp_path):
 
 def test_checkpoint_reads_embedding_rows_in_chunks(tmp_path):
     weight = torch.randn(50, 4)
-    write_checkpoint(tmp_path, [PlannedTensor("emb", weight.dtype, (50, 4), lambda: weight)])
+    write_checkpoint(tmp_path, [PlannedTensor("emb", weight.dtype, (50, 4), lambda: [weight[:20], weight[20:]])])
     rows = torch.tensor([49, 0, 7, 7, 31])
-    assert torch.equal(Checkpoint(tmp_path).read_rows("emb", rows, chunk=8), weight[rows])
+    checkpoint = Checkpoint(tmp_path)
+    assert torch.equal(checkpoint.read_rows("emb", rows, chunk=8), weight[rows])
+    assert torch.equal(torch.cat(list(stored_blocks(checkpoint, "emb", block_bytes=3 * 16))), weight)
 
 
 def test_offload_needs_a_local_safetensors_directory(tmp_path, calib_file):
