@@ -15,18 +15,25 @@ def _pyplot():
     return plt
 
 
-def distance_heatmap(frame: Any, path: str | Path, title: str = "Angular distance") -> None:
-    """Heatmap of a frame with columns ``start``, ``size``, ``distance`` (start × block size)."""
+def distance_heatmap(frame: Any, path: str | Path, title: str = "Angular distance",
+                     extra: dict[str, str] | None = None) -> None:
+    """Heatmaps (start × block size) of a frame with columns ``start``, ``size``,
+    ``distance``; ``extra`` maps more columns to panel titles (e.g. ``{"ppl": ...}``)."""
     plt = _pyplot()
-    pivot = frame.pivot(index="size", columns="start", values="distance")
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * pivot.shape[1] + 2), max(2.5, 0.35 * pivot.shape[0] + 1.5)))
-    im = ax.imshow(pivot.values, aspect="auto", cmap="viridis_r", origin="lower")
-    ax.set_xticks(range(pivot.shape[1]), [str(c) for c in pivot.columns])
-    ax.set_yticks(range(pivot.shape[0]), [str(i) for i in pivot.index])
-    ax.set_xlabel("first layer of the block")
-    ax.set_ylabel("block size (layers)")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax)
+    panels = {"distance": title, **(extra or {})}
+    sizes = frame["size"].nunique()
+    starts = frame["start"].nunique()
+    fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                             figsize=(len(panels) * max(4, 0.35 * starts + 2), max(2.5, 0.35 * sizes + 1.5)))
+    for ax, (column, label) in zip(axes[0], panels.items()):
+        pivot = frame.pivot(index="size", columns="start", values=column)
+        im = ax.imshow(pivot.values, aspect="auto", cmap="viridis_r", origin="lower")
+        ax.set_xticks(range(pivot.shape[1]), [str(c) for c in pivot.columns])
+        ax.set_yticks(range(pivot.shape[0]), [str(i) for i in pivot.index])
+        ax.set_xlabel("first layer of the block")
+        ax.set_ylabel("block size (layers)")
+        ax.set_title(label)
+        fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

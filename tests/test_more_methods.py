@@ -103,3 +103,26 @@ def test_standard_model_on_stories260k(method, shared, tmp_path):
         assert torch.allclose(loaded(ids).logits, result.model(ids).logits, atol=1e-5)
         out = loaded.generate(ids, max_new_tokens=8, do_sample=False)
     assert out.shape == (1, 13)
+
+
+def test_cosine_presets_and_the_default_fit(tmp_path):
+    """``preset fit`` (default) starts L-BFGS from the LSTSQ map, so its loss ends
+    no higher than LSTSQ's and below the reference recipe's (Adam from T = I)."""
+    from replaceme.methods import resolve_method
+
+    default = resolve_method("replaceme-cosine").compensator.options
+    reference = resolve_method("replaceme-cosine", {"preset": "reference"}).compensator.options
+    assert (default.solver, default.init) == ("lbfgs", "lstsq")
+    assert (reference.solver, reference.init, reference.epochs, reference.lr, reference.batch_tokens) == (
+        "adam", "identity", 10, 1e-4, 1024)
+    mixed = resolve_method("replaceme-cosine", {"preset": "reference", "solver": "lbfgs"}).compensator.options
+    assert (mixed.solver, mixed.init) == ("lbfgs", "identity")
+
+    path = calibration_text(tmp_path / "c.txt", records=40)
+    spec = CalibrationSpec(str(path), samples=40, max_length=40, batch_size=4)
+    model, tok = tiny_model("llama", layers=6), make_tokenizer()
+    runs = {p: replaceme.prune(copy.deepcopy(model), method="replaceme-cosine", layers=1, calibration=spec, tokenizer=tok,
+                               selector="range", start=3, preset=p).outcome.compensations[0].diagnostics
+            for p in ("fit", "reference")}
+    assert runs["fit"]["loss_last"] <= runs["fit"]["loss_first"] + 1e-7
+    assert runs["fit"]["loss_last"] < runs["reference"]["loss_last"]

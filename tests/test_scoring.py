@@ -157,3 +157,34 @@ def test_calibration_loss_finds_the_block_held_out_text_rewards(shared, layers, 
                              calibration=spec, selector="calibration-loss", use_cache=False)
     assert result.plan.blocks == [block]
     assert len(result.plan.details["candidates"]) == 5 - layers
+
+
+def test_distances_loss_column_is_the_scorer_on_each_block(tmp_path):
+    """``replaceme distances --loss`` reports, per block, the held-out loss of the
+    block compensated by the method: the same number as pruning that block alone."""
+    import json
+
+    from click.testing import CliRunner
+    from tiny import make_tokenizer
+
+    import replaceme
+    from replaceme.cli import cli
+
+    model_dir = tmp_path / "m"
+    tiny_model("llama", layers=6).save_pretrained(model_dir)
+    make_tokenizer().save_pretrained(model_dir)
+    calib = calibration_text(tmp_path / "c.txt", records=48)
+    args = ["--calib", str(calib), "--calib-samples", "44", "--max-length", "40", "--batch-size", "4"]
+    result = CliRunner().invoke(cli, ["distances", str(model_dir), "-n", "2", "--loss", "--json",
+                                       "--plot", str(tmp_path / "b.png"), *args])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 9 and sum(r["best_loss"] for r in rows) == 2
+    spec = CalibrationSpec(str(calib), samples=44, max_length=40, batch_size=4)
+    for layers in (1, 2):
+        pruned = replaceme.prune(str(model_dir), method="replaceme-lstsq", selector="calibration-loss", layers=layers,
+                                 calibration=spec)
+        best = min((r for r in rows if r["size"] == layers), key=lambda r: r["loss"])
+        assert pruned.plan.blocks == [Block(best["start"], best["end"])]
+        assert pruned.plan.scores[0] == pytest.approx(best["loss"], rel=1e-6)
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"

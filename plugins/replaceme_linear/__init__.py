@@ -111,10 +111,24 @@ class LstsqCompensator(Compensator):
         return out
 
 
+#: what ``preset`` fills in for ``solver`` and ``init`` when they are not given.
+COSINE_PRESETS = {
+    # converges on small and large calibration sets alike (benchmarks/README.md, "Cosine default")
+    "fit": {"solver": "lbfgs", "init": "lstsq"},
+    # the ReplaceMe reference: Adam from T = I (with the epochs, lr and batch_tokens defaults)
+    "reference": {"solver": "adam", "init": "identity"},
+}
+
+
 @dataclass
 class CosineOptions:
+    preset: Literal["fit", "reference"] = option(
+        "fit", "fit: L-BFGS from the LSTSQ solution, which converges on small and large calibration sets; "
+        "reference: the ReplaceMe recipe (Adam from T = I, lr 1e-4, 1024-token batches, 10 epochs). "
+        "solver and init, when given, override the preset")
     loss: Literal["cosine", "mse"] = option("cosine", "objective: 1 − cos(XT, Y), or relative squared error")
-    solver: Literal["adam", "lbfgs"] = option("adam", "adam: mini-batches as the reference; lbfgs: full batch, strong Wolfe")
+    solver: Literal["adam", "lbfgs"] | None = option(
+        None, "adam: mini-batches as the reference; lbfgs: full batch, strong Wolfe (unset: the preset's)")
     epochs: int = option(10, "Adam passes over the token sample (reference: 10)")
     lr: float = option(1e-4, "Adam learning rate (reference: 1e-4)")
     batch_tokens: int = option(1024, "tokens per Adam step (reference: 1024)")
@@ -125,7 +139,8 @@ class CosineOptions:
         "(stored layers) × dtype bytes, reported in pruning.json",
     )
     accurate: bool = option(False, "minimise 1 − cos(XT + z, x_e) with z = x_s − m_{s-1} (the paper's accurate variant)")
-    init: Literal["identity", "lstsq"] = option("identity", "start from T = I (reference) or from the LSTSQ solution")
+    init: Literal["identity", "lstsq"] | None = option(
+        None, "start from T = I (reference) or from the LSTSQ solution (unset: the preset's)")
     refit: bool = option(
         False,
         "with several blocks, fit each on the model with the earlier blocks already replaced (as the reference "
@@ -133,6 +148,9 @@ class CosineOptions:
     )
 
     def __post_init__(self) -> None:
+        for name, value in COSINE_PRESETS[self.preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         for name in ("epochs", "batch_tokens", "lbfgs_steps", "token_budget"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

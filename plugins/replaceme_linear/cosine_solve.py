@@ -58,7 +58,7 @@ def fit_transform(
         on_step: callback ``(advance, loss)`` for progress display.
     """
     h = x.shape[1]
-    t = (init.clone() if init is not None else torch.eye(h)).to(x.device, torch.float32).requires_grad_(True)
+    t = (init.clone(memory_format=torch.contiguous_format) if init is not None else torch.eye(h)).to(x.device, torch.float32).requires_grad_(True)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     history: list[float] = []
 

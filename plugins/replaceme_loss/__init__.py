@@ -16,6 +16,8 @@ the KL divergence to the unpruned model) is measured on calibration batches.
   ICML 2024, arXiv 2402.09025). N rounds; each removes the one layer of the
   current, partly pruned model whose removal gives the lowest calibration
   perplexity (the paper's default metric), re-evaluated every round.
+- method ``replaceme-lstsq-loss``: ReplaceMe's LSTSQ map with ``calibration-loss``
+  selection (the same as ``-m replaceme-lstsq --selector calibration-loss``).
 """
 
 from __future__ import annotations
@@ -177,6 +179,10 @@ def register_selectors(register):
 
 @hookimpl
 def register_methods(register):
+    register(Method("replaceme-lstsq-loss", "calibration-loss", "lstsq", "fold-linear",
+                    description="ReplaceMe's least-squares map, on the block whose compensated model loses least "
+                                "on held-out calibration text (= -m replaceme-lstsq --selector calibration-loss).",
+                    reference="ReplaceMe (arXiv 2505.02819) + calibration-loss selection"))
     register(Method("sleb", "sleb", "none", "remove",
                     description="Remove one layer per round, the one whose removal raises calibration perplexity least.",
                     reference="Song et al., ICML 2024, arXiv 2402.09025"))

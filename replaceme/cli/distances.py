@@ -12,13 +12,17 @@ from replaceme.cli.common import calibration_options, calibration_spec, model_op
 @click.command()
 @click.argument("model")
 @click.option("--layers", "-n", type=int, required=True, help="Largest block size to tabulate.")
+@click.option("--loss", is_flag=True,
+              help="Also compensate every block with --method and measure the loss on held-out calibration batches.")
+@click.option("--method", "-m", default="replaceme-lstsq", show_default=True, help="Method whose compensation --loss applies.")
+@click.option("--compensator", help="Use this compensator instead of the method's (with --loss).")
 @calibration_options
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the rows as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a heatmap PNG (start × block size).")
 @click.option("--no-cache", is_flag=True, help="Recompute calibration statistics even if cached.")
-def distances(model, layers, as_json, csv_path, plot_path, no_cache, device, dtype, trust_remote_code, **calib) -> None:
+def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_path, no_cache, device, dtype, trust_remote_code, **calib) -> None:
     """Show the angular distance of every block of 1..N layers of MODEL.
 
     The angular distance arccos(cos(x_s, x_e))/π between a block's input and
@@ -27,9 +31,16 @@ def distances(model, layers, as_json, csv_path, plot_path, no_cache, device, dty
     LLM-Streamline's criterion. Blocks never start at layer 0. For blocks that
     end at the last layer the output is taken before the final norm.
 
+    Distances are proxies. With --loss every block is also compensated the way
+    --method does it (LSTSQ by default) and scored by what the model loses:
+    next-token loss, perplexity and KL to the unpruned model on held-out
+    calibration batches the compensation did not fit (what the
+    calibration-loss selector minimises). The heatmap then has both panels.
+
     \b
     Example:
       replaceme distances ./model -n 4 --calib data.txt --plot dist.png
+      replaceme distances ./model -n 2 --calib data.txt --loss -m replaceme-lstsq --plot blocks.png
     """
     from replaceme.adapters import adapter_for
     from replaceme.calibration import build_calibration
@@ -43,19 +54,38 @@ def distances(model, layers, as_json, csv_path, plot_path, no_cache, device, dty
     spec = calibration_spec(**calib)
     net, tokenizer = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     adapter = adapter_for(net)
-    check_layers(layers, adapter.num_layers(net))
-    stats = gather_stats(net, adapter, build_calibration(spec, tokenizer), StatsRequest(block_sizes=set(range(1, layers + 1))),
-                         use_cache=not no_cache)
-    frame = distance_frame(stats, layers)
+    num_layers = adapter.num_layers(net)
+    check_layers(layers, num_layers)
+    request = StatsRequest(block_sizes=set(range(1, layers + 1)))
+    scorer = None
+    if loss:
+        from replaceme.distances import loss_request
+        from replaceme.methods import resolve_method
+        from replaceme.scoring import PlanScorer
+
+        resolved = resolve_method(method, compensator=compensator)
+        request = request.union(loss_request(resolved, num_layers, layers))
+    stats = gather_stats(net, adapter, build_calibration(spec, tokenizer), request, use_cache=not no_cache)
+    if loss:
+        scorer = PlanScorer(net, adapter, stats, resolved.compensator, resolved.merger)
+    frame = distance_frame(stats, layers, scorer)
     if csv_path:
         write_text_atomic(Path(csv_path), frame.to_csv(index=False))
     if plot_path:
         from replaceme.plots import distance_heatmap
 
-        distance_heatmap(frame, plot_path)
+        extra = {"ppl": f"Held-out perplexity after {resolved.compensator.name}"} if loss else None
+        distance_heatmap(frame, plot_path, extra=extra)
     if as_json:
         click.echo(frame.to_json(orient="records", indent=2))
         return
+    columns = ["start", "end", "size", "angular distance", "mean token cos", ""]
     rows = [[r.start, r.end, r.size, r.distance, r.token_cosine, "◀ best" if r.best else ""] for r in frame.itertuples()]
-    stdout.print(table(f"Block distances ({stats.sequences} sequences, {stats.tokens} tokens)",
-                       ["start", "end", "size", "angular distance", "mean token cos", ""], rows))
+    if loss:
+        columns[-1:] = ["held-out loss", "ppl", "KL", ""]
+        rows = [[*row[:5], r.loss, r.ppl, r.kl, " ".join(m for m, on in (("◀ best distance", r.best), ("◀ best loss", r.best_loss)) if on)]
+                for row, r in zip(rows, frame.itertuples())]
+    title = f"Block distances ({stats.sequences} sequences, {stats.tokens} tokens)"
+    if loss:
+        title += f"; loss after {resolved.compensator.name} on {stats.sample.holdout and sum(b.tokens for b in stats.sample.holdout)} held-out tokens"
+    stdout.print(table(title, columns, rows))
