@@ -83,6 +83,9 @@ class LacoSelector(Selector):
     Options = LacoOptions
 
     def candidates(self, ctx: SelectionContext) -> list[Block]:
+        if ctx.layers > ctx.num_layers - 1 - self.options.lowest:
+            raise ReplacemeError(f"laco: merges into layers >= {self.options.lowest} (-o lowest) can remove at most "
+                                 f"{ctx.num_layers - 1 - self.options.lowest} of {ctx.num_layers} layers; asked for {ctx.layers}")
         return [Block(s, e) for s in range(max(self.options.lowest, 0) + 1, ctx.num_layers) for e in range(s + 1, ctx.num_layers + 1)]
 
     def stats_request(self, ctx: SelectionContext) -> StatsRequest:
@@ -128,7 +131,7 @@ class LacoSelector(Selector):
                 k = min(o.merge_layers - 1, len(groups) - lay - 1, target - removed)
                 options.append(attempt(lay, k) + (k,))
             if not options:
-                raise ReplacemeError(f"laco: no merge left to remove {target - removed} more layer(s) above layer {o.lowest}")
+                raise ReplacemeError(f"laco: no merge left to remove {target - removed} more layer(s)")
             sim, groups, merges, k = max(options, key=lambda t: t[0])
             removed += k
             forced += 1
