@@ -91,7 +91,8 @@ PRUNE_KEYS = {
     "order", "holdout_fraction", "drop_last",
 }
 _OPTION_KEYS = {"num_blocks", "merge_consecutive", "alpha", "diag", "loss", "solver", "mask_padding", "accurate",
-                "refit", "token_budget", "epochs", "lr", "batch_tokens", "init", "lbfgs_steps", "start", "max_condition"}
+                "refit", "token_budget", "epochs", "lr", "batch_tokens", "init", "lbfgs_steps", "start", "max_condition",
+                "preset"}
 _WARN = {
     "token": "use HF_TOKEN or `hf auth login` for gated models",
     "save_transform_only": "T is always folded into the saved model; pruning.json records the blocks",
@@ -192,6 +193,7 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         params.setdefault("holdout_fraction", 0.0)
         params.setdefault("calib_samples", sys.maxsize)  # dataset_size absent: every record, as there
         if cosine:
+            options.setdefault("preset", "reference")  # Adam from T = I, as there (our default converges further)
             if "token_budget" not in options and params["calib_samples"] < sys.maxsize and "max_length" in params:
                 # the reference keeps every calibration token; this bounds them all
                 options["token_budget"] = int(params["calib_samples"]) * int(params["max_length"])

@@ -142,7 +142,7 @@ class PlanScorer:
         if not batches:
             raise ReplacemeError(
                 "scoring plans needs held-out calibration batches, and the shared pass kept none: "
-                "use at least 10 calibration batches (--calib-samples >= 10 x --batch-size)"
+                "hold some out (--holdout-fraction > 0, with enough batches that a fraction of them is at least one)"
             )
         return batches
 
