@@ -132,7 +132,7 @@ def test_sleb_is_greedy_on_the_current_model(setup):
     assert [r["removed"] for r in outcome.plan.details["rounds"]] == removed
 
 
-def test_scoring_without_held_out_batches_is_a_one_line_error(tmp_path):
+def test_without_held_out_batches_calibration_loss_refuses_or_falls_back(tmp_path):
     from tiny import make_tokenizer
 
     from replaceme.errors import ReplacemeError
@@ -140,9 +140,13 @@ def test_scoring_without_held_out_batches_is_a_one_line_error(tmp_path):
     path = calibration_text(tmp_path / "c.txt", records=8)
     model = tiny_model("llama", layers=6)
     calib = build_calibration(CalibrationSpec(str(path), samples=8, max_length=32, batch_size=4), make_tokenizer())
-    _, resolved, stats = make_scorer(model, calib, "replaceme-lstsq", 1, selector="calibration-loss")
+    _, resolved, stats = make_scorer(model, calib, "replaceme-lstsq", 1, selector="calibration-loss", fallback_tokens=0)
     with pytest.raises(ReplacemeError, match="held-out"):
         apply_method(copy.deepcopy(model), adapter_for(model), resolved, 1, stats)
+    # by default it falls back to (fitted) training batches, and says so
+    _, resolved, stats = make_scorer(model, calib, "replaceme-lstsq", 1, selector="calibration-loss")
+    outcome = apply_method(copy.deepcopy(model), adapter_for(model), resolved, 1, stats)
+    assert outcome.plan.details["scored_on"] == "all" and outcome.layers_after == 5
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ the KL divergence to the unpruned model) is measured on calibration batches.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,7 +33,7 @@ from replaceme.options import option
 from replaceme.plan import Block, Plan, greedy_non_overlapping
 from replaceme.stats.request import StatsRequest
 
-DISTANCES = ("angular", "token-cosine", "block-influence")
+log = logging.getLogger(__name__)
 
 
 def _scorer(ctx: SelectionContext, name: str):
@@ -57,10 +58,13 @@ class CalibrationLossOptions:
     distance: Literal["angular", "token-cosine", "block-influence"] = option(
         "angular", "the cheap distance that orders the shortlist (and is reported beside each score)")
     num_blocks: int = option(1, "number of non-overlapping blocks, each scored alone; --layers is split evenly")
+    fallback_tokens: int = option(
+        4096, "when the pass holds no batches out (few batches, --holdout-fraction 0), score on this many training "
+        "tokens instead, which the compensation did fit (with a warning); 0 = refuse instead")
 
     def __post_init__(self) -> None:
-        if self.shortlist < 0:
-            raise ValueError("shortlist must be >= 0")
+        if self.shortlist < 0 or self.fallback_tokens < 0:
+            raise ValueError("shortlist and fallback_tokens must be >= 0")
         if self.num_blocks < 1:
             raise ValueError("num_blocks must be >= 1")
 
@@ -87,7 +91,8 @@ class CalibrationLossSelector(Selector):
 
         starts = {b.start for b in self.candidates(ctx)}
         first = starts | {s - 1 for s in starts}
-        return StatsRequest(block_sizes={self.block_size(ctx), 1}).union(scoring_request(ctx.num_layers, first))
+        return StatsRequest(block_sizes={self.block_size(ctx), 1}).union(
+            scoring_request(ctx.num_layers, first, self.options.fallback_tokens))
 
     def shortlisted(self, stats, ctx: SelectionContext) -> list[tuple[float, Block]]:
         """``(distance, block)`` of the candidates to score, best distance first."""
@@ -98,9 +103,15 @@ class CalibrationLossSelector(Selector):
         from replaceme.console import track
 
         scorer = _scorer(ctx, self.name)
+        data = "holdout"
+        if not stats.sample.holdout and stats.sample.train and self.options.fallback_tokens:
+            log.warning("calibration-loss: no held-out calibration batches; scoring on %d training tokens the "
+                        "compensation was fitted on (hold batches out with more data or --holdout-fraction)",
+                        sum(b.tokens for b in stats.sample.train))
+            data = "all"
         rows, scored = [], []
         for dist, block in track(self.shortlisted(stats, ctx), f"scoring blocks ({self.options.objective})"):
-            score = scorer.score(Plan([block]), data="holdout")
+            score = scorer.score(Plan([block]), data=data)
             value = score.value(self.options.objective)
             scored.append((value, block))
             rows.append({"block": [block.start, block.end], f"{self.options.distance}_distance": dist, **score.to_dict()})
@@ -110,7 +121,7 @@ class CalibrationLossSelector(Selector):
             raise ReplacemeError(f"only {len(picked)} non-overlapping candidate blocks; asked for {self.options.num_blocks}")
         rows.sort(key=lambda r: r[self.options.objective])
         return Plan([b for _, b in picked], scores=[v for v, _ in picked],
-                    details={"score": f"held-out {self.options.objective} after compensation", "candidates": rows})
+                    details={"score": f"{self.options.objective} after compensation", "scored_on": data, "candidates": rows})
 
 
 @dataclass
