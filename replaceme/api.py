@@ -30,6 +30,9 @@ class PruneResult:
         usage: ``load``/``calibration``/``statistics``/``select``/... -> Usage.
         options: every option in effect, by component.
         seed: the run's seed.
+        offloaded: with ``offload``, the skeleton over its checkpoint (saving streams it).
+        stats_memory: bytes of Gram sums and activation sample, and whether the
+            sample was on disk (recorded in ``pruning.json``).
     """
 
     model: Any
@@ -43,6 +46,7 @@ class PruneResult:
     seed: int = 0
     source: str | None = None
     offloaded: Any = None
+    stats_memory: dict[str, Any] = field(default_factory=dict)
 
     @property
     def plan(self):
@@ -66,6 +70,7 @@ class PruneResult:
             "seed": self.seed,
             "versions": versions(),
             "usage": {k: u.to_dict() for k, u in self.usage.items()},
+            "statistics_memory": self.stats_memory,
             "offload": self.offloaded.describe() if self.offloaded is not None else {"enabled": False},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -86,6 +91,7 @@ def prune(
     use_cache: bool = True,
     trust_remote_code: bool = False,
     offload: bool = False,
+    spill_dir: str | Path | None = None,
     **options: Any,
 ) -> PruneResult:
     """Prune ``layers`` decoder layers with ``method``.
@@ -107,6 +113,10 @@ def prune(
             :mod:`replaceme.offload`). ``result.model`` is then a skeleton whose
             untouched parameters are on the meta device; save it with
             :func:`save_pruned`, which streams the checkpoint.
+        spill_dir: keep the activation sample (and, with ``offload``, the
+            activations between layers) in memory-mapped files in a run-unique
+            directory created under this one, instead of RAM
+            (:mod:`replaceme.stats.spill`); lets ``token_budget`` grow past RAM.
         **options: method options (``replaceme methods`` lists them).
 
     Under ``torchrun`` the calibration pass is split over the processes
@@ -156,6 +166,7 @@ def prune(
     torch.manual_seed(seed)
     request = resolved.stats_request(num_layers, layers)
     spec = None
+    stats_memory: dict[str, Any] = {}
     if request.is_empty:  # e.g. block-removal of a fixed range: no data needed
         from replaceme.stats.store import ActivationStats
 
@@ -170,15 +181,24 @@ def prune(
         with Meter() as m:
             calib = build_calibration(spec, tokenizer)
         usage["calibration"] = m.usage
-        with Meter() as m:
-            if offloaded is not None:
-                from replaceme.stats.layerwise import collect_stats_layerwise
+        from replaceme.stats.spill import Spill
 
-                with distributed.session(offloaded.device):  # torchrun: ranks > 0 end here
-                    stats = collect_stats_layerwise(offloaded, calib, request)
-            else:
-                stats = gather_stats(model, adapter, calib, request, use_cache=use_cache)
+        spill = Spill(spill_dir) if spill_dir is not None else None
+        try:
+            with Meter() as m:
+                if offloaded is not None:
+                    from replaceme.stats.layerwise import collect_stats_layerwise
+
+                    with distributed.session(offloaded.device):  # torchrun: ranks > 0 end here
+                        stats = collect_stats_layerwise(offloaded, calib, request, spill=spill)
+                else:
+                    stats = gather_stats(model, adapter, calib, request, use_cache=use_cache, spill=spill)
+        finally:
+            if spill is not None:
+                spill.close()  # every file is already unlinked; the mapped tensors stay valid
         usage["statistics"] = m.usage
+        stats_memory = {**stats.memory_bytes(), "sample_on_disk": spill is not None,
+                        "spilled_bytes": spill.bytes_written if spill is not None else 0}
     if offloaded is not None:
         outcome = apply_method(model, adapter, resolved, layers, stats, seed=seed, device=offloaded.device,
                                materialise=offloaded.load_layers)
@@ -197,6 +217,7 @@ def prune(
         seed=seed,
         source=source,
         offloaded=offloaded,
+        stats_memory=stats_memory,
     )
 
 

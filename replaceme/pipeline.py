@@ -33,8 +33,13 @@ def gather_stats(
     *,
     use_cache: bool = True,
     holdout_tokens: int = 8192,
+    spill: Any = None,
 ) -> Any:
     """Run the shared pass, or load it from the on-disk cache when inputs match.
+
+    With ``spill`` (:class:`~replaceme.stats.spill.Spill`) the activation sample is
+    kept in memory-mapped files, and the cache is not used (it would copy the
+    sample back into one file).
 
     Under ``torchrun`` (:mod:`replaceme.distributed`) every rank runs its shard of the
     batches; rank 0 alone reads and writes the cache and gets the combined statistics,
@@ -44,12 +49,13 @@ def gather_stats(
     from replaceme import distributed
 
     with distributed.session(next(model.parameters()).device):  # torchrun: ranks > 0 end here
-        stats = _gather_stats(model, adapter, calib, request, use_cache=use_cache, holdout_tokens=holdout_tokens)
+        stats = _gather_stats(model, adapter, calib, request, use_cache=use_cache and spill is None,
+                              holdout_tokens=holdout_tokens, spill=spill)
     return stats
 
 
 def _gather_stats(model: Any, adapter: ModelAdapter, calib: CalibrationData, request: StatsRequest, *,
-                  use_cache: bool, holdout_tokens: int) -> Any:
+                  use_cache: bool, holdout_tokens: int, spill: Any = None) -> Any:
     from replaceme import distributed
     from replaceme.stats.cache import cache_key, load_cached, model_fingerprint, save_cached
     from replaceme.stats.collect import collect_stats
@@ -70,7 +76,7 @@ def _gather_stats(model: Any, adapter: ModelAdapter, calib: CalibrationData, req
         if distributed.broadcast(cached is not None):  # ranks > 0 have nothing to add
             log.info("statistics loaded from cache (key %s)", key[:12])
             return cached
-    stats = collect_stats(model, adapter, calib, request, holdout_tokens=holdout_tokens)
+    stats = collect_stats(model, adapter, calib, request, holdout_tokens=holdout_tokens, spill=spill)
     if key is not None and root:
         save_cached(key, stats)
     return stats

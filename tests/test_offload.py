@@ -124,3 +124,67 @@ def test_offload_needs_a_local_safetensors_directory(tmp_path, calib_file):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReplacemeError, match="safetensors"):
         replaceme.prune(str(tmp_path / "empty"), method="uidl", layers=1, calibration=str(calib_file), offload=True)
+
+
+def test_spilled_sample_equals_the_in_memory_one(tmp_path, tokenizer, calib_file):
+    from replaceme.adapters import adapter_for
+    from replaceme.stats import StatsRequest, collect_stats
+    from replaceme.stats.spill import Spill
+
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    calib = build_calibration(CalibrationSpec(str(calib_file), samples=12, max_length=32, batch_size=4), tokenizer)
+    request = StatsRequest(block_sizes={1}, gram_blocks={(1, 3)}, sample_tokens=10_000, sample_boundaries={1, 3},
+                           sample_mlp={0})
+    plain = collect_stats(model, adapter, calib, request)
+    with Spill(tmp_path / "spill") as spill:
+        spilled = collect_stats(model, adapter, calib, request, spill=spill)
+        assert list(spill.path.iterdir()) == []  # files are unlinked once mapped
+    assert not spill.path.exists() and spill.bytes_written == spilled.sample.nbytes() > 0
+    for a, b in zip(plain.sample.train + plain.sample.holdout, spilled.sample.train + spilled.sample.holdout):
+        for j in (1, 3):
+            assert torch.equal(a.boundaries[j], b.boundaries[j])
+        assert torch.equal(a.mlp[0], b.mlp[0])
+    torch.testing.assert_close(plain.gram[(1, 3)].xty, spilled.gram[(1, 3)].xty, rtol=0, atol=0)
+
+
+def test_spill_dir_with_offload_and_cosine(tmp_path):
+    src = save_tiny(tmp_path / "src", "qwen2")
+    spec = CalibrationSpec(str(calibration_text(tmp_path / "calib.txt", records=24)), samples=12, max_length=40, batch_size=4)
+    out = {}
+    for spill in (None, tmp_path / "spill"):
+        result = replaceme.prune(str(src), method="replaceme-cosine", layers=1, calibration=spec, use_cache=False,
+                                 offload=spill is not None, spill_dir=spill, epochs=1)
+        out[spill] = replaceme.save_pruned(result, tmp_path / f"out-{spill is None}")
+    assert list((tmp_path / "spill").iterdir()) == []  # the run's directory is gone
+    meta = json.loads((out[tmp_path / "spill"] / "pruning.json").read_text())
+    assert meta["statistics_memory"]["sample_on_disk"] is True and meta["statistics_memory"]["spilled_bytes"] > 0
+    assert max_relative_difference(load_file(out[None] / "model.safetensors"),
+                                   load_file(out[tmp_path / "spill"] / "model.safetensors")) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_models_get_float64_statistics(dtype, tmp_path):
+    src = save_tiny(tmp_path / "src", "llama")
+    spec = CalibrationSpec(str(calibration_text(tmp_path / "calib.txt", records=24)), samples=12, max_length=40, batch_size=4)
+    out = {}
+    for offload in (False, True):
+        result = replaceme.prune(str(src), method="replaceme-lstsq", layers=2, calibration=spec, use_cache=False,
+                                 offload=offload, dtype=dtype, device="cpu")
+        out[offload] = replaceme.save_pruned(result, tmp_path / f"out-{offload}")
+        assert result.outcome.compensations[0].value.dtype == torch.float64  # T solved from float64 sums
+    mem, off = (load_file(out[o] / "model.safetensors") for o in (False, True))
+    assert all(t.dtype == getattr(torch, dtype) for t in off.values() if t.is_floating_point())
+    assert max_relative_difference(mem, off) <= 1e-5
+    meta = json.loads((out[True] / "pruning.json").read_text())
+    assert meta["statistics_memory"]["gram"] == 2 * 4 * 32 * 32 * 8  # XᵀX, XᵀY of the candidates [1,3) .. [4,6)
+
+
+def test_offload_names_the_layer_that_overflows(tmp_path, calib_file):
+    model = tiny_model("gpt2")
+    with torch.no_grad():
+        model.transformer.h[2].mlp.c_proj.bias.fill_(float("inf"))
+    model.save_pretrained(tmp_path / "src")
+    make_tokenizer().save_pretrained(tmp_path / "src")
+    with pytest.raises(ReplacemeError, match=r"layer 2 produced non-finite hidden states"):
+        replaceme.prune(str(tmp_path / "src"), method="uidl", layers=1, calibration=str(calib_file), offload=True)

@@ -171,8 +171,10 @@ class Accumulator:
     """
 
     def __init__(self, num_layers: int, hidden: int, request: StatsRequest, stats_device: torch.device,
-                 model_device: torch.device):
+                 model_device: torch.device, sample_store: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.L = num_layers
+        #: where sampled activations go: a CPU copy, or a file (:class:`~replaceme.stats.spill.Spill`)
+        self.sample_store = sample_store or (lambda t: t.to("cpu", copy=True))
         self.request = request
         self.sizes = sorted(n for n in request.block_sizes if 1 <= n <= num_layers)
         self.window = max([1, *self.sizes, *(e - s for s, e in request.gram_blocks)])
@@ -214,7 +216,7 @@ class Accumulator:
             m = m.detach().reshape(*state.mask.shape, -1)
             state.m[i] = state.store(m) if state.store_copies else m.clone()
             if state.keep is not None and i in self.request.sample_mlp:
-                state.keep.mlp[i] = m.to("cpu", copy=True)
+                state.keep.mlp[i] = self.sample_store(m)
 
     def boundary(self, state: BatchState, j: int, x: torch.Tensor) -> None:
         """``x_j`` of the batch, ``[B, T, hidden]`` on the compute device."""
@@ -238,7 +240,7 @@ class Accumulator:
         if state.use_for_gram:
             self._gram(state, j, x)
         if state.keep is not None and j in self.request.sample_boundaries:
-            state.keep.boundaries[j] = x.to("cpu", copy=True)
+            state.keep.boundaries[j] = self.sample_store(x)
         state.x[j] = state.store(x)
         state.x.pop(j - self.window - 1, None)
         state.m.pop(j - self.window - 2, None)
@@ -303,6 +305,7 @@ def collect_stats(
     *,
     holdout_tokens: int = 8192,
     stats_device: str | torch.device | None = None,
+    spill: Any = None,
 ) -> ActivationStats:
     """Run the shared statistics pass.
 
@@ -313,6 +316,8 @@ def collect_stats(
         request: the union of what every method of the run needs.
         holdout_tokens: token budget of the held-out batches (see :func:`split_batches`).
         stats_device: where float64 Gram sums live (default: the model's device).
+        spill: a :class:`~replaceme.stats.spill.Spill` to keep the activation sample
+            in memory-mapped files instead of RAM.
 
     Returns:
         The :class:`ActivationStats`.
@@ -324,7 +329,7 @@ def collect_stats(
     device = next(model.parameters()).device
     stats_device = torch.device(stats_device) if stats_device is not None else device
     check_gram_blocks(request)
-    acc = Accumulator(L, hidden, request, stats_device, device)
+    acc = Accumulator(L, hidden, request, stats_device, device, sample_store=spill)
     holdout, sample = plan_batches(calib, request, holdout_tokens)
     stats = ActivationStats(num_layers=L, hidden_size=hidden)
     kept: dict[int, BatchActivations] = {}

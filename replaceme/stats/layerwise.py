@@ -64,7 +64,7 @@ def collect_stats_layerwise(
     request: StatsRequest,
     *,
     holdout_tokens: int = 8192,
-    store: Any = None,
+    spill: Any = None,
 ) -> ActivationStats:
     """Run the shared statistics pass layer by layer over an offloaded model.
 
@@ -73,8 +73,9 @@ def collect_stats_layerwise(
         calib: tokenised calibration batches.
         request: the union of what every method of the run needs.
         holdout_tokens: token budget of the held-out batches.
-        store: where window tensors wait between layers: a callable
-            ``tensor -> tensor`` (default: a CPU copy).
+        spill: a :class:`~replaceme.stats.spill.Spill`: the window of boundary states
+            between layers and the activation sample go to memory-mapped files
+            (default: CPU memory).
 
     Returns:
         The same :class:`ActivationStats` as the hooked pass on the loaded model.
@@ -84,10 +85,10 @@ def collect_stats_layerwise(
     L = offloaded.num_layers
     hidden = int(model.config.hidden_size)
     check_gram_blocks(request)
-    acc = Accumulator(L, hidden, request, device, device)
+    acc = Accumulator(L, hidden, request, device, device, sample_store=spill)
     holdout, sample = plan_batches(calib, request, holdout_tokens)
     holdout_set, kept_batches = set(holdout), set(holdout) | set(sample)
-    store = store or (lambda t: t.to("cpu", copy=True))
+    store = spill or (lambda t: t.to("cpu", copy=True))
     want_kwargs = set(request.layer_kwargs)
     stats = ActivationStats(num_layers=L, hidden_size=hidden)
 

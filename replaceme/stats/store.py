@@ -136,5 +136,8 @@ class ActivationStats:
         return self.gram[key]
 
     def memory_bytes(self) -> dict[str, int]:
-        gram = sum(g.xtx.numel() * 8 + g.xty.numel() * 8 for g in self.gram.values())
-        return {"gram": gram, "sample": self.sample.nbytes()}
+        """Bytes held: float64 Gram sums (``XᵀX`` shared by blocks with the same start
+        counted once), the activation sample, and the number of Gram blocks."""
+        unique = {id(t): t for g in self.gram.values() for t in (g.xtx, g.xty)}
+        gram = sum(t.numel() * t.element_size() for t in unique.values())
+        return {"gram": gram, "gram_blocks": len(self.gram), "sample": self.sample.nbytes()}

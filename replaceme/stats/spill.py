@@ -1,0 +1,65 @@
+"""Activations kept on disk instead of in RAM (memory-mapped files).
+
+The paper fits its cosine map on every calibration token (8,000 × 1,024 tokens;
+at hidden 4096 that is 67 GB per matrix in bfloat16), which no host holds in RAM
+beside a model. With a :class:`Spill`, every tensor the statistics pass keeps
+(the activation sample, and in the layer-by-layer pass the window of boundary
+states) is written to a file in a run-unique temporary directory and mapped back
+read-only (``torch.from_file``, a private mapping): its pages live in the page
+cache, which the kernel writes back and evicts as needed, so resident memory
+stays bounded whatever ``token_budget`` is.
+
+Each file is unlinked as soon as it is mapped: the mapping keeps the data alive
+until the tensor is freed, and nothing is left on disk even if the run is killed.
+The directory itself is removed by :meth:`Spill.close` (a context manager).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class Spill:
+    """A run-unique directory for memory-mapped tensors.
+
+    Args:
+        parent: where to create it (default: the system temporary directory,
+            ``$TMPDIR``); put it on a disk with room for the sample.
+    """
+
+    def __init__(self, parent: str | Path | None = None):
+        if parent is not None:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix="replaceme-spill-", dir=parent))
+        self._names = itertools.count()
+        self.bytes_written = 0
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A CPU copy of ``tensor`` backed by a file (same dtype and shape)."""
+        value = tensor.detach().to("cpu").contiguous()
+        if value.numel() == 0:
+            return value.clone()
+        file = self.path / f"{next(self._names)}.bin"
+        with open(file, "wb") as fh:
+            fh.write(value.reshape(-1).view(torch.uint8).numpy().data)
+        try:
+            mapped = torch.from_file(str(file), shared=False, size=value.numel(), dtype=value.dtype)
+        finally:
+            os.unlink(file)  # the mapping keeps the data until the tensor is freed
+        self.bytes_written += value.numel() * value.element_size()
+        return mapped.view(value.shape)
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> Spill:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
