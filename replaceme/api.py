@@ -47,6 +47,7 @@ class PruneResult:
     source: str | None = None
     offloaded: Any = None
     stats_memory: dict[str, Any] = field(default_factory=dict)
+    calib_4bit: bool = False
 
     @property
     def plan(self):
@@ -71,6 +72,7 @@ class PruneResult:
             "versions": versions(),
             "usage": {k: u.to_dict() for k, u in self.usage.items()},
             "statistics_memory": self.stats_memory,
+            "calibration_4bit": self.calib_4bit,
             "offload": self.offloaded.describe() if self.offloaded is not None else {"enabled": False},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -92,6 +94,7 @@ def prune(
     trust_remote_code: bool = False,
     offload: bool = False,
     spill_dir: str | Path | None = None,
+    calib_4bit: bool = False,
     **options: Any,
 ) -> PruneResult:
     """Prune ``layers`` decoder layers with ``method``.
@@ -117,6 +120,12 @@ def prune(
             activations between layers) in memory-mapped files in a run-unique
             directory created under this one, instead of RAM
             (:mod:`replaceme.stats.spill`); lets ``token_budget`` grow past RAM.
+        calib_4bit: run the calibration pass on a 4-bit (bitsandbytes NF4) copy of
+            the model, as the ReplaceMe reference's ``use_4bit``, then load the
+            full-precision model to compensate and merge. Needs a CUDA GPU and
+            bitsandbytes. **It changes the statistics**: distances, Gram sums and
+            samples are those of the quantised model, so plans and maps differ
+            from a full-precision run.
         **options: method options (``replaceme methods`` lists them).
 
     Under ``torchrun`` the calibration pass is split over the processes
@@ -140,8 +149,20 @@ def prune(
     usage: dict[str, Usage] = {}
     source = None
     offloaded = None
+    if calib_4bit:
+        from replaceme.loading import check_4bit
+
+        if offload or not isinstance(model_or_path, (str, Path)):
+            raise ReplacemeError("calib_4bit needs a model path and cannot be combined with offload")
+        check_4bit(device)
     with Meter() as m:
-        if offload:
+        if calib_4bit:  # the full-precision model is loaded after the pass
+            from replaceme.loading import load_model_4bit
+
+            source = str(model_or_path)
+            model, tokenizer = load_model_4bit(source, device=distributed.device_name(device), dtype=dtype,
+                                               trust_remote_code=trust_remote_code)
+        elif offload:
             from replaceme.offload import load_offloaded
 
             if not isinstance(model_or_path, (str, Path)):
@@ -199,6 +220,14 @@ def prune(
         usage["statistics"] = m.usage
         stats_memory = {**stats.memory_bytes(), "sample_on_disk": spill is not None,
                         "spilled_bytes": spill.bytes_written if spill is not None else 0}
+    if calib_4bit:  # statistics came from the 4-bit copy; prune the full-precision weights
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        with Meter() as m:
+            model, _ = load_model(source, device=distributed.device_name(device), dtype=dtype,
+                                  trust_remote_code=trust_remote_code)
+        usage["load_full_precision"] = m.usage
     if offloaded is not None:
         outcome = apply_method(model, adapter, resolved, layers, stats, seed=seed, device=offloaded.device,
                                materialise=offloaded.load_layers)
@@ -218,6 +247,7 @@ def prune(
         source=source,
         offloaded=offloaded,
         stats_memory=stats_memory,
+        calib_4bit=calib_4bit,
     )
 
 

@@ -20,14 +20,31 @@ def quiet_transformers() -> None:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``auto`` means CUDA when available, else CPU."""
+    """``auto`` means CUDA when available, else CPU; ``cuda:N`` must name an existing GPU."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ReplacemeError("--device cuda was asked for, but no CUDA device is available")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ReplacemeError(f"invalid --device '{device}'; use auto, cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ReplacemeError(f"--device {device} was asked for, but no CUDA device is available")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ReplacemeError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def use_device(device: str) -> None:
+    """Make ``cuda:N`` the current CUDA device, so that code using the current device
+    (peak-memory meters, training, NCCL) measures and runs on the GPU the user chose."""
+    import torch
+
+    parsed = torch.device(device)
+    if parsed.type == "cuda" and parsed.index is not None:
+        torch.cuda.set_device(parsed)
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:
@@ -78,6 +95,7 @@ def load_model(
     quiet_transformers()
     path = resolve_model_path(name_or_path)
     device = resolve_device(device)
+    use_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -85,5 +103,38 @@ def load_model(
     except (OSError, ValueError, KeyError, ImportError) as exc:
         raise ReplacemeError(f"cannot load model '{name_or_path}': {_first_line(exc)}") from exc
     model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def check_4bit(device: str) -> None:
+    """4-bit calibration needs bitsandbytes and a CUDA GPU: a one-line error otherwise."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("bitsandbytes") is None or not torch.cuda.is_available() or device == "cpu":
+        raise ReplacemeError("--calib-4bit needs a CUDA GPU and the bitsandbytes package (pip install bitsandbytes)")
+
+
+def load_model_4bit(name_or_path: str, *, device: str = "auto", dtype: str = "auto",
+                    trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """Load a causal LM quantised to 4 bits (bitsandbytes NF4, compute in ``dtype``) on
+    one GPU, for the calibration pass only (the ReplaceMe reference's ``use_4bit``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    quiet_transformers()
+    check_4bit(device)
+    path = resolve_model_path(name_or_path)
+    device = resolve_device(device)
+    use_device(device)
+    compute = resolve_dtype(dtype, device)
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=config, dtype=compute,
+                                                     device_map={"": device}, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        raise ReplacemeError(f"cannot load model '{name_or_path}' in 4 bits: {_first_line(exc)}") from exc
     model.eval()
     return model, tokenizer

@@ -302,7 +302,14 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from replaceme.adapters import adapter_for
-    from replaceme.loading import _first_line, quiet_transformers, resolve_device, resolve_dtype, resolve_model_path
+    from replaceme.loading import (
+        _first_line,
+        quiet_transformers,
+        resolve_device,
+        resolve_dtype,
+        resolve_model_path,
+        use_device,
+    )
 
     from replaceme.resources import return_large_allocations
 
@@ -312,6 +319,7 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
     if not local.is_dir():
         raise ReplacemeError(f"--offload needs a local model directory (got '{path}'); download it first")
     device = resolve_device(device)
+    use_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     checkpoint = Checkpoint(local)
     try:

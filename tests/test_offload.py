@@ -188,3 +188,31 @@ def test_offload_names_the_layer_that_overflows(tmp_path, calib_file):
     make_tokenizer().save_pretrained(tmp_path / "src")
     with pytest.raises(ReplacemeError, match=r"layer 2 produced non-finite hidden states"):
         replaceme.prune(str(tmp_path / "src"), method="uidl", layers=1, calibration=str(calib_file), offload=True)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--device", "cuda:1"], "no CUDA device is available" if not torch.cuda.is_available() else "CUDA device(s)"),
+        (["--device", "gpu0"], "invalid --device 'gpu0'"),
+        (["--calib-4bit"], "--calib-4bit needs a CUDA GPU and the bitsandbytes package"),
+    ],
+)
+def test_device_and_4bit_errors_are_one_line(args, fragment, tmp_path, calib_file):
+    from click.testing import CliRunner
+
+    from replaceme.cli import cli
+
+    import importlib.util
+
+    if args == ["--device", "cuda:1"] and torch.cuda.device_count() > 1:
+        pytest.skip("this machine has a second GPU")
+    if args == ["--calib-4bit"] and torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
+        pytest.skip("4-bit calibration is available here")
+    src = save_tiny(tmp_path / "src", "llama")
+    result = CliRunner().invoke(cli, ["prune", str(src), "-m", "uidl", "-n", "1", "--calib", str(calib_file),
+                                      "--output", str(tmp_path / "out"), *args])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and fragment in lines[0], result.output
+    assert not (tmp_path / "out").exists()
