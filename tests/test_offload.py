@@ -216,3 +216,22 @@ def test_device_and_4bit_errors_are_one_line(args, fragment, tmp_path, calib_fil
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and fragment in lines[0], result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_script_runs_tiny_on_cpu(tmp_path):
+    """benchmarks/gpu_llama8b.py has not run on a GPU here; --tiny runs the same code on CPU."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_llama8b.py"), "--tiny", "--json", str(out),
+                    "--spill-dir", str(tmp_path / "spill")], check=True, capture_output=True, cwd=root, timeout=600)
+    result = json.loads(out.read_text())
+    stages = {(r[0], r[1]) for r in result["rows"]}
+    for method in ("lstsq", "cosine"):
+        assert {(method, "statistics pass"), (method, "select+compensate+fold")} <= stages
+        assert result["extrapolated_total_s"][method] > 0
+    assert list((tmp_path / "spill").iterdir()) == []
