@@ -170,11 +170,20 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
         return False
 
 
+#: most logit bytes one forward of :func:`batch_nll` may produce (CPU, CUDA); a batch
+#: whose logits would exceed it runs in chunks of rows, so that evaluating a model with
+#: a large vocabulary costs a bounded amount of memory above the model.
+LOGITS_BYTES = {"cpu": 64 * 2**20, "cuda": 1024 * 2**20}
+
+
 @torch.no_grad()
 def batch_nll(
     model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
 ) -> tuple[float, int]:
     """Summed NLL (float64) and count of the target tokens of one batch.
+
+    Rows run in chunks whose logits fit :data:`LOGITS_BYTES`; the per-token
+    losses are summed in the same order as for one chunk.
 
     Args:
         input_ids, attention_mask, targets: ``[B, T]`` as from :func:`batch_windows`,
@@ -183,6 +192,25 @@ def batch_nll(
     Returns:
         ``(sum of -log p(token | prefix) over targets, number of targets)``.
     """
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 1
+    row_bytes = input_ids.shape[1] * int(vocab) * 4
+    budget = LOGITS_BYTES["cuda" if input_ids.device.type == "cuda" else "cpu"]
+    rows = max(1, budget // max(row_bytes, 1))
+    parts = [_token_nll(model, input_ids[i : i + rows], attention_mask[i : i + rows], targets[i : i + rows])
+             for i in range(0, input_ids.shape[0], rows)]
+    nll = torch.cat(parts)
+    total = nll.double().sum()
+    if not torch.isfinite(total):
+        raise FloatingPointError("non-finite loss")
+    return float(total), int(nll.numel())
+
+
+def _token_nll(
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """``-log p(token | prefix)`` of every target token of ``[b, T]`` rows, row-major: ``[n]``."""
+    if not bool(targets.any()):
+        return torch.zeros(0, device=input_ids.device)
     length = input_ids.shape[1]
     # Logits are needed only from one position before the first target on.
     first = int(targets.any(dim=0).nonzero()[0]) - 1
@@ -196,12 +224,9 @@ def batch_nll(
     logits = logits[:, : length - 1 - first]  # [B, T-1-first, V]
     mask = targets[:, first + 1 :]  # [B, T-1-first]
     picked = logits[mask].float()  # [n, V]
+    del logits
     labels = input_ids[:, first + 1 :][mask]  # [n]
-    nll = -torch.log_softmax(picked, dim=-1).gather(1, labels[:, None]).squeeze(1)  # [n]
-    total = nll.double().sum()
-    if not torch.isfinite(total):
-        raise FloatingPointError("non-finite loss")
-    return float(total), int(labels.numel())
+    return -torch.log_softmax(picked, dim=-1).gather(1, labels[:, None]).squeeze(1)  # [n]
 
 
 def max_positions(model: torch.nn.Module) -> int | None:

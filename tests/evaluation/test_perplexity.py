@@ -149,3 +149,17 @@ def test_context_length_is_capped_at_model_positions(tiny_llama, char_tokenizer)
     capped = perplexity(tiny_llama, char_tokenizer, TEXTS, context_length=10_000)
     exact = perplexity(tiny_llama, char_tokenizer, TEXTS, context_length=tiny_llama.config.max_position_embeddings)
     assert capped == exact
+
+
+def test_large_logits_run_in_row_chunks_with_the_same_loss(tiny_llama, monkeypatch):
+    """A batch whose logits exceed the budget runs row by row: same tokens, same loss."""
+    from replaceme.evaluation import perplexity as module
+
+    tokens = torch.arange(3, 60)
+    ids, mask, targets = batch_windows(tokens, plan_windows(len(tokens), 16, 16, 0), bos=1, pad_id=0)
+    whole = batch_nll(tiny_llama, ids, mask, targets)
+    row_bytes = ids.shape[1] * tiny_llama.config.vocab_size * 4
+    monkeypatch.setitem(module.LOGITS_BYTES, "cpu", row_bytes)  # one row per forward
+    chunked = batch_nll(tiny_llama, ids, mask, targets)
+    assert ids.shape[0] > 2 and chunked[1] == whole[1] == len(tokens)
+    assert chunked[0] == pytest.approx(whole[0], rel=1e-6)
