@@ -57,7 +57,8 @@ REFERENCE_KEYS: dict[str, str] = {
     "loss": "`-o loss` (cosine: `cosine`, `mse`; `elasticnet` is rejected); ignored for lstsq, as there",
     "solver": "`-o solver` (cosine: `adam`, `l-bfgs` → `lbfgs`; `cg`, `trust-ncg` are rejected); ignored for lstsq",
     "accurate": "`-o accurate` (cosine); ignored for lstsq, as there",
-    "save_path": "`--output` (used as given: no `_ReplaceMe_lstsq_N` suffix is appended)",
+    "save_path": "`--output` (used as given: no `_ReplaceMe_lstsq_N` suffix is appended); null: "
+    "`output_models/<model>_<n>_layers_<dataset>_<size>_ReplaceMe_<method>_<num_A>` as there, less the block indices",
     "distances_path": "null: distances computed in the same pass, as the reference does; a path: warned, "
     "distances are still computed (one pass gives them for free)",
     "use_4bit": "`false`: nothing to do; `true`: warned, the model loads in `--dtype` (no bitsandbytes)",
@@ -188,6 +189,11 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if layers_per_block is not None:
         params.setdefault("layers", int(layers_per_block) * int(options.get("num_blocks", 1)))
     if reference:
+        if params.get("output") is None:
+            params["output"] = _reference_output_name({**raw, "layers_to_skip": layers_per_block}, params)
+            log.warning("%s: save_path is null: the pruned model goes to %s (the reference's naming, without "
+                        "the block indices, which are known only after selection); --output overrides it",
+                        path, params["output"])
         params.setdefault("order", "file")
         params.setdefault("drop_last", True)
         params.setdefault("holdout_fraction", 0.0)
@@ -200,3 +206,11 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
             if int(options.get("num_blocks", 1)) > 1:
                 options.setdefault("refit", True)
     return params, options
+
+
+def _reference_output_name(raw: dict[str, Any], params: dict[str, Any]) -> str:
+    """Where the reference saves when ``save_path`` is null, less the block indices:
+    ``output_models/<model>_<n>_layers_<dataset>_<size>_ReplaceMe_<method>_<num_A>``."""
+    stem = f"{raw.get('model_path')}_{raw.get('layers_to_skip')}_layers_{raw.get('dataset')}_{raw.get('dataset_size')}"
+    method = {"replaceme-lstsq": "lstsq", "replaceme-cosine": "cosine"}.get(str(params.get("method")), "pruned")
+    return str(Path("output_models") / (stem.replace("/", "_") + f"_ReplaceMe_{method}_{raw.get('num_A', 1)}"))

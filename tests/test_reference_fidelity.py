@@ -208,6 +208,7 @@ def test_reference_config_keys_are_mapped_warned_or_rejected(tmp_path, caplog):
     assert params["order"] == "file" and params["drop_last"] and params["holdout_fraction"] == 0
     assert params["method"] == "replaceme-lstsq" and params["layers"] == 8
     assert options == {"num_blocks": 1, "merge_consecutive": True, "alpha": 0, "diag": False}
+    assert params["output"] == "output_models/m_8_layers_wikitext_128_ReplaceMe_lstsq_1"  # save_path: null
     warned = caplog.text
     for key in ("token", "min_distance_layer", "activations_save_path", "save_transform_only", "tasks", "accurate", "loss", "solver"):
         assert f"'{key}'" in warned, key
