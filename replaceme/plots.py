@@ -15,10 +15,28 @@ def _pyplot():
     return plt
 
 
+#: image formats a plot path may end with
+FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
+
+
+def _save(plt: Any, fig: Any, path: str | Path, replace: bool = True) -> None:
+    """Save through a temporary file and a rename (the format from the path's suffix; PNG if none)."""
+    from replaceme.paths import atomic_file
+
+    suffix = Path(path).suffix.lower()
+    fmt = suffix[1:] if suffix in FORMATS else "png"
+    try:
+        with atomic_file(path, replace=replace, suffix="." + fmt) as tmp:
+            fig.savefig(tmp, dpi=120, format=fmt)
+    finally:
+        plt.close(fig)
+
+
 def distance_heatmap(frame: Any, path: str | Path, title: str = "Angular distance",
-                     extra: dict[str, str] | None = None) -> None:
+                     extra: dict[str, str] | None = None, replace: bool = True) -> None:
     """Heatmaps (start × block size) of a frame with columns ``start``, ``size``,
-    ``distance``; ``extra`` maps more columns to panel titles (e.g. ``{"ppl": ...}``)."""
+    ``distance``; ``extra`` maps more columns to panel titles (e.g. ``{"ppl": ...}``).
+    Written through a temporary file; without ``replace`` an existing file is kept."""
     plt = _pyplot()
     panels = {"distance": title, **(extra or {})}
     sizes = frame["size"].nunique()
@@ -35,8 +53,7 @@ def distance_heatmap(frame: Any, path: str | Path, title: str = "Angular distanc
         ax.set_title(label)
         fig.colorbar(im, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path, replace)
 
 
 def bar_chart(labels: list[str], values: list[float], path: str | Path, ylabel: str, title: str) -> None:
@@ -47,8 +64,7 @@ def bar_chart(labels: list[str], values: list[float], path: str | Path, ylabel: 
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def line_chart(series: dict[str, tuple[list[float], list[float]]], path: str | Path, xlabel: str, ylabel: str, title: str) -> None:
@@ -61,5 +77,4 @@ def line_chart(series: dict[str, tuple[list[float], list[float]]], path: str | P
     ax.set_title(title)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path)
