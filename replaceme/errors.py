@@ -28,3 +28,74 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> ReplacemeError:
         f"unknown {kind} '{name}'{did_you_mean(name, choices)}; "
         f"choose from: {', '.join(choices) or '(none)'}"
     )
+
+
+#: exit status of an error the user can fix (and of click's usage errors)
+USER_ERROR = 2
+#: exit status of an unexpected error (a bug, or a failure we do not know)
+INTERNAL_ERROR = 1
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen and len(seen) < 20:
+        seen.append(exc)
+        exc = exc.__cause__  # type: ignore[assignment]  # explicit causes only: a context may be incidental
+    return seen
+
+
+def _known(exc: BaseException) -> str | None:
+    """A one-line message for a library exception whose cause is the user's input, else None."""
+    import json
+
+    name = type(exc).__name__
+    module = type(exc).__module__ or ""
+    text = _first_line(str(exc))
+    if isinstance(exc, ReplacemeError):
+        return text or name
+    if isinstance(exc, MemoryError) or name == "OutOfMemoryError":
+        return f"out of memory ({text or name}); try a smaller --batch-size or --max-length"
+    if isinstance(exc, OSError):
+        what = exc.filename if exc.filename is not None else None
+        reason = exc.strerror or text or name
+        if what is not None:
+            other = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""
+            return f"{what}{other}: {reason}"
+        if exc.errno is not None:
+            return f"input/output error: {reason}"
+        return None
+    if isinstance(exc, UnicodeDecodeError):
+        return f"cannot decode text as {exc.encoding} (byte {exc.start}): the file is not text in that encoding"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    if module.startswith("yaml"):
+        return f"invalid YAML: {text}"
+    if name == "SafetensorError" or module.startswith("safetensors"):
+        return f"corrupt or unreadable safetensors file: {text}"
+    if module.startswith("pyarrow") or name in ("ArrowInvalid", "ArrowIOError"):
+        return f"corrupt or unreadable data file: {text}"
+    if name == "RecursionError":
+        return "input nested too deeply"
+    return None
+
+
+def explain(exc: BaseException) -> tuple[str, int]:
+    """One line describing ``exc`` for the user, and the exit status.
+
+    Our own errors and library errors caused by the user's files (an OSError
+    naming a file, bad JSON/YAML, a corrupt safetensors or parquet file, ...)
+    exit 2; anything else is unexpected and exits 1, with a hint to rerun with
+    ``--debug`` and report it.
+    """
+    for link in _chain(exc):
+        message = _known(link)
+        if message is not None:
+            return message.replace("\n", " "), USER_ERROR
+    text = _first_line(str(exc))
+    return (f"unexpected {type(exc).__name__}" + (f": {text}" if text else "")
+            + " (rerun with --debug to see the traceback, and please report it)"), INTERNAL_ERROR

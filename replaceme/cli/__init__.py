@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
+import traceback
 
 import click
-
-from replaceme.errors import ReplacemeError
 
 #: command name -> "module:attribute" (imported lazily)
 COMMANDS: dict[str, str] = {
@@ -48,23 +48,55 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx: click.Context):
-        """Run the command; a :class:`ReplacemeError` becomes one line and exit status 2.
-
-        Under ``torchrun`` only rank 0 prints it (every rank gets the same error and
-        exits 2), and a rank > 0 that has delivered its share of the work exits 0.
-        """
-        from replaceme.distributed import RankDone, world
+        """Run the command. Under ``torchrun`` a rank > 0 that has delivered its share
+        of the work exits 0; errors go to :meth:`main`, where only rank 0 prints them."""
+        from replaceme.distributed import RankDone
 
         try:
             return super().invoke(ctx)
         except RankDone:
             ctx.exit(0)
-        except ReplacemeError as exc:
-            if not world().is_root:
-                ctx.exit(2)
-            error = click.ClickException(str(exc))
-            error.exit_code = 2
-            raise error from None
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        """The error boundary: whatever escapes a command becomes one line on stderr.
+
+        Our own errors (:class:`ReplacemeError`), click's usage errors and library
+        errors caused by the user's files exit 2; anything unexpected exits 1 with
+        a hint to rerun with ``--debug`` (which prints the traceback) and report it.
+        """
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        debug = "--debug" in argv[: _first_command(argv)] or os.environ.get("REPLACEME_DEBUG", "") not in ("", "0")
+        try:
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as exc:  # --help, --version
+            code = exc.exit_code
+        except click.exceptions.Abort:
+            click.echo("Error: interrupted", err=True)
+            code = 130
+        except click.exceptions.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"Error: {_one_line(exc.format_message())}{hint}", err=True)
+            code = exc.exit_code
+        except click.ClickException as exc:
+            click.echo(f"Error: {_one_line(exc.format_message())}", err=True)
+            code = exc.exit_code
+        except BrokenPipeError:
+            code = 1
+        except Exception as exc:  # noqa: BLE001 - this is the boundary
+            from replaceme.distributed import world
+            from replaceme.errors import explain
+
+            message, code = explain(exc)
+            if world().is_root:  # under torchrun every rank gets the same error; rank 0 says it
+                if debug:
+                    traceback.print_exc()
+                click.echo(f"Error: {message}", err=True)
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted", err=True)
+            code = 130
+        sys.exit(code if isinstance(code, int) else 0)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, _HELP[name]) for name in COMMANDS]
@@ -75,7 +107,8 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="replaceme")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error (also $REPLACEME_DEBUG=1).")
+def cli(verbose: int, debug: bool) -> None:
     """Depth pruning of transformer language models.
 
     Remove blocks of consecutive decoder layers from a Hugging Face causal LM,
@@ -104,6 +137,18 @@ def main() -> None:
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cli(prog_name="replaceme")
+
+
+def _first_command(argv: list[str]) -> int:
+    """Index of the first word that names a command (options before it are the group's)."""
+    for i, word in enumerate(argv):
+        if word in COMMANDS:
+            return i
+    return len(argv)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 logging.getLogger("replaceme").addHandler(logging.NullHandler())
