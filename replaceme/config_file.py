@@ -112,22 +112,44 @@ def is_reference_config(raw: dict[str, Any]) -> bool:
     return any(key in _REFERENCE_ONLY for key in raw)
 
 
+def _prune_schema() -> dict[str, Any]:
+    """The type of every ``prune`` parameter a config may set (checked after the reference keys are mapped)."""
+    from replaceme.schema import BOOL, COUNT, INT_LIMIT, SEED, STR, Key
+
+    return {
+        "method": STR, "model": STR, "layers": COUNT, "calib": STR, "calib_column": STR, "calib_split": STR,
+        "calib_samples": Key(("int",), minimum=1, maximum=INT_LIMIT), "max_length": COUNT, "batch_size": COUNT,
+        "seed": SEED, "output": STR, "overwrite": BOOL, "selector": STR, "compensator": STR, "device": STR,
+        "dtype": Key(("str",), choices=("auto", "float32", "bfloat16", "float16")),
+        "chat_template": Key(("str",), choices=("auto", "on", "off")),
+        "order": STR, "holdout_fraction": Key(("float",), minimum=0, maximum=1), "drop_last": BOOL,
+    }
+
+
 def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a YAML config into (prune parameters, method options).
 
-    Raises :class:`ReplacemeError` for unknown keys or reference settings we
-    cannot reproduce; logs a warning for each reference key that is ignored.
+    Raises :class:`ReplacemeError` for unknown keys, values of the wrong type (a
+    YAML string is not a boolean; the line names the key and the type expected)
+    or reference settings we cannot reproduce; logs a warning for each reference
+    key that is ignored.
     """
     from replaceme.paths import read_yaml_mapping
+    from replaceme.schema import COUNT, Key, check_mapping, check_value
 
     raw = read_yaml_mapping(path, "config file")
     reference = is_reference_config(raw)
     params: dict[str, Any] = {}
-    options: dict[str, Any] = dict(raw.pop("options", None) or {})
+    raw_options = raw.pop("options", None)
+    if raw_options is not None:
+        check_value(str(path), "options", raw_options, Key(("mapping",)))
+    options: dict[str, Any] = {str(k).replace("-", "_"): v for k, v in (raw_options or {}).items()}
     method = raw.get("method")
     method = _REFERENCE_METHODS.get(method, method) if isinstance(method, str) else method
     cosine = method == "replaceme-cosine"
     layers_per_block = raw.pop("layers_to_skip", None)
+    if layers_per_block is not None:
+        check_value(str(path), "layers_to_skip", layers_per_block, COUNT)
 
     def warn(key: str, why: str) -> None:
         log.warning("%s: key '%s' of the reference config is ignored: %s", path, key, why)
@@ -184,10 +206,13 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
             else:
                 known = PRUNE_KEYS | _OPTION_KEYS | set(_RENAME) | set(REFERENCE_KEYS)
                 raise ReplacemeError(f"{path}: unknown key '{key}'{did_you_mean(key, known)}")
+    params = check_mapping(params, _prune_schema(), str(path))
+    if "num_blocks" in options:
+        check_value(str(path), "num_blocks", options["num_blocks"], COUNT)
     if "method" in params:
         params["method"] = _REFERENCE_METHODS.get(params["method"], params["method"])
     if layers_per_block is not None:
-        params.setdefault("layers", int(layers_per_block) * int(options.get("num_blocks", 1)))
+        params.setdefault("layers", layers_per_block * int(options.get("num_blocks", 1)))
     if reference:
         if params.get("output") is None:
             params["output"] = _reference_output_name({**raw, "layers_to_skip": layers_per_block}, params)

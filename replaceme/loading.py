@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +21,33 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
+#: device names replaceme accepts (checked before torch is imported)
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,4})?)$")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def check_device_name(device: Any) -> str:
+    """Refuse a device string torch would not understand (no torch import)."""
+    if not isinstance(device, str) or not DEVICE_PATTERN.match(device.strip()):
+        raise ReplacemeError(f"unknown --device {device!r}; choose from: {', '.join(DEVICE_CHOICES)}")
+    return device.strip()
+
+
 def resolve_device(device: str = "auto") -> str:
-    """``auto`` means CUDA when available, else CPU; ``cuda:N`` must name an existing GPU."""
+    """``auto`` means CUDA when available, else CPU; an unknown or absent device is a one-line error."""
     import torch
 
+    device = check_device_name(device)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise ReplacemeError(f"invalid --device '{device}'; use auto, cpu, cuda or cuda:N") from None
-    if parsed.type == "cuda":
+    if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ReplacemeError(f"--device {device} was asked for, but no CUDA device is available")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
             raise ReplacemeError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ReplacemeError("--device mps was asked for, but MPS is not available")
     return device
 
 
@@ -67,15 +81,83 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _describe(exc: Exception) -> str:
+    """A short reason for a loader failure (known library messages made plain)."""
+    from replaceme.errors import explain
+
+    text = str(exc)
+    if "instantiate the backend tokenizer" in text:
+        return "no usable tokenizer there (tokenizer.json, or tokenizer.model with sentencepiece installed)"
+    if "size mismatch" in text:
+        return "weights of a different shape than the config says (" + _first_line(exc)[:200] + ")"
+    message, code = explain(exc)
+    return message if code == 2 else _first_line(exc)
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """Map the demo name to its (built and cached) directory; check local paths exist."""
     from replaceme.demo import demo_model_dir, is_demo
 
     if is_demo(name_or_path):
         return str(demo_model_dir())
-    if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
-        raise ReplacemeError(f"model path not found: {name_or_path}")
+    check_model_source(name_or_path)
     return name_or_path
+
+
+def local_model_dir(name_or_path: str | Path) -> Path | None:
+    """The local directory of a model (the demo's cache folder for 'demo'), or None for a hub id."""
+    from replaceme.demo import demo_model_dir, is_demo
+
+    if is_demo(str(name_or_path)):
+        return Path(demo_model_dir())
+    path = Path(name_or_path).expanduser()
+    return path if path.is_dir() else None
+
+
+#: files that make a directory a tokenizer (any one of them)
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                     "spiece.model", "tokenizer.tiktoken")
+
+
+def check_model_source(name_or_path: str) -> None:
+    """Cheap checks of a model before loading it: a local path exists, is a model
+    directory (a readable ``config.json`` mapping with ``model_type``) and has a
+    tokenizer. Hub ids pass (the hub answers when loading)."""
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ReplacemeError("no model given")
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        if _looks_local(name_or_path):
+            raise ReplacemeError(f"model path not found: {name_or_path}")
+        return
+    if not path.is_dir():
+        raise ReplacemeError(f"{name_or_path} is a file; give the model's directory")
+    config = path / "config.json"
+    if not config.is_file():
+        raise ReplacemeError(f"{name_or_path} is not a model directory (no config.json)")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ReplacemeError(f"{config}: not valid JSON ({_first_line(exc)})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise ReplacemeError(f"{config}: not a model config (no 'model_type')")
+    if not any((path / name).is_file() for name in TOKENIZER_MARKERS):
+        raise ReplacemeError(f"{name_or_path} has no tokenizer files ({', '.join(TOKENIZER_MARKERS[:3])}, ...)")
+
+
+def check_loading_info(name: str, info: dict[str, Any]) -> None:
+    """Refuse a checkpoint that does not match its config: weights that are missing
+    (transformers would initialise them at random), unexpected, or of another shape."""
+    for key, what in (("missing_keys", "missing from the checkpoint (would be random)"),
+                      ("unexpected_keys", "in the checkpoint but not in the model"),
+                      ("mismatched_keys", "of a different shape than the config says")):
+        names = sorted(str(k if isinstance(k, str) else k[0]) for k in (info.get(key) or []))
+        if names:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise ReplacemeError(f"cannot load model '{name}': weights {what}: {shown}")
+    errors = list(info.get("error_msgs") or []) + [f"{k}: {v}" for k, v in (info.get("conversion_errors") or {}).items()]
+    if errors:
+        raise ReplacemeError(f"cannot load model '{name}': {_first_line(Exception(errors[0]))}")
 
 
 def load_model(
@@ -99,9 +181,16 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, ImportError) as exc:
-        raise ReplacemeError(f"cannot load model '{name_or_path}': {_first_line(exc)}") from exc
+    except Exception as exc:  # noqa: BLE001 - every loader failure is about the user's files
+        raise ReplacemeError(f"cannot load model '{name_or_path}': tokenizer: {_describe(exc)}") from exc
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                                           output_loading_info=True)
+    except ReplacemeError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ReplacemeError(f"cannot load model '{name_or_path}': {_describe(exc)}") from exc
+    check_loading_info(name_or_path, info)
     model.to(device)
     model.eval()
     return model, tokenizer

@@ -9,16 +9,60 @@ keys are rejected with a did-you-mean.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
 from replaceme.errors import ReplacemeError, did_you_mean
+from replaceme.schema import INT_LIMIT
 
 
-def option(default: Any, help: str, **kwargs: Any) -> Any:
-    """Declare an option field with a default and a help text."""
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    nonfinite: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Declare an option field with a default and a help text.
+
+    Args:
+        minimum, maximum: inclusive bounds checked for numbers (any source: CLI, YAML, API).
+        nonfinite: allow NaN and ±Inf for a float option (refused by default).
+    """
+    metadata = {"help": help, "minimum": minimum, "maximum": maximum, "nonfinite": nonfinite}
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def check_value(name: str, value: Any, metadata: Any = None) -> Any:
+    """The generic checks every option value passes, whatever declared it.
+
+    Floats must be finite unless the field's metadata says ``nonfinite``;
+    integers must fit in 64 bits; numbers must lie within the field's
+    ``minimum``/``maximum``. Containers are checked element by element.
+    """
+    meta = metadata or {}
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            check_value(name, item, metadata)
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if isinstance(value, float) and not math.isfinite(value) and not meta.get("nonfinite"):
+        raise ReplacemeError(f"option '{name}': must be a finite number, got {value!r}")
+    if isinstance(value, int) and abs(value) > INT_LIMIT:
+        raise ReplacemeError(f"option '{name}': {value} is too large (at most {INT_LIMIT})")
+    low, high = meta.get("minimum"), meta.get("maximum")
+    if low is not None and value < low:
+        raise ReplacemeError(f"option '{name}': must be >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ReplacemeError(f"option '{name}': must be <= {high}, got {value!r}")
+    return value
 
 
 @dataclasses.dataclass
@@ -83,12 +127,29 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
     if tp in (int, float):
         if isinstance(value, bool):
             raise ReplacemeError(f"option '{name}': expected {tp.__name__}, got {value!r}")
+        if isinstance(value, (list, tuple, dict, set)) or value is None:
+            raise ReplacemeError(f"option '{name}': expected {tp.__name__}, got {value!r}")
         try:
-            number = tp(value) if tp is float or isinstance(value, int) else int(str(value), 0)
-        except (TypeError, ValueError):
+            if tp is float:
+                number = float(value)
+            elif isinstance(value, int):
+                number = value
+            elif isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError(value)
+                number = int(value)
+            else:
+                text = str(value).strip().replace("_", "")
+                try:
+                    number = int(text)
+                except ValueError:
+                    number = int(text, 0)  # 0x.., 0o.., 0b..
+        except (TypeError, ValueError, OverflowError):
             raise ReplacemeError(f"option '{name}': expected {tp.__name__}, got {value!r}") from None
         return number
     if tp is str:
+        if isinstance(value, (list, tuple, dict, set)) or value is None:
+            raise ReplacemeError(f"option '{name}': expected a string, got {value!r}")
         return str(value)
     return value
 
@@ -108,11 +169,13 @@ def parse_options(cls: type, values: dict[str, Any], owner: str) -> Any:
             f"{owner}: unknown option '{key}'{did_you_mean(key, fields)}; "
             f"options are: {', '.join(fields) or '(none)'}"
         )
-    kwargs = {k: coerce(k, v, hints[k]) for k, v in values.items()}
+    kwargs = {k: check_value(k, coerce(k, v, hints[k]), fields[k].metadata) for k, v in values.items()}
     try:
         obj = cls(**kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ReplacemeError(f"{owner}: {exc}") from None
+    for f in dataclasses.fields(cls):  # defaults and __post_init__ changes pass the same checks
+        check_value(f.name, getattr(obj, f.name), f.metadata)
     return obj
 
 

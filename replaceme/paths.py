@@ -123,6 +123,29 @@ def read_ownership(directory: Path) -> Ownership | None:
     return None
 
 
+def check_owned_file(directory: str | os.PathLike[str], name: str, *, kind: str, option: str) -> Ownership:
+    """May replaceme (re)write the file ``name`` inside ``directory``? Only when the
+    directory is replaceme's own output of ``kind`` and ``name`` is absent or one it wrote."""
+    own = read_ownership(Path(directory))
+    if own is None or own.kind != kind:
+        raise ReplacemeError(f"{option}: {directory} is not a {kind.replace('-', ' ')} written by replaceme; "
+                             "only replaceme's own outputs are written to")
+    if name in own.foreign(Path(directory)):
+        raise ReplacemeError(f"{option}: {Path(directory) / name} was not written by replaceme; refusing to replace it")
+    return own
+
+
+def claim(directory: str | os.PathLike[str], names: Iterable[str]) -> None:
+    """Add files replaceme has just written in its own ``directory`` to its ownership record."""
+    own = read_ownership(Path(directory))
+    if own is None:
+        return
+    path = Path(directory) / own.marker
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.update(ownership_record(own.kind, [*own.patterns, *(literal(n) for n in names)]))
+    write_json_atomic(path, data)
+
+
 # --------------------------------------------------------------------------- checks
 
 

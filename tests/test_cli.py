@@ -96,16 +96,22 @@ def test_unreachable_hub_id_is_one_line(tmp_path, calib_file, monkeypatch):
     assert_one_line_error(result, "cannot load model 'nobody/no-such-model-xyz'")
 
 
-def test_overwrite_replaces_output(tmp_path, tiny_dir, calib_file):
+def test_overwrite_replaces_only_replacemes_own_output(tmp_path, tiny_dir, calib_file):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
-    result = invoke("prune", tiny_dir, "-m", "block-removal", "-n", 2, "-o", "start", 2, "--calib", calib_file,
-                    "--calib-samples", 8, "--output", out, "--overwrite", "--json")
+    args = ["prune", tiny_dir, "-m", "block-removal", "-o", "start", 2, "--calib", calib_file, "--calib-samples", 8,
+            "--output", out, "--json"]
+    assert invoke(*args, "-n", 1).exit_code == 0
+    result = invoke(*args, "-n", 2, "--overwrite")
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "pruning.json").read_text())
     assert meta["plan"]["blocks"] == [[2, 4]] and meta["layers_after"] == 4
-    assert not (out / "old.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], "temporaries or backups left behind"
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "old.txt").write_text("old")
+    result = invoke(*args[:-3], "-n", 1, "--output", user, "--overwrite")
+    assert_one_line_error(result, "not written by replaceme")
+    assert (user / "old.txt").read_text() == "old"
 
 
 def test_prune_real_model_with_uidl(shared, tmp_path):

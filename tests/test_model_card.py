@@ -84,7 +84,7 @@ def test_evaluate_adds_results_to_the_card(source, tmp_path, calib_file):
 
     # only replaceme's own outputs are written to
     result = invoke("evaluate", source, "--ppl", calib_file, "--model-card")
-    assert result.exit_code != 0 and "not a model pruned by replaceme" in result.output
+    assert result.exit_code != 0 and "not a pruned model written by replaceme" in result.output
     assert (source / "README.md").read_text().startswith("---\nlicense: mit")
 
 

@@ -14,9 +14,13 @@ explicit inverse. When ``A`` is ill-conditioned a ridge ``α`` is added so that
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+#: at most this many tenfold ridge increases before giving up (from 1e-12 relative, far past any real matrix)
+MAX_RIDGE_STEPS = 40
 
 
 @dataclass
@@ -73,6 +77,10 @@ def solve_lstsq(
     a = xtx.to(torch.float64)
     b = xty.to(torch.float64)
     h = a.shape[0]
+    if not math.isfinite(float(alpha)) or alpha < 0:
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}")
+    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        raise ValueError("XᵀX or XᵀY holds NaN or Inf (non-finite activations in the calibration pass)")
     cond = condition_number(a)
     ridge, auto = float(alpha), False
     if cond > max_condition:
@@ -85,10 +93,14 @@ def solve_lstsq(
     eye = torch.eye(h, dtype=torch.float64, device=a.device)
     system = a + ridge * eye
     chol, info = torch.linalg.cholesky_ex(system)
-    while int(info) != 0:  # not positive definite in floating point: grow the ridge
-        ridge = max(ridge * 10.0, float(torch.diagonal(a).mean()) * 1e-12 + 1e-12)
+    for _ in range(MAX_RIDGE_STEPS):  # not positive definite in floating point: grow the ridge
+        if int(info) == 0:
+            break
+        ridge = max(ridge * 10.0, float(torch.diagonal(a).abs().mean()) * 1e-12 + 1e-12)
         auto = True
         chol, info = torch.linalg.cholesky_ex(a + ridge * eye)
+    if int(info) != 0:
+        raise ValueError(f"XᵀX + αI is not positive definite even with α = {ridge:.3g}")
     t = torch.cholesky_solve(b, chol)
     return Solution(t, cond, ridge, auto)
 

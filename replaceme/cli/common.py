@@ -9,6 +9,83 @@ import click
 
 F = Callable[..., Any]
 
+#: the largest count an option accepts (sizes, lengths, budgets): far above any real use, within 32 bits
+INT_MAX = 2**31 - 1
+#: seeds reach numpy, which takes 32-bit seeds
+SEED = click.IntRange(0, 2**32 - 1)
+
+
+#: an integer that is checked later against the model (e.g. --layers), bounded so it cannot overflow
+BOUNDED_INT = click.IntRange(-INT_MAX, INT_MAX)
+
+
+def count(minimum: int = 1, maximum: int = INT_MAX) -> click.IntRange:
+    """An integer option type with bounds on both sides (no unbounded ``int`` options)."""
+    return click.IntRange(minimum, maximum)
+
+
+class FiniteFloat(click.ParamType):
+    """A float option that refuses NaN and ±Inf (and optional bounds)."""
+
+    name = "float"
+
+    def __init__(self, minimum: float | None = None, maximum: float | None = None, max_open: bool = False):
+        self.minimum, self.maximum, self.max_open = minimum, maximum, max_open
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        above = self.maximum is not None and (number >= self.maximum if self.max_open else number > self.maximum)
+        if (self.minimum is not None and number < self.minimum) or above:
+            bound = f"below {self.maximum}" if self.max_open else f"at most {self.maximum}"
+            self.fail(f"{value!r} is not between {self.minimum} and {self.maximum} ({bound})", param, ctx)
+        return number
+
+
+class LimitType(click.ParamType):
+    """``--limit``: a document count (integer >= 1) or a fraction in (0, 1)."""
+
+    name = "K"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        if isinstance(value, (int, float)):
+            number = float(value)
+        else:
+            try:
+                number = float(value)
+            except ValueError:
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number > INT_MAX:
+            self.fail(f"{value!r}: give a count (1, 2, ...) or a fraction in (0, 1)", param, ctx)
+        if 0 < number < 1:
+            return number
+        if number >= 1 and number.is_integer():
+            return int(number)
+        self.fail(f"{value!r}: give a count (1, 2, ...) or a fraction in (0, 1)", param, ctx)
+
+
+class DeviceType(click.ParamType):
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked when parsed (no torch import)."""
+
+    name = "device"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        from replaceme.errors import ReplacemeError
+        from replaceme.loading import check_device_name
+
+        try:
+            return check_device_name(value)
+        except ReplacemeError as exc:
+            self.fail(str(exc).removeprefix("unknown --device "), param, ctx)
+
 
 def calibration_options(f: F) -> F:
     """``--calib`` and the options that shape the calibration set."""
@@ -18,24 +95,24 @@ def calibration_options(f: F) -> F:
                           "('name' or 'name:config'); append [start:end] to take a slice of records."),
         click.option("--calib-column", default="text", show_default=True, help="Text column of structured data."),
         click.option("--calib-split", default="train", show_default=True, help="Split of a hub dataset."),
-        click.option("--calib-samples", type=click.IntRange(min=1), default=256, show_default=True,
+        click.option("--calib-samples", type=count(), default=256, show_default=True,
                      help="Number of records used (after a seeded shuffle, or the first ones with --calib-order file)."),
         click.option("--calib-order", "order", type=click.Choice(["shuffle", "file"]), default="shuffle", show_default=True,
                      help="shuffle: a seeded random choice of records; file: the first records, batched in file "
                           "order (as the ReplaceMe reference does)."),
         click.option("--calib-drop-last", "drop_last", is_flag=True,
                      help="Drop a last batch smaller than --batch-size (as the ReplaceMe reference's DataLoader does)."),
-        click.option("--holdout-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
+        click.option("--holdout-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.1,
                      show_default=True,
                      help="Fraction of calibration batches (at most 8192 tokens) held out of every fit and used "
                           "for held-out diagnostics; 0 fits on all of them, as the ReplaceMe reference does."),
-        click.option("--max-length", type=click.IntRange(min=1), default=512, show_default=True,
+        click.option("--max-length", type=count(), default=512, show_default=True,
                      help="Tokens per calibration sequence."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+        click.option("--batch-size", type=count(), default=8, show_default=True,
                      help="Sequences per forward pass."),
         click.option("--chat-template", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
                      help="Format conversation records with the tokenizer's chat template."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed for shuffling, samples and training."),
+        click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for shuffling, samples and training."),
     ]
     for decorator in reversed(decorators):
         f = decorator(f)
@@ -45,7 +122,7 @@ def calibration_options(f: F) -> F:
 def model_options(f: F) -> F:
     """``--device``, ``--dtype`` and ``--trust-remote-code``."""
     decorators = [
-        click.option("--device", default="auto", show_default=True, help="auto (CUDA if available), cpu, cuda, cuda:N."),
+        click.option("--device", type=DeviceType(), default="auto", show_default=True, help="auto (CUDA if available), cpu, cuda, cuda:N."),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
                      show_default=True, help="auto: bfloat16 on CUDA, float32 on CPU."),
         click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the hub (off by default)."),

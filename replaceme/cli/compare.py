@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from replaceme.cli.common import calibration_options, model_options
+from replaceme.cli.common import LimitType, calibration_options, count, model_options
 
 
 @click.command()
@@ -23,15 +23,15 @@ from replaceme.cli.common import calibration_options, model_options
                    "as a row of the table (repeatable). It must share MODEL's tokenizer.")
 @calibration_options
 @click.option("--ppl", multiple=True, metavar="SOURCE", help="Perplexity text (repeatable): a file or hub dataset, with an optional [start:end] slice.")
-@click.option("--context-length", type=int, default=256, show_default=True, help="Perplexity window in tokens.")
-@click.option("--stride", type=int, help="Perplexity stride (default: non-overlapping windows).")
-@click.option("--max-ppl-tokens", type=int, help="Score at most this many tokens per perplexity source.")
+@click.option("--context-length", type=count(2), default=256, show_default=True, help="Perplexity window in tokens.")
+@click.option("--stride", type=count(), help="Perplexity stride (default: non-overlapping windows).")
+@click.option("--max-ppl-tokens", type=count(), help="Score at most this many tokens per perplexity source.")
 @click.option("--tasks", help="lm-eval tasks, comma-separated (e.g. boolq,piqa,hellaswag,arc_easy,winogrande).")
 @click.option("--tasks-dir", type=click.Path(file_okay=False), help="Directory of extra lm-eval YAML tasks.")
 @click.option("--task-data", type=click.Path(file_okay=False), help="Data directory of the offline task pack ($REPLACEME_TASK_DATA).")
-@click.option("--num-fewshot", type=int, help="Few-shot examples (default: each task's own).")
-@click.option("--limit", type=float, help="Documents per task (an integer, or a fraction < 1).")
-@click.option("--eval-batch-size", type=int, default=8, show_default=True, help="lm-eval and perplexity batch size.")
+@click.option("--num-fewshot", type=count(0), help="Few-shot examples (default: each task's own).")
+@click.option("--limit", type=LimitType(), help="Documents per task (an integer, or a fraction < 1).")
+@click.option("--eval-batch-size", type=count(), default=8, show_default=True, help="lm-eval and perplexity batch size.")
 @model_options
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="YAML with the same settings; flags override it.")
 @click.option("--output", type=click.Path(file_okay=False), help="Directory for results (csv, md, json, png); re-running resumes.")
@@ -84,6 +84,7 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
 
     from replaceme.demo import DEMO_NAME, is_demo
 
+    device, dtype = pick("device", device), pick("dtype", dtype)
     model = model or model_opt or settings.get("model") or DEMO_NAME
     entries = [MethodEntry(m) for m in methods] or settings.get("methods") or []
     if not entries:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from replaceme.cli.common import calibration_options, calibration_spec, model_options
+from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_spec, model_options
 
 
 @click.command()
 @click.argument("model")
-@click.option("--layers", "-n", type=int, required=True, help="Largest block size to tabulate.")
+@click.option("--layers", "-n", type=BOUNDED_INT, required=True, help="Largest block size to tabulate.")
 @click.option("--loss", is_flag=True,
               help="Also compensate every block with --method and measure the loss on held-out calibration batches.")
 @click.option("--method", "-m", default="replaceme-lstsq", show_default=True, help="Method whose compensation --loss applies.")
@@ -21,8 +21,10 @@ from replaceme.cli.common import calibration_options, calibration_spec, model_op
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the rows as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a heatmap PNG (start × block size).")
+@click.option("--overwrite", is_flag=True, help="Replace existing --csv/--plot files.")
 @click.option("--no-cache", is_flag=True, help="Recompute calibration statistics even if cached.")
-def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_path, no_cache, device, dtype, trust_remote_code, **calib) -> None:
+def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_path, overwrite, no_cache, device, dtype,
+              trust_remote_code, **calib) -> None:
     """Show the angular distance of every block of 1..N layers of MODEL.
 
     The angular distance arccos(cos(x_s, x_e))/π between a block's input and
@@ -47,35 +49,50 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
     from replaceme.console import stdout, table
     from replaceme.distances import distance_frame
     from replaceme.loading import load_model
-    from replaceme.paths import write_text_atomic
+    from replaceme.checks import check_model_inputs, check_text_input
+    from replaceme.errors import ReplacemeError
+    from replaceme.paths import output_file, write_text_atomic
     from replaceme.pipeline import check_layers, gather_stats
+    from replaceme.plots import FORMATS
     from replaceme.stats.request import StatsRequest
 
     spec = calibration_spec(**calib)
-    net, tokenizer = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    adapter = adapter_for(net)
-    num_layers = adapter.num_layers(net)
-    check_layers(layers, num_layers)
-    request = StatsRequest(block_sizes=set(range(1, layers + 1)))
-    scorer = None
+    check_model_inputs(model, device)
+    check_text_input(spec.text_source, "--calib")
+    if plot_path and Path(plot_path).suffix.lower() not in FORMATS:
+        raise ReplacemeError(f"--plot {plot_path}: give a file name ending in {', '.join(FORMATS)}")
+    if csv_path and plot_path and Path(csv_path).expanduser().resolve() == Path(plot_path).expanduser().resolve():
+        raise ReplacemeError("--csv and --plot name the same file")
+    resolved = None
     if loss:
-        from replaceme.distances import loss_request
         from replaceme.methods import resolve_method
-        from replaceme.scoring import PlanScorer
 
         resolved = resolve_method(method, compensator=compensator)
-        request = request.union(loss_request(resolved, num_layers, layers))
-    stats = gather_stats(net, adapter, build_calibration(spec, tokenizer), request, use_cache=not no_cache)
-    if loss:
-        scorer = PlanScorer(net, adapter, stats, resolved.compensator, resolved.merger)
-    frame = distance_frame(stats, layers, scorer)
-    if csv_path:
-        write_text_atomic(Path(csv_path), frame.to_csv(index=False))
-    if plot_path:
-        from replaceme.plots import distance_heatmap
+    inputs = [model, spec.text_source.base]
+    with output_file(csv_path, overwrite=overwrite, inputs=inputs, option="--csv", suffixes=(".csv", ".tsv", ".txt")) as csv_out, \
+            output_file(plot_path, overwrite=overwrite, inputs=inputs, option="--plot", suffixes=FORMATS) as plot_out:
+        net, tokenizer = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        adapter = adapter_for(net)
+        num_layers = adapter.num_layers(net)
+        check_layers(layers, num_layers)
+        request = StatsRequest(block_sizes=set(range(1, layers + 1)))
+        scorer = None
+        if resolved is not None:
+            from replaceme.distances import loss_request
+            from replaceme.scoring import PlanScorer
 
-        extra = {"ppl": f"Held-out perplexity after {resolved.compensator.name}"} if loss else None
-        distance_heatmap(frame, plot_path, extra=extra)
+            request = request.union(loss_request(resolved, num_layers, layers))
+        stats = gather_stats(net, adapter, build_calibration(spec, tokenizer), request, use_cache=not no_cache)
+        if resolved is not None:
+            scorer = PlanScorer(net, adapter, stats, resolved.compensator, resolved.merger)
+        frame = distance_frame(stats, layers, scorer)
+        if csv_out:
+            write_text_atomic(csv_out, frame.to_csv(index=False), replace=overwrite)
+        if plot_out:
+            from replaceme.plots import distance_heatmap
+
+            extra = {"ppl": f"Held-out perplexity after {resolved.compensator.name}"} if resolved is not None else None
+            distance_heatmap(frame, plot_out, extra=extra, replace=overwrite)
     if as_json:
         click.echo(frame.to_json(orient="records", indent=2))
         return

@@ -6,27 +6,7 @@ import json
 
 import click
 
-from replaceme.cli.common import model_options
-
-
-class LimitType(click.ParamType):
-    """``--limit``: a document count (integer >= 1) or a fraction in (0, 1)."""
-
-    name = "K"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            number = float(value)
-        else:
-            try:
-                number = float(value)
-            except ValueError:
-                self.fail(f"{value!r} is not a number", param, ctx)
-        if 0 < number < 1:
-            return number
-        if number >= 1 and number.is_integer():
-            return int(number)
-        self.fail(f"{value!r}: give a count (1, 2, ...) or a fraction in (0, 1)", param, ctx)
+from replaceme.cli.common import SEED, LimitType, count, model_options
 
 
 def split_names(values: tuple[str, ...]) -> list[str]:
@@ -62,13 +42,13 @@ def _command(model_or_dir: str, spec) -> str:
                    "dataset 'name:config', optionally sliced like 'valid.txt[3000:]'.")
 @click.option("--ppl-split", default="test", show_default=True, help="Split of hub datasets given to --ppl.")
 @click.option("--ppl-column", default="text", show_default=True, help="Text column of structured --ppl sources.")
-@click.option("--context-length", type=click.IntRange(min=2), default=256, show_default=True,
+@click.option("--context-length", type=count(2), default=256, show_default=True,
               help="Tokens per perplexity window (BOS included).")
-@click.option("--stride", type=click.IntRange(min=1), default=None,
+@click.option("--stride", type=count(), default=None,
               help="Tokens between window starts; smaller = more context per scored token. [default: window]")
-@click.option("--ppl-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--ppl-batch-size", type=count(), default=8, show_default=True,
               help="Perplexity windows per forward pass.")
-@click.option("--max-ppl-tokens", type=click.IntRange(min=1), default=None,
+@click.option("--max-ppl-tokens", type=count(), default=None,
               help="Score only the first N tokens of each --ppl source.")
 @click.option("--tasks", "tasks", multiple=True, metavar="A,B,...",
               help="lm-eval tasks, comma-separated (repeatable).")
@@ -77,12 +57,12 @@ def _command(model_or_dir: str, spec) -> str:
 @click.option("--task-data", type=click.Path(file_okay=False), envvar="REPLACEME_TASK_DATA", default=None,
               help="Local copies for the offline task pack (boolq, piqa, hellaswag, arc_easy, arc_challenge, "
                    "openbookqa, winogrande, sciq, lambada_openai). [env: REPLACEME_TASK_DATA]")
-@click.option("--num-fewshot", type=click.IntRange(min=0), default=None,
+@click.option("--num-fewshot", type=count(0), default=None,
               help="Few-shot examples per prompt. [default: 0]")
 @click.option("--limit", type=LimitType(), default=None, help="Documents per task: a count, or a fraction < 1.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+@click.option("--batch-size", type=count(), default=8, show_default=True,
               help="lm-eval requests per forward pass.")
-@click.option("--seed", type=int, default=1234, show_default=True, help="Seed for lm-eval and few-shot sampling.")
+@click.option("--seed", type=SEED, default=1234, show_default=True, help="Seed for lm-eval and few-shot sampling.")
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of a table.")
 @click.option("--model-card", is_flag=True,
@@ -123,17 +103,24 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
     if spec.is_empty:
         raise ReplacemeError("nothing to evaluate: give --ppl SOURCE and/or --tasks NAMES (see --help)")
     if model_card:
-        from pathlib import Path
+        from replaceme.model_card import CARD_FILE
+        from replaceme.paths import check_owned_file
 
-        if not (Path(model_or_dir) / "pruning.json").is_file():
-            raise ReplacemeError(f"--model-card: {model_or_dir} is not a model pruned by replaceme (no pruning.json); "
-                                 "only replaceme's own outputs are written to")
+        check_owned_file(model_or_dir, CARD_FILE, kind="pruned-model", option="--model-card")
+
+    from replaceme.checks import check_evaluation_inputs, check_model_inputs
+
+    check_model_inputs(model_or_dir, device)
+    check_evaluation_inputs(spec)
     model, tokenizer = load_model(model_or_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     result = run_evaluation(model, tokenizer, spec)
     if model_card:
         from replaceme import model_card as card
 
+        from replaceme.paths import claim
+
         card.add_results(model_or_dir, {"metrics": result.metrics, "command": _command(model_or_dir, spec)})
+        claim(model_or_dir, [CARD_FILE])
 
     if as_json:
         click.echo(json.dumps({"model": model_or_dir, **result.to_dict()}, indent=2))

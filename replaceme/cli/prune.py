@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from replaceme.cli.common import calibration_options, calibration_spec, model_options, parse_kv
+from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_spec, model_options, parse_kv
 
 
 @click.command()
 @click.argument("model", required=False)
 @click.option("--method", "-m", help="Method name (see 'replaceme methods').")
-@click.option("--layers", "-n", type=int, help="Net number of decoder layers to remove.")
+@click.option("--layers", "-n", type=BOUNDED_INT, help="Net number of decoder layers to remove.")
 @click.option("--selector", help="Use this selector instead of the method's.")
 @click.option("--compensator", help="Use this compensator instead of the method's.")
 @click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
@@ -72,7 +72,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
         output = output or params.get("output")
         selector = selector or params.get("selector")
         compensator = compensator or params.get("compensator")
-        overwrite = overwrite or bool(params.get("overwrite", False))
+        overwrite = overwrite or params.get("overwrite", False)  # a YAML boolean (checked by read_config)
         for key in ("calib", "calib_column", "calib_split", "calib_samples", "max_length", "batch_size", "seed",
                     "chat_template", "order", "holdout_fraction", "drop_last"):
             if key in params and not (given(key) or (key == "calib" and calib["calib"])):
@@ -82,14 +82,22 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     missing = [name for name, value in (("MODEL", model), ("--method", method), ("--layers", layers), ("--output", output)) if value is None]
     if missing:
         raise ReplacemeError(f"missing {', '.join(missing)} (see 'replaceme prune --help')")
+    from replaceme.checks import check_model_inputs, check_text_input
+    from replaceme.paths import check_output, output_lock
+
     out = Path(output)
-    if out.exists() and not overwrite:
-        raise ReplacemeError(f"output directory {out} exists (use --overwrite to replace it)")
     spec = calibration_spec(**calib) if calib["calib"] else None
-    result = replaceme.prune(model, method=method, layers=int(layers), calibration=spec, selector=selector,
-                             compensator=compensator, device=device, dtype=dtype, seed=calib["seed"],
-                             use_cache=not no_cache, trust_remote_code=trust_remote_code, offload=offload, spill_dir=spill_dir, calib_4bit=calib_4bit, **opts)
-    replaceme.save_pruned(result, out, overwrite=overwrite)
+    # everything that can fail fast does, before the model is loaded
+    check_model_inputs(model, device)
+    if spec is not None:
+        check_text_input(spec.text_source, "--calib")
+    check_output(out, inputs=[model, spec.text_source.base if spec else None], overwrite=overwrite)
+    with output_lock(out):
+        result = replaceme.prune(model, method=method, layers=int(layers), calibration=spec, selector=selector,
+                                 compensator=compensator, device=device, dtype=dtype, seed=calib["seed"],
+                                 use_cache=not no_cache, trust_remote_code=trust_remote_code, offload=offload,
+                                 spill_dir=spill_dir, calib_4bit=calib_4bit, **opts)
+        replaceme.save_pruned(result, out, overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(json.loads((out / "pruning.json").read_text()), indent=2))
         return

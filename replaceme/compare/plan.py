@@ -109,6 +109,8 @@ def parse_layers(text: str) -> list[int]:
         values = [int(part) for part in str(text).split(",") if part.strip()]
     except ValueError:
         raise ReplacemeError(f"--layers expects comma-separated integers, got {text!r}") from None
+    if any(abs(v) > 2**31 - 1 for v in values):
+        raise ReplacemeError(f"--layers: {text!r} is out of range")
     return values
 
 
@@ -132,19 +134,49 @@ def read_plan_file(path: str | Path) -> dict[str, Any]:
     """
     from replaceme.paths import read_yaml_mapping
 
-    data = read_yaml_mapping(path, "plan file")
+    from replaceme.schema import check_mapping
+
+    where = str(path)
+    data = check_mapping(read_yaml_mapping(path, "plan file"), plan_schema(), where)
     methods = []
-    for item in data.pop("methods", []) or []:
+    for number, item in enumerate(data.pop("methods", []) or [], 1):
         if isinstance(item, str):
             methods.append(MethodEntry(item))
         elif isinstance(item, dict) and "name" in item:
-            unknown_keys = set(item) - {"name", "label", "options", "selector", "compensator"}
-            if unknown_keys:
-                raise ReplacemeError(f"{path}: unknown method key(s) {', '.join(sorted(unknown_keys))}")
-            methods.append(MethodEntry(**item))
+            entry = check_mapping(item, method_schema(), f"{where}: methods[{number}]")
+            methods.append(MethodEntry(**entry))
         else:
-            raise ReplacemeError(f"{path}: each method is a name or a mapping with 'name'")
+            raise ReplacemeError(f"{where}: methods[{number}]: each method is a name or a mapping with 'name'")
     data["methods"] = methods
-    if "layers" in data and not isinstance(data["layers"], list):
-        data["layers"] = parse_layers(data["layers"])
+    if "layers" in data:
+        layers = data["layers"]
+        data["layers"] = parse_layers(layers) if isinstance(layers, str) else [layers] if isinstance(layers, int) else layers
+    if isinstance(data.get("include_models"), str):
+        data["include_models"] = [data["include_models"]]
+    for key in ("ppl", "tasks"):
+        if isinstance(data.get(key), str):
+            data[key] = [part.strip() for part in data[key].split(",") if part.strip()] if key == "tasks" else [data[key]]
     return data
+
+
+def plan_schema() -> dict[str, Any]:
+    """The type of every top-level key of a ``--plan`` file (unknown keys are errors)."""
+    from replaceme.schema import COUNT, SEED, STR, STRS, Key
+
+    return {
+        "model": STR, "methods": Key(("list",)), "layers": Key(("int", "list[int]", "str"), minimum=1, maximum=2**31 - 1),
+        "calib": STR, "calib_column": STR, "calib_split": STR, "calib_samples": COUNT, "max_length": COUNT,
+        "batch_size": COUNT, "seed": SEED, "chat_template": Key(("str",), choices=("auto", "on", "off")),
+        "ppl": STRS, "context_length": Key(("int",), minimum=2, maximum=2**31 - 1), "stride": COUNT,
+        "max_ppl_tokens": COUNT, "tasks": STRS, "tasks_dir": STR, "task_data": STR,
+        "num_fewshot": Key(("int",), minimum=0, maximum=2**31 - 1), "limit": Key(("int", "float"), minimum=0, maximum=2**31 - 1),
+        "eval_batch_size": COUNT, "output": STR, "device": STR, "include_models": Key(("str", "list")),
+        "dtype": Key(("str",), choices=("auto", "float32", "bfloat16", "float16")),
+    }
+
+
+def method_schema() -> dict[str, Any]:
+    """The keys of one method entry of a ``--plan`` file."""
+    from replaceme.schema import STR, Key
+
+    return {"name": STR, "label": STR, "options": Key(("mapping",)), "selector": STR, "compensator": STR}

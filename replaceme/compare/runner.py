@@ -5,11 +5,11 @@ memory stays about one model whatever the number of methods."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 from replaceme.compare.external import check_tokenizers, evaluate_included
 from replaceme.compare.plan import BASELINE, ComparePlan
 from replaceme.compare.results import Row, write_exports
+from replaceme.data.texts import TextSource
 from replaceme.errors import ReplacemeError
 
 log = logging.getLogger(__name__)
@@ -43,22 +44,58 @@ def _shared_hash(plan: ComparePlan) -> str:
     return hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+#: what a comparison writes in its output directory (glob patterns); its ownership record
+#: lists them, so that ``--overwrite`` may later replace the directory. Extend it when
+#: compare writes something new there.
+COMPARE_FILES = ["manifest.json", "rows/*.json", "results.*", "*.png", "distances.csv"]
+
+
+def check_comparison_output(out: Path, plan: ComparePlan, overwrite: bool) -> bool:
+    """Before any work: may ``out`` hold this comparison? Returns True to resume it.
+
+    An existing directory is resumed when it is a comparison of the same model,
+    calibration and evaluation; another replaceme comparison needs ``overwrite``;
+    anything replaceme did not write is refused (see :func:`replaceme.paths.check_output`).
+    Nothing is created.
+    """
+    from replaceme.paths import check_output
+
+    inputs = [plan.model, plan.calibration.text_source.base, *(TextSource(p).base for p in plan.evaluation.ppl),
+              *(e.path for e in plan.include)]
+    status = check_output(out, inputs=inputs, overwrite=overwrite, allow_existing=True)
+    if not status.exists or status.empty:
+        return False
+    if status.ownership is None or status.ownership.kind != "comparison":
+        raise ReplacemeError(f"--output {out} holds a replaceme output that is not a comparison; choose another --output")
+    same = _read_manifest(out).get("shared_hash") == _shared_hash(plan)
+    if not same and not overwrite:
+        raise ReplacemeError(f"output directory {out} holds other results (use --overwrite to replace them)")
+    return same
+
+
+def _read_manifest(out: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def prepare_output(out: Path, plan: ComparePlan, overwrite: bool) -> None:
     """Create ``out``, or resume (or extend with more methods/budgets) a comparison of
-    the same model, calibration and evaluation in it; anything else needs ``overwrite``."""
-    from replaceme.paths import write_json_atomic
+    the same model, calibration and evaluation in it; another comparison there is
+    replaced only with ``overwrite``; anything else is refused."""
+    from replaceme.paths import discard_directory, ordinary_permissions, ownership_record, write_json_atomic
 
-    manifest = out / MANIFEST
-    if out.exists() and any(out.iterdir()):
-        same = manifest.exists() and json.loads(manifest.read_text()).get("shared_hash") == _shared_hash(plan)
-        if not same and not overwrite:
-            raise ReplacemeError(
-                f"output directory {out} holds other results (use --overwrite to replace them)"
-            )
-        if not same:
-            shutil.rmtree(out)
+    resume = check_comparison_output(out, plan, overwrite)
+    if out.exists() and any(out.iterdir()) and not resume:
+        discard_directory(out)
+    created = not out.exists()
     (out / "rows").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(manifest, {"shared_hash": _shared_hash(plan), "plan": plan.to_dict()})
+    if created:
+        ordinary_permissions(out)
+    write_json_atomic(out / MANIFEST, {"shared_hash": _shared_hash(plan), "plan": plan.to_dict(),
+                                        **ownership_record("comparison", COMPARE_FILES)})
 
 
 def _load_row(out: Path | None, key: str) -> Row | None:
@@ -92,8 +129,38 @@ def _release() -> None:
 def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: bool = False, use_cache: bool = True) -> Comparison:
     """Run ``plan``; with ``output``, rows are saved as they finish and reused on a re-run.
 
-    A method that raises gets a row with its error and the others go on.
+    A method that raises gets a row with its error and the others go on; a
+    failed row is saved as failed and retried by the next run. Everything that
+    can be checked (methods and options, model, device, data, tasks, the output
+    directory) is checked before the model is loaded, and ``output`` is created
+    only once the model has loaded.
     """
+    from replaceme.methods import resolve_method
+    from replaceme.paths import output_lock
+
+    resolved = {m.label: resolve_method(m.name, m.options, selector=m.selector, compensator=m.compensator) for m in plan.methods}
+    check_comparison_inputs(plan)
+    if output is None:
+        return _run(plan, resolved, None, overwrite, use_cache)
+    check_comparison_output(output, plan, overwrite)
+    from replaceme.distributed import world
+
+    with output_lock(output) if world().is_root else contextlib.nullcontext():  # rank 0 alone writes
+        return _run(plan, resolved, output, overwrite, use_cache)
+
+
+def check_comparison_inputs(plan: ComparePlan) -> None:
+    """The model, device, calibration text, perplexity text and task names, before any work."""
+    from replaceme.checks import check_evaluation_inputs, check_model_inputs, check_text_input
+
+    check_model_inputs(plan.model, plan.device)
+    for entry in plan.include:
+        check_model_inputs(entry.path)
+    check_text_input(plan.calibration.text_source, "--calib")
+    check_evaluation_inputs(plan.evaluation)
+
+
+def _run(plan: ComparePlan, resolved: dict[str, Any], output: Path | None, overwrite: bool, use_cache: bool) -> Comparison:
     import torch
 
     from replaceme import distributed
@@ -101,33 +168,31 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     from replaceme.calibration import build_calibration
     from replaceme.evaluation import evaluate
     from replaceme.loading import load_model
-    from replaceme.methods import resolve_method
     from replaceme.pipeline import apply_method, check_layers, gather_stats
     from replaceme.provenance import device_info, versions
     from replaceme.resources import Meter
     from replaceme.variant import VersionGuard
 
-    resolved = {m.label: resolve_method(m.name, m.options, selector=m.selector, compensator=m.compensator) for m in plan.methods}
     device = distributed.device_name(plan.device)
     if distributed.world().active:  # torchrun: rank 0 alone writes; its errors stop every rank
         from replaceme.loading import resolve_device
 
         distributed.init(resolve_device(device))
-    if output is not None:
-        distributed.on_root(lambda: prepare_output(output, plan, overwrite))
     model, tokenizer = load_model(plan.model, device=device, dtype=plan.dtype, trust_remote_code=plan.trust_remote_code)
     adapter = adapter_for(model)
     num_layers = adapter.num_layers(model)
     for n in plan.layers:
         check_layers(n, num_layers)
     check_tokenizers(plan.include, tokenizer, plan.model, trust_remote_code=plan.trust_remote_code)
+    if output is not None:  # created only now: the plan, the inputs and the model are good
+        distributed.on_root(lambda: prepare_output(output, plan, overwrite))
 
     included = {e.label: e for e in plan.include}
     order = [(BASELINE, 0)] + [(m.label, n) for n in plan.layers for m in plan.methods] + [(e, 0) for e in included]
     rows: dict[tuple[str, int], Row] = {}
     for label, n in order:
         done = _load_row(output, plan.row_key(label, n))
-        if done is not None:
+        if done is not None and not done.error:  # a failed row is retried
             rows[(label, n)] = done
     pending = [(label, n) for label, n in order if (label, n) not in rows and label != BASELINE and label not in included]
     if rows:

@@ -95,28 +95,97 @@ def _split_txt(text: str) -> list[str]:
     return paragraphs
 
 
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    if b"\x00" in data[:65536]:
+        raise ReplacemeError(f"{path}: binary data, not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReplacemeError(f"{path}: not UTF-8 text (undecodable byte at offset {exc.start})") from None
+
+
+def _json_rows(path: Path) -> list[Any]:
+    text = _read_text(path)
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError as exc:
+                raise ReplacemeError(f"{path}: line {number} is not valid JSON ({exc})") from None
+        return rows
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ReplacemeError(f"{path}: JSON nested too deeply") from None
+    except ValueError as exc:
+        raise ReplacemeError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(data, dict):
+        data = data.get("data", [data])
+    if not isinstance(data, list):
+        raise ReplacemeError(f"{path}: expected a list of records (or {{\"data\": [...]}}), got {type(data).__name__}")
+    return data
+
+
+def _table_rows(path: Path) -> list[Any]:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ReplacemeError(f"{path}: cannot read it as {path.suffix.lower()[1:]} ({first})") from None
+    except Exception as exc:  # pyarrow's own errors for corrupt files
+        if type(exc).__module__.startswith(("pyarrow", "fastparquet")):
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ReplacemeError(f"{path}: corrupt {path.suffix.lower()[1:]} file ({first})") from None
+        raise
+    return frame.to_dict("records")
+
+
+def _column(path: Path, rows: list[Any], column: str) -> list[Any]:
+    """The ``column`` of every record; a record without it is an error naming its number."""
+    out = []
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise ReplacemeError(f"{path}: record {number} is a {type(row).__name__}, not an object with a '{column}' field")
+        if column not in row:
+            keys = ", ".join(map(str, row.keys())) or "(none)"
+            raise ReplacemeError(f"{path}: record {number} has no column '{column}'; its columns are: {keys}")
+        value = row[column]
+        if isinstance(value, float) and value != value:  # pandas' missing value
+            value = None
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value)
+        elif value is not None and not isinstance(value, (str, list)):
+            raise ReplacemeError(f"{path}: record {number}, column '{column}': expected text, got {type(value).__name__}")
+        out.append(value)
+    return out
+
+
 def _read_local(path: Path, column: str) -> list[Any]:
     suffix = path.suffix.lower()
     if suffix in (".txt", ".raw") or suffix not in LOCAL_SUFFIXES:
-        return _split_txt(path.read_text(encoding="utf-8"))
-    if suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        rows = data if isinstance(data, list) else data.get("data", [data])
-    elif suffix == ".parquet":
-        import pandas as pd
+        return _split_txt(_read_text(path))
+    rows = _json_rows(path) if suffix in (".jsonl", ".json") else _table_rows(path)
+    return _column(path, rows, column)
 
-        rows = pd.read_parquet(path).to_dict("records")
-    else:  # .csv
-        import pandas as pd
 
-        rows = pd.read_csv(path).to_dict("records")
-    if rows and column not in rows[0]:
-        raise ReplacemeError(
-            f"{path}: no column '{column}'; columns are: {', '.join(map(str, rows[0].keys()))}"
-        )
-    return [row[column] for row in rows]
+#: records already read in this process, by (path, column, size, mtime): a pre-check and the run read once
+_READ: dict[tuple[str, str, int, int], list[Any]] = {}
+
+
+def _read_local_cached(path: Path, column: str) -> list[Any]:
+    stat = path.stat()
+    key = (str(path.resolve()), column, stat.st_size, stat.st_mtime_ns)
+    if key not in _READ:
+        if len(_READ) > 8:
+            _READ.clear()
+        _READ[key] = _read_local(path, column)
+    return list(_READ[key])
 
 
 def _read_hub(name: str, split: str, column: str) -> list[Any]:
@@ -146,9 +215,14 @@ def load_texts(source: TextSource | str) -> list[Any]:
     base = source.base
     if source.is_local:
         path = Path(base).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise ReplacemeError(f"text file not found: {base}")
-        records = _read_local(path, source.column)
+        if not path.is_file():
+            raise ReplacemeError(f"{base} is not a file")
+        try:
+            records = _read_local_cached(path, source.column)
+        except OSError as exc:
+            raise ReplacemeError(f"cannot read {base}: {exc.strerror or exc}") from None
     else:
         records = _read_hub(base, source.split, source.column)
     records = [r for r in _slice(records, source.spec) if r is not None and (not isinstance(r, str) or r.strip())]

@@ -156,12 +156,24 @@ def run_tasks(
 # ----------------------------------------------------------------------------- loading
 
 
-def _load_tasks(names: list[str], *, task_data: str | None, tasks_dir: str | None) -> list[tuple[str, Any]]:
-    """``(name, Task | Group)`` for each requested name (a tag gives several tasks)."""
+def check_task_names(names: list[str], *, task_data: str | None, tasks_dir: str | None) -> None:
+    """Every name is a task, group or tag that lm-eval (or the pack, or ``tasks_dir``)
+    knows; checked without loading any dataset, before a model is loaded."""
+    managers = _managers(task_data, tasks_dir)
+    for name in dict.fromkeys(names):
+        if any(name in m.all_tasks for m in managers):
+            continue
+        registry = _registry(str(tasks_dir) if tasks_dir else None)
+        if name not in registry.all_tasks:
+            raise _unknown_task(name, registry.all_tasks)
+
+
+def _managers(task_data: str | None, tasks_dir: str | None) -> list[Any]:
+    """The task managers of the offline pack and of ``tasks_dir``, in order of precedence."""
     from lm_eval.tasks import TaskManager
 
     data_dir = resolve_data_dir(task_data) if (task_data or os.environ.get(DATA_ENV)) else None
-    managers = []  # in order of precedence
+    managers = []
     if data_dir is not None:
         metadata = {"task_data": str(data_dir)}
         managers.append(TaskManager(include_path=str(PACK_DIR), include_defaults=False, metadata=metadata))
@@ -169,6 +181,13 @@ def _load_tasks(names: list[str], *, task_data: str | None, tasks_dir: str | Non
         if not Path(tasks_dir).is_dir():
             raise ReplacemeError(f"tasks directory not found: {tasks_dir}")
         managers.append(TaskManager(include_path=str(tasks_dir), include_defaults=False))
+    return managers
+
+
+def _load_tasks(names: list[str], *, task_data: str | None, tasks_dir: str | None) -> list[tuple[str, Any]]:
+    """``(name, Task | Group)`` for each requested name (a tag gives several tasks)."""
+    data_dir = resolve_data_dir(task_data) if (task_data or os.environ.get(DATA_ENV)) else None
+    managers = _managers(task_data, tasks_dir)  # in order of precedence
 
     out: list[tuple[str, Any]] = []
     seen: set[str] = set()

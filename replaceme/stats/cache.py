@@ -7,12 +7,9 @@ only tensors and plain containers and are read with ``weights_only=True``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,8 @@ from replaceme.paths import cache_dir
 from replaceme.stats.store import ActivationSample, ActivationStats, BatchActivations, GramSums
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2
+#: the layout of a cache file; a file of another version is recomputed
+FORMAT_VERSION = 3
 
 
 def model_fingerprint(model: Any) -> str:
@@ -85,30 +83,48 @@ def cache_path(key: str) -> Path:
 
 
 def load_cached(key: str) -> ActivationStats | None:
-    """The cached stats for ``key``, or None (a corrupt file is ignored and logged)."""
+    """The cached stats for ``key``, or None.
+
+    A file is used only when it records this ``key`` and this :data:`FORMAT_VERSION`
+    (a file copied from another run, or written by another version, is not); a
+    mismatch, a corrupt file or an unreadable location is a warning and the
+    statistics are recomputed.
+    """
     path = cache_path(key)
-    if not path.exists():
+    try:
+        if not path.is_file():
+            return None
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file, an unreadable folder: recompute
+        log.warning("ignoring unreadable statistics cache %s (%s); recomputing", path, _first_line(exc))
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION or data.get("key") != key:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        log.warning("ignoring statistics cache %s: it was written for another key or version (%s); recomputing",
+                    path, found)
         return None
     try:
-        return _stats_from_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except Exception as exc:  # a truncated or foreign file: recompute
-        log.warning("ignoring unreadable stats cache %s: %s", path, exc)
+        return _stats_from_dict(data["stats"])
+    except Exception as exc:  # the right key, but not the structure this version writes
+        log.warning("ignoring malformed statistics cache %s (%s); recomputing", path, _first_line(exc))
         return None
 
 
 def save_cached(key: str, stats: ActivationStats) -> Path | None:
-    """Write stats atomically; returns the path, or None when they cannot be stored."""
+    """Write stats atomically; returns the path, or None (with a warning) when they cannot be stored."""
+    from replaceme.paths import atomic_file
+
     path = cache_path(key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(_stats_to_dict(stats), tmp)
-        os.replace(tmp, path)
-    except Exception as exc:
-        log.warning("could not cache statistics: %s", exc)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path) as tmp:
+            torch.save({"format": FORMAT_VERSION, "key": key, "stats": _stats_to_dict(stats)}, tmp)
+    except Exception as exc:  # a read-only or full disk, a file where the folder should be, ...
+        log.warning("cannot cache statistics in %s (%s); going on without the cache", path.parent, _first_line(exc))
         return None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     return path
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,253 @@
+"""Every row of the README's "Errors" table, run through the command line: exit status
+2, exactly one line on stderr, no traceback, and no file written or changed anywhere
+under the test's folder (a snapshot before and after). Plus the error boundary itself
+(--debug, unexpected errors), and the table and these cases staying in step."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from tiny import ROOT, tiny_model
+
+from replaceme import hookimpl
+from replaceme.cli import cli
+from replaceme.components import Compensator, Method
+from replaceme.paths import ownership_record
+from replaceme.registry import register_plugin, unregister_plugin
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    """Every path under ``root``: file bytes and mode, or the mode of a directory."""
+    out: dict[str, object] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            body = open(full, "rb").read() if os.path.isfile(full) and not os.path.islink(full) else None
+            out[os.path.relpath(full, root)] = (st.st_mode, body)
+    return out
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_one_line(result, fragment: str, code: int = 2, progress: bool = False) -> str:
+    """One line on stderr (``progress``: log lines of work done before the error may precede it)."""
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if progress:
+        lines = [line for line in lines if not line.startswith("INFO ")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: "), lines[0]
+    assert re.search(fragment, lines[0]), (fragment, lines[0])
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tokenizer):
+    """A folder with a model, data, earlier outputs and broken inputs of every kind."""
+    root = tmp_path_factory.mktemp("world")
+    model = root / "model"
+    tiny_model("llama").save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    (root / "calib.txt").write_text("\n\n".join(f"The cat sat on mat {i}." for i in range(40)) + "\n")
+    (root / "binary.txt").write_bytes(bytes(range(256)) * 4)
+    (root / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (root / "broken.jsonl").write_text('{"text": "a"}\n{"text": "b"\n')
+    (root / "broken.json").write_text('[{"text": "a"}, ')
+    (root / "scalar.json").write_text("42")
+    (root / "corrupt.parquet").write_bytes(b"PAR1" + os.urandom(64))
+    (root / "later_row.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n{"body": "c"}\n')
+    user = root / "user"
+    user.mkdir()
+    (user / "thesis.tex").write_text("years of work")
+    ours = root / "ours"
+    ours.mkdir()
+    (ours / "model.safetensors").write_text("old")
+    (ours / "pruning.json").write_text(json.dumps(ownership_record("pruned-model", ["model.safetensors"])))
+    ours_plus = root / "ours_plus"
+    ours_plus.mkdir()
+    (ours_plus / "pruning.json").write_text(json.dumps(ownership_record("pruned-model", [])))
+    (ours_plus / "notes.md").write_text("the user's notes")
+    cmp_plus = root / "cmp_plus"
+    (cmp_plus / "rows").mkdir(parents=True)
+    (cmp_plus / "manifest.json").write_text(json.dumps({"shared_hash": "x", **ownership_record("comparison", ["rows/*.json"])}))
+    (cmp_plus / "report.docx").write_text("the user's report")
+    (root / "table.csv").write_text("precious,csv\n")
+    # models that are not what they claim
+    more = root / "more_layers"
+    tiny_model("llama").save_pretrained(more)
+    tokenizer.save_pretrained(more)
+    config = json.loads((more / "config.json").read_text())
+    config["num_hidden_layers"] += 1
+    (more / "config.json").write_text(json.dumps(config))
+    corrupt = root / "corrupt_weights"
+    tiny_model("llama").save_pretrained(corrupt)
+    tokenizer.save_pretrained(corrupt)
+    weights = corrupt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    shape = root / "wrong_shape"
+    tiny_model("llama").save_pretrained(shape)
+    tokenizer.save_pretrained(shape)
+    config = json.loads((shape / "config.json").read_text())
+    config["intermediate_size"] *= 2
+    (shape / "config.json").write_text(json.dumps(config))
+    (root / "not_a_model").mkdir()
+    (root / "not_a_model" / "readme.txt").write_text("hello")
+    no_tok = root / "no_tokenizer"
+    tiny_model("llama").save_pretrained(no_tok)
+    # configs and plans
+    (root / "cfg_string_bool.yaml").write_text(
+        f"model: {model}\nmethod: uidl\nlayers: 1\ncalib: {root / 'calib.txt'}\noutput: {ours}\noverwrite: 'false'\n")
+    (root / "cfg_wrong_type.yaml").write_text(f"model: {model}\nmethod: uidl\nlayers: two\noutput: {root / 'o'}\n")
+    (root / "cfg_unknown.yaml").write_text(f"model: {model}\nmethd: uidl\n")
+    (root / "cfg_options_list.yaml").write_text(f"model: {model}\nmethod: uidl\noptions: [1, 2]\n")
+    (root / "cfg_bad_yaml.yaml").write_text("model: [unclosed\n")
+    (root / "cfg_binary.yaml").write_bytes(b"\xff\xfe\x00junk")
+    (root / "plan_unknown.yaml").write_text(f"model: {model}\nmethds: [uidl]\n")
+    (root / "plan_wrong_type.yaml").write_text(f"model: {model}\nppl: 3\n")
+    (root / "plan_method_type.yaml").write_text(f"model: {model}\nmethods:\n  - name: uidl\n    options: fast\n")
+    # a lock held by a live process (our parent) on ./locked
+    (root / ".locked.replaceme.lock").write_text(
+        json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": time.time()}))
+    return root
+
+
+def _prune(world, *extra, model="model", calib="calib.txt", output="out"):
+    args = ["prune", world / model, "-m", "uidl", "-n", "1", "--calib-samples", "8", "--max-length", "16"]
+    if calib:
+        args += ["--calib", world / calib]
+    return args + ["--output", output if isinstance(output, Path) else world / output, *extra]
+
+
+#: id -> (arguments given the world folder, regex the one line must match)
+CASES = {
+    # outputs: never over, above or into an input; only replaceme's own directories are replaced
+    "output-is-source-model": (lambda w: _prune(w, "--overwrite", output=w / "model"), "is the input"),
+    "output-is-parent-of-source": (lambda w: _prune(w, "--overwrite", output=w), "contains the input"),
+    "output-via-dotdot": (lambda w: _prune(w, "--overwrite", output=w / "model" / "x" / ".." / ".." / "model"), "is the input"),
+    "output-inside-source": (lambda w: _prune(w, output=w / "model" / "pruned"), "is inside the input"),
+    "output-is-calibration-file": (lambda w: _prune(w, "--overwrite", output=w / "calib.txt"), "is the input|is a file"),
+    "output-not-written-by-replaceme": (lambda w: _prune(w, "--overwrite", output=w / "user"), "not written by replaceme"),
+    "output-holds-foreign-files": (lambda w: _prune(w, "--overwrite", output=w / "ours_plus"), "did not write .*notes.md"),
+    "output-exists": (lambda w: _prune(w, output=w / "ours"), "exists \\(use --overwrite"),
+    "output-under-a-file": (lambda w: _prune(w, output=w / "table.csv" / "out"), "is not a directory"),
+    "output-locked-by-another-run": (lambda w: _prune(w, output=w / "locked"), "another replaceme run"),
+    "compare-overwrite-foreign-files": (
+        lambda w: ["compare", w / "model", "-m", "uidl", "--calib", w / "calib.txt", "--ppl", w / "calib.txt",
+                   "--output", w / "cmp_plus", "--overwrite"], "did not write .*report.docx"),
+    "distances-csv-exists": (
+        lambda w: ["distances", w / "model", "-n", "1", "--calib", w / "calib.txt", "--csv", w / "table.csv"],
+        "--csv .*exists \\(use --overwrite"),
+    "distances-plot-unwritable": (
+        lambda w: ["distances", w / "model", "-n", "1", "--calib", w / "calib.txt", "--plot", w / "table.csv" / "d.png"],
+        "is not a directory"),
+    # option values
+    "option-nan": (lambda w: _prune(w, "-m", "replaceme-lstsq", "-o", "alpha", "nan"), "alpha.*finite"),
+    "option-inf": (lambda w: _prune(w, "-m", "replaceme-lstsq", "-o", "alpha", "inf"), "alpha.*finite"),
+    "option-int-overflow": (lambda w: _prune(w, "-o", "num_blocks", "9" * 30), "num_blocks.*too large"),
+    "option-wrong-type": (lambda w: _prune(w, "-o", "num_blocks", "two"), "num_blocks.*expected int"),
+    "seed-overflow": (lambda w: _prune(w, "--seed", "9" * 25), "--seed"),
+    "layers-overflow": (lambda w: _prune(w, "-n", "9" * 25), "--layers"),
+    "limit-nan": (lambda w: ["evaluate", w / "model", "--ppl", w / "calib.txt", "--limit", "nan"], "--limit"),
+    "unknown-device": (lambda w: _prune(w, "--device", "tpu:0"), "--device.*choose from"),
+    # --config and --plan
+    "config-string-is-not-bool": (lambda w: ["prune", "--config", w / "cfg_string_bool.yaml"], "'overwrite' must be true or false, got the string"),
+    "config-wrong-type": (lambda w: ["prune", "--config", w / "cfg_wrong_type.yaml"], "'layers' must be an integer"),
+    "config-unknown-key": (lambda w: ["prune", "--config", w / "cfg_unknown.yaml"], "unknown key 'methd'.*did you mean 'method'"),
+    "config-options-not-mapping": (lambda w: ["prune", "--config", w / "cfg_options_list.yaml"], "'options' must be a mapping"),
+    "config-invalid-yaml": (lambda w: ["prune", "--config", w / "cfg_bad_yaml.yaml"], "not valid YAML"),
+    "config-not-text": (lambda w: ["prune", "--config", w / "cfg_binary.yaml"], "not a text file"),
+    "plan-unknown-key": (lambda w: ["compare", "--plan", w / "plan_unknown.yaml"], "unknown key 'methds'.*did you mean 'methods'"),
+    "plan-wrong-type": (lambda w: ["compare", "--plan", w / "plan_wrong_type.yaml"], "'ppl' must be a string or a list of strings"),
+    "plan-method-wrong-type": (lambda w: ["compare", "--plan", w / "plan_method_type.yaml"], "methods\\[1\\].*'options' must be a mapping"),
+    # inputs, checked before the model is loaded (the weights here are corrupt: a later error would name them)
+    "calib-binary": (lambda w: _prune(w, model="corrupt_weights", calib="binary.txt"), "binary data"),
+    "calib-not-utf8": (lambda w: _prune(w, model="corrupt_weights", calib="latin1.txt"), "not UTF-8"),
+    "calib-broken-jsonl": (lambda w: _prune(w, model="corrupt_weights", calib="broken.jsonl"), "line 2 is not valid JSON"),
+    "calib-broken-json": (lambda w: _prune(w, model="corrupt_weights", calib="broken.json"), "not valid JSON"),
+    "calib-json-not-records": (lambda w: _prune(w, model="corrupt_weights", calib="scalar.json"), "expected a list of records"),
+    "calib-corrupt-parquet": (lambda w: _prune(w, model="corrupt_weights", calib="corrupt.parquet"), "parquet"),
+    "calib-later-row-without-column": (lambda w: _prune(w, model="corrupt_weights", calib="later_row.jsonl"), "record 3 has no column 'text'"),
+    "ppl-missing-before-loading": (lambda w: ["evaluate", w / "corrupt_weights", "--ppl", w / "nope.txt"], "text file not found"),
+    "compare-ppl-broken-before-loading": (
+        lambda w: ["compare", w / "corrupt_weights", "-m", "uidl", "--calib", w / "calib.txt", "--ppl", w / "broken.jsonl",
+                   "--output", w / "cmp_new"], "--ppl: .*line 2 is not valid JSON"),
+    # models
+    "model-more-layers-than-weights": (lambda w: _prune(w, model="more_layers"), "missing from the checkpoint"),
+    "model-corrupt-safetensors": (lambda w: _prune(w, model="corrupt_weights"), "cannot load model .*safetensors|cannot load model"),
+    "model-shape-mismatch": (lambda w: _prune(w, model="wrong_shape"), "cannot load model .*shape"),
+    "model-not-a-model-folder": (lambda w: _prune(w, model="not_a_model"), "not a model directory"),
+    "model-without-tokenizer": (lambda w: _prune(w, model="no_tokenizer"), "no tokenizer files"),
+}
+SLOW = {"unknown-task"}
+CASES["unknown-task"] = (lambda w: ["evaluate", w / "corrupt_weights", "--tasks", "boolqq"], "unknown lm-eval task 'boolqq'")
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CASES])
+def test_error_case(case, world):
+    build, fragment = CASES[case]
+    before = snapshot(world)
+    result = run(*build(world))
+    assert_one_line(result, fragment, progress=case in SLOW)  # the task index logs that it is being built
+    assert snapshot(world) == before, "an error case wrote or changed files"
+
+
+def test_the_readme_table_lists_exactly_these_cases():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Errors", 1)[1].split("\n## ", 1)[0]
+    ids = re.findall(r"^\| `([a-z0-9-]+)` \|", section, flags=re.M)
+    assert sorted(ids) == sorted(CASES), set(ids) ^ set(CASES)
+
+
+class Broken(Compensator):
+    """A compensator with a bug: an unexpected exception."""
+
+    name = "broken"
+    description = "test"
+
+    def compensate(self, plan, ctx):
+        raise ZeroDivisionError("a bug")
+
+
+class _BrokenPlugin:
+    @hookimpl
+    def register_compensators(self, register):
+        register(Broken)
+
+    @hookimpl
+    def register_methods(self, register):
+        register(Method("buggy", "angular-distance", "broken", "remove"))
+
+
+@pytest.fixture
+def buggy():
+    register_plugin(_BrokenPlugin(), "buggy-test")
+    yield
+    unregister_plugin("buggy-test")
+
+
+def test_unexpected_errors_exit_1_with_a_hint_and_debug_shows_the_traceback(world, buggy, tmp_path):
+    args = ["prune", world / "model", "-m", "buggy", "-n", "1", "--calib", world / "calib.txt", "--calib-samples", "4",
+            "--max-length", "16", "--output", tmp_path / "out"]
+    line = assert_one_line(run(*args), "unexpected ZeroDivisionError: a bug", code=1, progress=True)
+    assert "--debug" in line and "report" in line
+    debug = run("--debug", *args)
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr and "ZeroDivisionError" in debug.stderr
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+def test_usage_errors_are_one_line_too():
+    assert_one_line(run("prune", "--no-such-flag"), "No such option")
+    assert_one_line(run("no-such-command"), "No such command")
+    assert run("--help").exit_code == 0
