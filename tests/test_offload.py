@@ -122,7 +122,7 @@ def test_offload_needs_a_local_safetensors_directory(tmp_path, calib_file):
     with pytest.raises(ReplacemeError, match="local model directory"):
         replaceme.prune("someone/model", method="uidl", layers=1, calibration=str(calib_file), offload=True)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ReplacemeError, match="safetensors"):
+    with pytest.raises(ReplacemeError, match="safetensors|not a model directory"):
         replaceme.prune(str(tmp_path / "empty"), method="uidl", layers=1, calibration=str(calib_file), offload=True)
 
 
