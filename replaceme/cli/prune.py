@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -92,7 +93,9 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     if spec is not None:
         check_text_input(spec.text_source, "--calib")
     check_output(out, inputs=[model, spec.text_source.base if spec else None], overwrite=overwrite)
-    with output_lock(out):
+    from replaceme.distributed import world
+
+    with output_lock(out) if world().is_root else contextlib.nullcontext():  # under torchrun rank 0 alone writes
         result = replaceme.prune(model, method=method, layers=int(layers), calibration=spec, selector=selector,
                                  compensator=compensator, device=device, dtype=dtype, seed=calib["seed"],
                                  use_cache=not no_cache, trust_remote_code=trust_remote_code, offload=offload,
