@@ -29,7 +29,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 def check_device_name(device: Any) -> str:
     """Refuse a device string torch would not understand (no torch import)."""
     if not isinstance(device, str) or not DEVICE_PATTERN.match(device.strip()):
-        raise ReplacemeError(f"unknown --device {device!r}; choose from: {', '.join(DEVICE_CHOICES)}")
+        raise ReplacemeError(f"invalid --device {device!r}; choose from: {', '.join(DEVICE_CHOICES)}")
     return device.strip()
 
 

@@ -160,7 +160,7 @@ CASES = {
     "seed-overflow": (lambda w: _prune(w, "--seed", "9" * 25), "--seed"),
     "layers-overflow": (lambda w: _prune(w, "-n", "9" * 25), "--layers"),
     "limit-nan": (lambda w: ["evaluate", w / "model", "--ppl", w / "calib.txt", "--limit", "nan"], "--limit"),
-    "unknown-device": (lambda w: _prune(w, "--device", "tpu:0"), "--device.*choose from"),
+    "unknown-device": (lambda w: _prune(w, "--device", "tpu:0", model="corrupt_weights"), "invalid --device .tpu:0.; choose from"),
     # --config and --plan
     "config-string-is-not-bool": (lambda w: ["prune", "--config", w / "cfg_string_bool.yaml"], "'overwrite' must be true or false, got the string"),
     "config-wrong-type": (lambda w: ["prune", "--config", w / "cfg_wrong_type.yaml"], "'layers' must be an integer"),

@@ -72,21 +72,6 @@ class LimitType(click.ParamType):
         self.fail(f"{value!r}: give a count (1, 2, ...) or a fraction in (0, 1)", param, ctx)
 
 
-class DeviceType(click.ParamType):
-    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked when parsed (no torch import)."""
-
-    name = "device"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> str:
-        from replaceme.errors import ReplacemeError
-        from replaceme.loading import check_device_name
-
-        try:
-            return check_device_name(value)
-        except ReplacemeError as exc:
-            self.fail(str(exc).removeprefix("unknown --device "), param, ctx)
-
-
 def calibration_options(f: F) -> F:
     """``--calib`` and the options that shape the calibration set."""
     decorators = [
@@ -122,7 +107,7 @@ def calibration_options(f: F) -> F:
 def model_options(f: F) -> F:
     """``--device``, ``--dtype`` and ``--trust-remote-code``."""
     decorators = [
-        click.option("--device", type=DeviceType(), default="auto", show_default=True, help="auto (CUDA if available), cpu, cuda, cuda:N."),
+        click.option("--device", default="auto", show_default=True, help="auto (CUDA if available), cpu, cuda, cuda:N."),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
                      show_default=True, help="auto: bfloat16 on CUDA, float32 on CPU."),
         click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the hub (off by default)."),
