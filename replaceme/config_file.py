@@ -61,7 +61,8 @@ REFERENCE_KEYS: dict[str, str] = {
     "`output_models/<model>_<n>_layers_<dataset>_<size>_ReplaceMe_<method>_<num_A>` as there, less the block indices",
     "distances_path": "null: distances computed in the same pass, as the reference does; a path: warned, "
     "distances are still computed (one pass gives them for free)",
-    "use_4bit": "`false`: nothing to do; `true`: warned, the model loads in `--dtype` (no bitsandbytes)",
+    "use_4bit": "`true`: `--calib-4bit` (the pass on an NF4 copy, the fold on the full weights, as there) on a "
+    "CUDA GPU; without one, warned, the pass runs in `--dtype`",
     "token": "warned: use `HF_TOKEN` or `hf auth login`",
     "save_transform_only": "warned: T is always folded into the saved model (pruning.json records the blocks)",
     "min_distance_layer": "warned: the reference does not use it either (selection scans every block)",
@@ -89,7 +90,7 @@ _RENAME = {"model_path": "model", "model": "model", "dataset": "calib", "dataset
 PRUNE_KEYS = {
     "method", "model", "layers", "calib", "calib_column", "calib_split", "calib_samples", "max_length",
     "batch_size", "seed", "output", "overwrite", "selector", "compensator", "device", "dtype", "chat_template",
-    "order", "holdout_fraction", "drop_last",
+    "order", "holdout_fraction", "drop_last", "calib_4bit",
 }
 _OPTION_KEYS = {"num_blocks", "merge_consecutive", "alpha", "diag", "loss", "solver", "mask_padding", "accurate",
                 "refit", "token_budget", "epochs", "lr", "batch_tokens", "init", "lbfgs_steps", "start", "max_condition",
@@ -105,6 +106,12 @@ _WARN = {
 }
 #: reference keys whose reference default is harmless and whose other values we cannot do
 _FLAGS_WE_LACK = {"thri": "a lower-triangular T", "two_vectors": "a rank-one T"}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def is_reference_config(raw: dict[str, Any]) -> bool:
@@ -164,8 +171,10 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
             if value:
                 raise reject(key, f"{_FLAGS_WE_LACK[key]} is not implemented")
         elif key == "use_4bit":
-            if value:
-                warn(key, "the model is loaded in --dtype (bfloat16 on CUDA, float32 on CPU); no 4-bit quantisation")
+            if value and _cuda():
+                params["calib_4bit"] = True  # the pass on an NF4 copy, the fold on full weights, as there
+            elif value:
+                warn(key, "4-bit needs a CUDA GPU; the statistics pass runs in --dtype (float32 on CPU)")
         elif key == "distances_path":
             if value is not None:
                 warn(key, "distances are computed again from the calibration data, in the same pass as the statistics")

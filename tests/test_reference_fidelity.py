@@ -209,6 +209,11 @@ def test_reference_config_keys_are_mapped_warned_or_rejected(tmp_path, caplog):
     assert params["method"] == "replaceme-lstsq" and params["layers"] == 8
     assert options == {"num_blocks": 1, "merge_consecutive": True, "alpha": 0, "diag": False}
     assert params["output"] == "output_models/m_8_layers_wikitext_128_ReplaceMe_lstsq_1"  # save_path: null
+
+    four_bit = _write_reference_yaml(tmp_path / "q.yaml", model_path="m", dataset="d.txt", use_4bit=True)
+    params, _ = read_config(four_bit)
+    assert params.get("calib_4bit", False) is torch.cuda.is_available()  # needs a GPU, else warned
+    assert torch.cuda.is_available() or "4-bit needs a CUDA GPU" in caplog.text
     warned = caplog.text
     for key in ("token", "min_distance_layer", "activations_save_path", "save_transform_only", "tasks", "accurate", "loss", "solver"):
         assert f"'{key}'" in warned, key

@@ -74,6 +74,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
         selector = selector or params.get("selector")
         compensator = compensator or params.get("compensator")
         overwrite = overwrite or params.get("overwrite", False)  # a YAML boolean (checked by read_config)
+        calib_4bit = calib_4bit or params.get("calib_4bit", False)
         for key in ("calib", "calib_column", "calib_split", "calib_samples", "max_length", "batch_size", "seed",
                     "chat_template", "order", "holdout_fraction", "drop_last"):
             if key in params and not (given(key) or (key == "calib" and calib["calib"])):
