@@ -130,6 +130,7 @@ def _prune_schema() -> dict[str, Any]:
         "dtype": Key(("str",), choices=("auto", "float32", "bfloat16", "float16")),
         "chat_template": Key(("str",), choices=("auto", "on", "off")),
         "order": STR, "holdout_fraction": Key(("float",), minimum=0, maximum=1), "drop_last": BOOL,
+        "calib_4bit": BOOL,
     }
 
 

@@ -210,6 +210,9 @@ def test_reference_config_keys_are_mapped_warned_or_rejected(tmp_path, caplog):
     assert options == {"num_blocks": 1, "merge_consecutive": True, "alpha": 0, "diag": False}
     assert params["output"] == "output_models/m_8_layers_wikitext_128_ReplaceMe_lstsq_1"  # save_path: null
 
+    everything = _write_reference_yaml(tmp_path / "all.yaml", model_path="m", dataset="d.txt", dataset_size=None)
+    assert read_config(everything)[0]["calib_samples"] >= 2**62  # null: every record, as there
+
     four_bit = _write_reference_yaml(tmp_path / "q.yaml", model_path="m", dataset="d.txt", use_4bit=True)
     params, _ = read_config(four_bit)
     assert params.get("calib_4bit", False) is torch.cuda.is_available()  # needs a GPU, else warned
