@@ -242,6 +242,9 @@ class PlanScorer:
         import torch
 
         batches = self.batches(data)
+        if any(p.is_meta for p in self.model.parameters()):
+            raise ReplacemeError("scoring candidate plans runs the model, which --offload does not hold in memory; "
+                                 "use this selector without --offload")
         if self.device is None:
             self.device = next(self.model.parameters()).device
         if self._fast is None:

@@ -126,3 +126,17 @@ def test_cosine_presets_and_the_default_fit(tmp_path):
             for p in ("fit", "reference")}
     assert runs["fit"]["loss_last"] <= runs["fit"]["loss_first"] + 1e-7
     assert runs["fit"]["loss_last"] < runs["reference"]["loss_last"]
+
+
+def test_methods_that_run_the_model_refuse_offload_in_one_line(calib, tmp_path):
+    from replaceme.errors import ReplacemeError
+
+    src = tmp_path / "src"
+    tiny_model("llama", layers=6).save_pretrained(src)
+    make_tokenizer().save_pretrained(src)
+    spec = CalibrationSpec(str(calib), samples=24, max_length=40, batch_size=4)
+    for method in ("sleb", "laco", "replaceme-lstsq-loss"):
+        with pytest.raises(ReplacemeError, match="offload"):
+            replaceme.prune(str(src), method=method, layers=2, calibration=spec, offload=True, use_cache=False)
+    shortgpt = replaceme.prune(str(src), method="shortgpt", layers=2, calibration=spec, offload=True, use_cache=False)
+    assert shortgpt.outcome.layers_after == 4

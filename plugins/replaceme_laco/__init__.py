@@ -188,6 +188,9 @@ class RdscCompensator(Compensator):
         def params(i: int) -> dict:
             if i not in current:
                 current[i] = {n: p.detach().to(torch.float64) for n, p in _mergeable(layers[i]).items()}
+                if any(t.is_meta for t in current[i].values()):
+                    raise ReplacemeError("rdsc reads the weights of every collapsed layer, which --offload does not "
+                                         "hold in memory; run it without --offload")
             return current[i]
 
         for head, absorbed in merges:
