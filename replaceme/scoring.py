@@ -132,6 +132,7 @@ class PlanScorer:
     device: Any = None
     seed: int = 0
     _compensations: dict[tuple, list] = field(default_factory=dict, repr=False)
+    _scores: dict[tuple, PlanScore] = field(default_factory=dict, repr=False)
     _fast: bool | None = field(default=None, repr=False)
 
     # -- data ---------------------------------------------------------------
@@ -161,12 +162,16 @@ class PlanScorer:
         """
         from replaceme.components import CompensationContext
 
-        key = (tuple(plan.blocks), repr(plan.details.get("compensation")))
+        key = self._key(plan)
         if key not in self._compensations:
             ctx = CompensationContext(model=self.model, adapter=self.adapter, stats=self.stats,
                                       device=self.device or next(self.model.parameters()).device, seed=self.seed)
             self._compensations[key] = self.compensator.compensate(plan, ctx)
         return self._compensations[key]
+
+    @staticmethod
+    def _key(plan: Plan) -> tuple:
+        return tuple(plan.blocks), repr(plan.details.get("compensation"))
 
     def variant(self, plan: Plan) -> Any:
         """A variant of the model (:func:`replaceme.variant.make_variant`) with ``plan``
@@ -238,7 +243,14 @@ class PlanScorer:
 
     # -- the score ---------------------------------------------------------------
     def score(self, plan: Plan, data: Data = "holdout") -> PlanScore:
-        """Compensate and merge ``plan`` on a variant and measure it on ``data`` batches."""
+        """Compensate and merge ``plan`` on a variant and measure it on ``data`` batches
+        (once per distinct plan and data)."""
+        key = (self._key(plan), data)
+        if key not in self._scores:
+            self._scores[key] = self._score(plan, data)
+        return self._scores[key]
+
+    def _score(self, plan: Plan, data: Data) -> PlanScore:
         import torch
 
         batches = self.batches(data)

@@ -79,7 +79,7 @@ def test_laco_removes_exactly_n_layers_and_records_its_search(calib):
                                  threshold=threshold, merge_layers=2, interval=1)
         details = result.plan.details
         assert result.outcome.layers_after == 3
-        assert (details["forced_merges"] > 0) == forced
+        assert (details["greedy_below_threshold"] > 0) == forced
         assert all(t["passed"] == (t["similarity"] > threshold) for t in details["tried"])
     # with everything accepted and C = 2, the sweep is the paper's: 4 absorbs 5, 3 absorbs 4... from the top
     accepted = replaceme.prune(copy.deepcopy(model), method="laco", layers=2, calibration=spec, tokenizer=tok,

@@ -22,8 +22,8 @@ Exactly ``--layers N``: ``--layers`` means N fewer layers, so a merge takes at
 most the layers still to remove (the last accepted merge may be smaller than
 ``C − 1``) and the search stops once N are gone. If the sweep ends with fewer
 than N removed because T rejected too many merges, the remaining merges are
-chosen greedily by similarity regardless of T, with a warning; ``pruning.json``
-records every tried merge, its similarity and whether it passed T. So T decides
+chosen greedily by similarity (whether they pass T or not), with a warning;
+``pruning.json`` records every tried merge, its similarity and whether it passed T. So T decides
 *where* layers collapse first, never *how many*.
 
 Differences from the authors' code, on purpose: their loop adds
@@ -105,8 +105,10 @@ class LacoSelector(Selector):
             new_groups = groups[:lay] + [sum(groups[lay : lay + k + 1], [])] + groups[lay + k + 1 :]
             new_merges = merges + [[groups[lay][0], [g[0] for g in groups[lay + 1 : lay + k + 1]]]]
             sim = ctx.scorer.score(plan_from_groups(new_groups, new_merges), data="all").final_cosine
-            tried.append({"base": groups[lay][0], "absorbed": [i for g in groups[lay + 1 : lay + k + 1] for i in g],
-                          "similarity": sim, "passed": sim > o.threshold})
+            entry = {"base": groups[lay][0], "absorbed": [i for g in groups[lay + 1 : lay + k + 1] for i in g],
+                     "similarity": sim, "passed": sim > o.threshold}
+            if entry not in tried:  # the fallback may score a merge the sweep already tried
+                tried.append(entry)
             return sim, new_groups, new_merges
 
         removed = 0
@@ -124,8 +126,8 @@ class LacoSelector(Selector):
                     lay = len(groups) - 1 - o.merge_layers
             else:
                 lay -= 1
-        forced = 0
-        while removed < target:  # T rejected too much: take the most similar merges anyway
+        swept, greedy, below = removed, 0, 0
+        while removed < target:  # the sweep ended short: take the most similar merges
             options = []
             for lay in range(max(o.lowest, 0), len(groups) - 1):
                 k = min(o.merge_layers - 1, len(groups) - lay - 1, target - removed)
@@ -134,15 +136,17 @@ class LacoSelector(Selector):
                 raise ReplacemeError(f"laco: no merge left to remove {target - removed} more layer(s)")
             sim, groups, merges, k = max(options, key=lambda t: t[0])
             removed += k
-            forced += 1
-        if forced:
-            log.warning("laco: threshold %.3g passed too few merges for --layers %d; %d merge(s) chosen by best similarity "
-                        "below it", o.threshold, target, forced)
+            greedy += 1
+            below += sim <= o.threshold
+        if greedy:
+            log.warning("laco: the top-down sweep removed %d of %d layers; %d more merge(s) chosen by best similarity, "
+                        "%d of them at or below the threshold %.3g", swept, target, greedy, below, o.threshold)
         plan = plan_from_groups(groups, merges)
         final = ctx.scorer.score(plan, data="all")
         plan.scores = [final.final_cosine] * len(plan.blocks)
         plan.details.update({"score": "last hidden state cosine to the unpruned model", "tried": tried,
-                             "forced_merges": forced, "final_similarity": final.final_cosine})
+                             "greedy_merges": greedy, "greedy_below_threshold": below,
+                             "final_similarity": final.final_cosine})
         return plan
 
 
