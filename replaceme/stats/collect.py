@@ -158,6 +158,16 @@ class BatchState:
     #: whether ``store`` copies (else MLP outputs are cloned: a layer may add to its
     #: MLP output in place afterwards, as Falcon's parallel attention does)
     store_copies: bool = False
+    #: no padding in the batch: token rows are a view (``reshape``), not a masked copy
+    full: bool = False
+    #: ``(j, sum of x_j over non-pad tokens)`` not yet checked for NaN/Inf (checked once per batch)
+    checks: list = field(default_factory=list)
+
+    def rows(self, t: torch.Tensor, with_pad: bool = False) -> torch.Tensor:
+        """``[B, T, h] -> [tokens, h]``: the non-pad tokens (every token with ``with_pad``)."""
+        if self.full or with_pad:
+            return t.reshape(-1, t.shape[-1])
+        return t[self.mask.to(t.device)]
 
 
 class Accumulator:
@@ -202,6 +212,7 @@ class Accumulator:
         if store is not None:
             state.store, state.store_copies = store, True
         tokens = int(mask.sum())
+        state.full = tokens == mask.numel()
         self.sequences += mask.shape[0]
         self.tokens += tokens
         if use_for_gram:
@@ -219,44 +230,64 @@ class Accumulator:
                 state.keep.mlp[i] = self.sample_store(m)
 
     def boundary(self, state: BatchState, j: int, x: torch.Tensor) -> None:
-        """``x_j`` of the batch, ``[B, T, hidden]`` on the compute device."""
+        """``x_j`` of the batch, ``[B, T, hidden]`` on the compute device.
+
+        Each tensor is converted to float64 once per boundary and shared by every
+        block size and Gram block; no host synchronisation happens here (the
+        NaN/Inf check is deferred to :meth:`check_finite`)."""
         x = x.detach()
-        if not torch.isfinite(x[state.mask]).all():
-            producer = "the embedding" if j == 0 else f"layer {j - 1}"
-            raise ReplacemeError(
-                f"{producer} produced non-finite hidden states (NaN/Inf) on calibration data (input of layer {j}); "
-                "the model may overflow in this dtype (try --dtype float32)"
-            )
-        rows = torch.arange(x.shape[0], device=x.device)
         x64 = x.to(torch.float64)  # once per boundary, shared by every block size
+        rows64 = state.rows(x64)
+        state.checks.append((j, rows64.sum()))
+        rows = torch.arange(x.shape[0], device=x.device)
         for n in self.sizes:
             s = j - n
             if s < 0:
                 continue
-            xs = state.x[s].to(x.device)
+            xs = state.x[s].to(x.device, torch.float64)
             cos_last = _cosine(xs[rows, state.last], x64[rows, state.last]).clamp(-1.0, 1.0)
             self.angular_sum[n][s] += (torch.arccos(cos_last) / math.pi).sum()
-            self.cosine_sum[n][s] += _cosine(xs, x64)[state.mask].sum()
+            self.cosine_sum[n][s] += _cosine(state.rows(xs), rows64).sum()
         if state.use_for_gram:
-            self._gram(state, j, x)
+            self._gram(state, j, x64)
         if state.keep is not None and j in self.request.sample_boundaries:
             state.keep.boundaries[j] = self.sample_store(x)
         state.x[j] = state.store(x)
         state.x.pop(j - self.window - 1, None)
         state.m.pop(j - self.window - 2, None)
 
-    def _gram(self, state: BatchState, j: int, x: torch.Tensor) -> None:
+    def check_finite(self, state: BatchState) -> None:
+        """Raise, naming the layer that produced them, if NaN/Inf reached a boundary of
+        this batch since the last check (one host synchronisation)."""
+        if not state.checks:
+            return
+        sums = torch.stack([total for _, total in state.checks])
+        finite = torch.isfinite(sums).tolist()
+        boundaries = [j for j, _ in state.checks]
+        state.checks.clear()
+        for j, ok in zip(boundaries, finite):
+            if not ok:
+                producer = "the embedding" if j == 0 else f"layer {j - 1}"
+                raise ReplacemeError(
+                    f"{producer} produced non-finite hidden states (NaN/Inf) on calibration data (input of layer {j}); "
+                    "the model may overflow in this dtype (try --dtype float32)"
+                )
+
+    def _gram(self, state: BatchState, j: int, x64: torch.Tensor) -> None:
+        ends = [(s, e) for s, e in self.request.gram_blocks if e == j]
+        if j not in self.gram_starts and not ends:
+            return
+        f64 = lambda t: t.to(self.device, torch.float64)  # noqa: E731
         for with_pad in self.gram_variants:
-            sel = torch.ones_like(state.mask) if with_pad else state.mask
             if j in self.gram_starts:  # X = m_{j-1} is complete once x_j exists
-                X = state.m[j - 1].to(x.device)[sel].to(self.device, torch.float64)
+                X = f64(state.rows(state.m[j - 1].to(x64.device), with_pad))
                 self.xtx[(j, with_pad)].addmm_(X.T, X)
-            for s, e in self.request.gram_blocks:
-                if e != j:
-                    continue
-                X = state.m[s - 1].to(x.device)[sel].to(self.device, torch.float64)
-                xs = state.x[s].to(x.device)[sel].to(self.device, torch.float64)
-                Y = x[sel].to(self.device, torch.float64) - xs + X
+            if not ends:
+                continue
+            xe = f64(state.rows(x64, with_pad))
+            for s, e in ends:
+                X = f64(state.rows(state.m[s - 1].to(x64.device), with_pad))
+                Y = xe - f64(state.rows(state.x[s].to(x64.device), with_pad)) + X
                 self.xty[(s, e, with_pad)].addmm_(X.T, Y)
                 self.yty[(s, e, with_pad)] += (Y * Y).sum()
 
@@ -373,6 +404,7 @@ def collect_stats(
                 model(input_ids=calib.input_ids[b].to(device), attention_mask=mask.long(), use_cache=False)
             except _StopForward:
                 pass
+            acc.check_finite(current[0])
             if keep is not None:
                 kept[b] = keep
     except Exception as exc:  # shared with the other ranks of a torchrun job, then re-raised

@@ -137,6 +137,7 @@ def _layer_by_layer(offloaded: OffloadedModel, calib: CalibrationData, acc: Accu
                 if j == 0:
                     x = args[0] if args else kwargs[first]
                     acc.boundary(state, 0, x)
+                    acc.check_finite(state)
                 else:
                     x = state.x[j].to(device)
                 del embeds
@@ -151,6 +152,7 @@ def _layer_by_layer(offloaded: OffloadedModel, calib: CalibrationData, acc: Accu
                 out = layer(*args, **kwargs)
                 returns_tuple = isinstance(out, tuple)
                 acc.boundary(state, j + 1, out[0] if returns_tuple else out)
+                acc.check_finite(state)
                 del out, args, kwargs, x
         finally:
             if handle is not None:
