@@ -104,6 +104,16 @@ def test_calibration_loss_picks_the_block_with_the_lowest_held_out_loss(setup, l
     assert outcome.layers_after == 6 - layers
 
 
+def test_kl_objective_picks_the_lowest_kl(setup):
+    model, calib = setup
+    _, resolved, stats = make_scorer(model, calib, "replaceme-lstsq", 2, selector="calibration-loss", objective="kl")
+    outcome = apply_method(copy.deepcopy(model), adapter_for(model), resolved, 2, stats)
+    rows = outcome.plan.details["candidates"]
+    best = min(rows, key=lambda r: r["kl"])
+    assert outcome.plan.blocks == [Block(*best["block"])] and outcome.plan.scores == [best["kl"]]
+    assert all(r["kl"] > 0 for r in rows)
+
+
 def test_shortlist_scores_only_the_closest_blocks(setup):
     model, calib = setup
     _, resolved, stats = make_scorer(model, calib, "replaceme-lstsq", 1, selector="calibration-loss", shortlist=2)
