@@ -106,7 +106,7 @@ def worker(job: dict) -> dict:
     """
     import torch
 
-    from replaceme.adapters import adapter_for
+    from replaceme.registry import adapter_for
     from replaceme.methods import resolve_method
     from replaceme.pipeline import apply_method
     from replaceme.resources import Meter

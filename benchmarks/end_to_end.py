@@ -52,7 +52,7 @@ def worker(job: dict) -> dict:
 
     import torch
 
-    from replaceme.adapters import adapter_for
+    from replaceme.registry import adapter_for
     from replaceme.api import prune
     from replaceme.calibration import CalibrationSpec, build_calibration
     from replaceme.loading import load_model

@@ -98,7 +98,7 @@ def main() -> None:
 
     import torch
 
-    from replaceme.adapters import adapter_for
+    from replaceme.registry import adapter_for
     from replaceme.methods import resolve_method
     from replaceme.pipeline import apply_method
     from replaceme.stats.collect import collect_stats

@@ -108,7 +108,7 @@ def real_block_tokens(model_dir: Path, calib_src: str, samples: int, max_length:
     """stories260K activations of the block replaceme-cosine selects: (block, train (m, xs, xe), held-out (m, xs, xe))."""
     import torch
 
-    from replaceme.adapters import adapter_for
+    from replaceme.registry import adapter_for
     from replaceme.calibration import CalibrationSpec, build_calibration
     from replaceme.loading import load_model
     from replaceme.methods import resolve_method

@@ -84,6 +84,7 @@ def prune(
     layers: int = 1,
     calibration: CalibrationSpec | str | None = None,
     *,
+    options: dict[str, Any] | None = None,
     tokenizer: Any = None,
     selector: str | None = None,
     compensator: str | None = None,
@@ -95,7 +96,7 @@ def prune(
     offload: bool = False,
     spill_dir: str | Path | None = None,
     calib_4bit: bool = False,
-    **options: Any,
+    **method_options: Any,
 ) -> PruneResult:
     """Prune ``layers`` decoder layers with ``method``.
 
@@ -106,6 +107,9 @@ def prune(
         layers: net number of decoder layers removed.
         calibration: a :class:`CalibrationSpec`, or a source string
             (file or hub dataset) used with default settings.
+        options: method options (``replaceme methods`` lists them), kept apart
+            from this function's own parameters: an option named like one of
+            them (``seed``, ``device``, ...) can only be given here.
         tokenizer: required when ``model_or_path`` is a model object.
         selector, compensator: swap a stage of the recipe.
         device, dtype: where and in what precision to run (``auto``: CUDA+bf16 or CPU+fp32).
@@ -126,7 +130,8 @@ def prune(
             bitsandbytes. **It changes the statistics**: distances, Gram sums and
             samples are those of the quantised model, so plans and maps differ
             from a full-precision run.
-        **options: method options (``replaceme methods`` lists them).
+        **method_options: shorthand for ``options`` where the name is unambiguous
+            (``prune(..., alpha=1e-3)``); a key given both ways is an error.
 
     Under ``torchrun`` the calibration pass is split over the processes
     (:mod:`replaceme.distributed`); rank 0 returns the result, and the other ranks
@@ -138,23 +143,75 @@ def prune(
     import torch
 
     from replaceme import distributed
-    from replaceme.adapters import adapter_for
-    from replaceme.calibration import build_calibration
     from replaceme.loading import load_model
     from replaceme.methods import resolve_method
-    from replaceme.pipeline import apply_method, check_layers, gather_stats
+    from replaceme.pipeline import Run, apply_method, prepare
+    from replaceme.registry import adapter_for
     from replaceme.resources import Meter
 
-    resolved = resolve_method(method, options, selector=selector, compensator=compensator)
-    usage: dict[str, Usage] = {}
-    source = None
-    offloaded = None
+    resolved = resolve_method(method, _merge_options(options, method_options), selector=selector, compensator=compensator)
     if calib_4bit:
         from replaceme.loading import check_4bit
 
         if offload or not isinstance(model_or_path, (str, Path)):
             raise ReplacemeError("calib_4bit needs a model path and cannot be combined with offload")
         check_4bit(device)
+    model, tokenizer, source, offloaded, usage = _load(model_or_path, tokenizer, device, dtype, trust_remote_code,
+                                                       offload, calib_4bit)
+    adapter = adapter_for(model)
+    torch.manual_seed(seed)
+    prepared = prepare(model, adapter, [Run(resolved, layers)], calibration, tokenizer, use_cache=use_cache, seed=seed,
+                       offloaded=offloaded, spill_dir=spill_dir)
+    usage.update(prepared.usage)
+    if calib_4bit:  # statistics came from the 4-bit copy; prune the full-precision weights
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        with Meter() as m:
+            model, _ = load_model(source, device=distributed.device_name(device), dtype=dtype,
+                                  trust_remote_code=trust_remote_code)
+        usage["load_full_precision"] = m.usage
+    if offloaded is not None:
+        outcome = apply_method(model, adapter, resolved, layers, prepared.stats, seed=seed, device=offloaded.device,
+                               materialise=offloaded.load_layers)
+    else:
+        outcome = apply_method(model, adapter, resolved, layers, prepared.stats, seed=seed)
+    usage.update(outcome.usage)
+    return PruneResult(
+        model=model,
+        tokenizer=tokenizer,
+        method=resolved.label,
+        layers=layers,
+        outcome=outcome,
+        calibration=prepared.calibration,
+        usage=usage,
+        options=resolved.options(),
+        seed=seed,
+        source=source,
+        offloaded=offloaded,
+        stats_memory=prepared.memory,
+        calib_4bit=calib_4bit,
+    )
+
+
+def _merge_options(options: dict[str, Any] | None, method_options: dict[str, Any]) -> dict[str, Any]:
+    """``options=`` plus the keyword shorthand; a key given both ways is ambiguous."""
+    both = sorted(set(options or {}) & set(method_options))
+    if both:
+        raise ReplacemeError(f"option(s) {', '.join(both)} given both in options= and as keywords")
+    return {**(options or {}), **method_options}
+
+
+def _load(model_or_path: Any, tokenizer: Any, device: str, dtype: str, trust_remote_code: bool, offload: bool,
+          calib_4bit: bool):
+    """Load a model path (a 4-bit copy for the pass, or an offloaded skeleton), or take a
+    model object: ``(model, tokenizer, source, offloaded, usage)``."""
+    from replaceme import distributed
+    from replaceme.loading import load_model
+    from replaceme.resources import Meter
+
+    source = None
+    offloaded = None
     with Meter() as m:
         if calib_4bit:  # the full-precision model is loaded after the pass
             from replaceme.loading import load_model_4bit
@@ -180,95 +237,7 @@ def prune(
             if tokenizer is None:
                 raise ReplacemeError("pass tokenizer= when pruning a model object")
             model.eval()
-    usage["load"] = m.usage
-    adapter = adapter_for(model)
-    num_layers = adapter.num_layers(model)
-    check_layers(layers, num_layers)
-    torch.manual_seed(seed)
-    request = resolved.stats_request(num_layers, layers)
-    spec = None
-    stats_memory: dict[str, Any] = {}
-    if request.is_empty:  # e.g. block-removal of a fixed range: no data needed
-        from replaceme.stats.store import ActivationStats
-
-        if not distributed.world().is_root:  # under torchrun: nothing to share, rank 0 does it all
-            raise distributed.RankDone
-
-        stats = ActivationStats(num_layers=num_layers, hidden_size=int(model.config.hidden_size))
-    else:
-        if calibration is None:
-            raise ReplacemeError(f"method '{resolved.label}' needs calibration data (a text file or a hub dataset)")
-        spec = calibration if isinstance(calibration, CalibrationSpec) else CalibrationSpec(str(calibration), seed=seed)
-        with Meter() as m:
-            calib = build_calibration(spec, tokenizer)
-        usage["calibration"] = m.usage
-        from replaceme.stats.spill import Spill
-
-        spill = Spill(spill_dir) if spill_dir is not None else None
-        try:
-            with Meter() as m:
-                if offloaded is not None:
-                    from replaceme.stats.layerwise import collect_stats_layerwise
-
-                    with distributed.session(offloaded.device):  # torchrun: ranks > 0 end here
-                        stats = collect_stats_layerwise(offloaded, calib, request, spill=spill)
-                else:
-                    stats = gather_stats(model, adapter, calib, request, use_cache=use_cache, spill=spill)
-        finally:
-            if spill is not None:
-                spill.close()  # every file is already unlinked; the mapped tensors stay valid
-        usage["statistics"] = m.usage
-        stats_memory = {**stats.memory_bytes(), "sample_on_disk": spill is not None,
-                        "spilled_bytes": spill.bytes_written if spill is not None else 0}
-    if calib_4bit:  # statistics came from the 4-bit copy; prune the full-precision weights
-        del model
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        with Meter() as m:
-            model, _ = load_model(source, device=distributed.device_name(device), dtype=dtype,
-                                  trust_remote_code=trust_remote_code)
-        usage["load_full_precision"] = m.usage
-    if offloaded is not None:
-        outcome = apply_method(model, adapter, resolved, layers, stats, seed=seed, device=offloaded.device,
-                               materialise=offloaded.load_layers)
-    else:
-        outcome = apply_method(model, adapter, resolved, layers, stats, seed=seed)
-    usage.update(outcome.usage)
-    return PruneResult(
-        model=model,
-        tokenizer=tokenizer,
-        method=resolved.label,
-        layers=layers,
-        outcome=outcome,
-        calibration=spec,
-        usage=usage,
-        options=resolved.options(),
-        seed=seed,
-        source=source,
-        offloaded=offloaded,
-        stats_memory=stats_memory,
-        calib_4bit=calib_4bit,
-    )
-
-
-#: files of a source model directory that belong to its tokenizer (copied when save_pretrained did not write them)
-TOKENIZER_FILES = ("tokenizer*", "*.model", "vocab.*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
-                   "chat_template*", "*.tiktoken", "spiece*", "sentencepiece*")
-
-
-def copy_tokenizer_files(source: str | Path | None, target: Path) -> list[str]:
-    """Copy every tokenizer file of a local ``source`` directory missing from ``target``."""
-    import fnmatch
-    import shutil
-
-    if source is None or not Path(source).expanduser().is_dir():
-        return []
-    copied = []
-    for path in sorted(Path(source).expanduser().iterdir()):
-        if path.is_file() and any(fnmatch.fnmatch(path.name, p) for p in TOKENIZER_FILES) and not (target / path.name).exists():
-            shutil.copyfile(path, target / path.name)
-            copied.append(path.name)
-    return copied
+    return model, tokenizer, source, offloaded, {"load": m.usage}
 
 
 def save_pruned(result: PruneResult, output: str | Path, *, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:

@@ -13,14 +13,16 @@ stays fast.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from replaceme.options import NoOptions
 from replaceme.plan import Block, Plan
+from replaceme.stats.request import StatsRequest
 
 if TYPE_CHECKING:
     from replaceme.adapters import ModelAdapter
-    from replaceme.stats import ActivationStats, StatsRequest
+    from replaceme.stats.store import ActivationStats
 
 
 class Component:
@@ -81,8 +83,6 @@ class Selector(Component):
 
     def stats_request(self, ctx: SelectionContext) -> StatsRequest:
         """Statistics the selection itself needs (e.g. distance tables)."""
-        from replaceme.stats import StatsRequest
-
         return StatsRequest()
 
     def select(self, stats: ActivationStats, ctx: SelectionContext) -> Plan:
@@ -92,21 +92,80 @@ class Selector(Component):
 
 @dataclass
 class Compensation:
-    """What replaces one removed block.
+    """What replaces one removed block (base class; use a subclass).
 
     Attributes:
         block: the block it replaces.
-        kind: ``"none"``, ``"linear"`` (a map T, ``hidden × hidden``, applied
-            as ``x ↦ x T`` to the MLP output of layer ``block.start - 1``) or
-            ``"layer"`` (a decoder layer or module written at ``block.start``).
-        value: the tensor or module (None for ``"none"``).
         diagnostics: JSON-able numbers recorded in ``pruning.json``.
     """
 
     block: Block
-    kind: str = "none"
-    value: Any = None
-    diagnostics: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict, kw_only=True)
+
+    #: short name in ``pruning.json``
+    kind: ClassVar[str] = ""
+
+
+@dataclass
+class NoCompensation(Compensation):
+    """Nothing replaces the block: it is simply removed."""
+
+    kind: ClassVar[str] = "none"
+
+
+@dataclass
+class LayerCompensation(Compensation):
+    """A compensation written into a surviving layer.
+
+    Attributes:
+        layer: index (in the unpruned model) of that layer; default ``block.start - 1``.
+    """
+
+    layer: int = -1
+
+    def __post_init__(self) -> None:
+        if self.layer < 0:
+            self.layer = self.block.start - 1
+
+
+@dataclass
+class LinearMap(LayerCompensation):
+    """A map ``r ↦ r T`` on what layer ``layer``'s MLP adds to the residual stream
+    (ReplaceMe: the layer before the block).
+
+    Attributes:
+        transform: T, ``[hidden, hidden]`` (a diagonal matrix when ``diagonal``).
+        diagonal: T is diagonal (per-channel scaling); only such a map can be folded
+            behind a post-norm (see :mod:`replaceme.adapters`).
+    """
+
+    transform: Any = None
+    diagonal: bool = False
+    kind: ClassVar[str] = "linear"
+
+
+@dataclass
+class ParameterUpdate(LayerCompensation):
+    """New values for parameters of layer ``layer`` (e.g. LaCo's collapsed layer).
+
+    Attributes:
+        parameters: dotted name inside that layer -> tensor of the same shape.
+    """
+
+    parameters: dict[str, Any] = field(default_factory=dict)
+    kind: ClassVar[str] = "params"
+
+
+@dataclass
+class ReplacementLayer(Compensation):
+    """A module (a decoder layer) written into the block's first slot.
+
+    Attributes:
+        module: the replacement, callable exactly as the layer it replaces.
+    """
+
+    module: Any = None
+    kind: ClassVar[str] = "layer"
 
 
 @dataclass
@@ -129,7 +188,14 @@ class CompensationContext:
 
 
 class Compensator(Component):
-    """Estimates what replaces each block of a plan."""
+    """Estimates what replaces each block of a plan.
+
+    Class attributes:
+        produces: the :class:`Compensation` subclass it returns; the merger must
+            accept it (checked before any work).
+    """
+
+    produces: ClassVar[type[Compensation]] = NoCompensation
 
     #: layers written back per removed block (a replacement layer: 1).
     layers_added_per_block: ClassVar[int] = 0
@@ -149,21 +215,35 @@ class Compensator(Component):
             "needs_training": cls.needs_training,
             "layers_added_per_block": cls.layers_added_per_block,
             "needs_layer_before": cls.needs_layer_before,
+            "produces": cls.produces.kind,
         }
+
+    def check_model(self, adapter: ModelAdapter) -> None:
+        """Raise a one-line :class:`ReplacemeError` if this compensator (with its
+        options) cannot be expressed on the architecture ``adapter`` describes.
+        Called after loading, before any calibration work."""
 
     def stats_request(self, candidates: list[Block]) -> StatsRequest:
         """Statistics needed to compensate any of ``candidates``."""
-        from replaceme.stats import StatsRequest
-
         return StatsRequest()
 
     def compensate(self, plan: Plan, ctx: CompensationContext) -> list[Compensation]:
         """One :class:`Compensation` per block of ``plan``, in order."""
-        return [Compensation(block) for block in plan.blocks]
+        return [NoCompensation(block) for block in plan.blocks]
 
 
 class Merger(Component):
-    """Writes the compensations into the model; the only stage that mutates it."""
+    """Writes the compensations into the model; the only stage that mutates it.
+
+    Class attributes:
+        accepts: the :class:`Compensation` subclasses it can write.
+    """
+
+    accepts: ClassVar[tuple[type[Compensation], ...]] = (NoCompensation,)
+
+    @classmethod
+    def capabilities(cls) -> dict[str, Any]:
+        return {"accepts": [c.kind for c in cls.accepts]}
 
     def merge(self, model: Any, adapter: ModelAdapter, plan: Plan, compensations: list[Compensation]) -> None:
         raise NotImplementedError
@@ -181,14 +261,22 @@ class Merger(Component):
         return None
 
 
+STAGES = ("selector", "compensator", "merger")
+
+
 @dataclass(frozen=True)
 class Method:
-    """A named recipe: selector + compensator + merger + default options.
+    """A named recipe: selector + compensator + merger + default options per stage.
 
     Attributes:
         name: kebab-case method name (``--method``).
-        selector, compensator, merger: component names.
-        defaults: option values applied before the user's.
+        selector, compensator, merger: component names (merger None: the
+            compensator's ``default_merger``).
+        defaults: per stage (``"selector"``, ``"compensator"``, ``"merger"``), option
+            values applied before the user's, e.g. ``{"compensator": {"lr": 1e-3}}``.
+            Validated against that stage's ``Options`` at registration (an unknown
+            key drops the method with a warning naming its plugin); a stage swapped
+            on the command line gets none of the defaults meant for the old one.
         description: one line for listings.
         reference: paper or source of the method.
     """
@@ -197,6 +285,13 @@ class Method:
     selector: str
     compensator: str
     merger: str | None = None
-    defaults: dict[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""
     reference: str = ""
+
+    def __post_init__(self) -> None:
+        wrong = [k for k in self.defaults if k not in STAGES]
+        if wrong:
+            raise ValueError(
+                f"method '{self.name}': defaults are keyed by stage ({', '.join(STAGES)}), got {', '.join(map(repr, wrong))}"
+            )

@@ -3,7 +3,10 @@ compensation, as a pandas DataFrame."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from replaceme.stats.store import ActivationStats
 
 
 def candidate_blocks(num_layers: int, max_size: int) -> list[Any]:
@@ -22,7 +25,7 @@ def loss_request(method: Any, num_layers: int, max_size: int) -> Any:
     return method.compensator.stats_request(blocks).union(scoring_request(num_layers, first))
 
 
-def distance_frame(stats: Any, max_size: int, scorer: Any = None) -> Any:
+def distance_frame(stats: ActivationStats, max_size: int, scorer: Any = None) -> Any:
     """One row per block ``[start, start+size)``, ``size`` 1..max_size, start >= 1.
 
     Columns: start, end, size, distance (angular, last token), token_cosine

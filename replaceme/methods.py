@@ -9,7 +9,7 @@ from replaceme.components import Compensator, Merger, Method, SelectionContext, 
 from replaceme.errors import ReplacemeError, did_you_mean
 from replaceme.options import option_fields, options_to_dict, parse_options
 from replaceme.plan import Block
-from replaceme.registry import Registry, registry
+from replaceme.registry import Registry, check_compatible, registry, stage_classes
 from replaceme.stats.request import StatsRequest
 
 
@@ -50,6 +50,10 @@ class ResolvedMethod:
             f"merger:{self.merger.name}": options_to_dict(self.merger.options),
         }
 
+    def check_model(self, adapter: Any) -> None:
+        """Refuse, before any work, a method that cannot be expressed on this architecture."""
+        self.compensator.check_model(adapter)
+
 
 def resolve_method(
     name: str,
@@ -63,8 +67,9 @@ def resolve_method(
     """Instantiate method ``name``, optionally with stages swapped, with ``options``.
 
     Each option key goes to every stage whose options declare it; a key no stage
-    declares is an error with a did-you-mean. Recipe defaults apply first and
-    only to the stages they were written for.
+    declares is an error with a did-you-mean. The recipe's defaults apply first,
+    each only to the stage it was written for, and not at all to a swapped stage.
+    A compensator whose compensation the merger cannot write is a one-line error.
     """
     reg = reg or registry()
     method = reg.method(name)
@@ -78,31 +83,17 @@ def resolve_method(
                 f"method '{name}': unknown option '{key}'{did_you_mean(key, known)}; "
                 f"options are: {', '.join(sorted(known)) or '(none)'}"
             )
+    check_compatible(classes["compensator"], classes["merger"])
+    swapped = {"selector": selector, "compensator": compensator, "merger": merger if merger else compensator}
     instances = {}
     for stage, cls in classes.items():
-        values = {k: v for k, v in method.defaults.items() if k in fields[stage]}
+        values = {} if swapped[stage] else dict(method.defaults.get(stage, {}))
         values.update({k: v for k, v in options.items() if k in fields[stage]})
         instances[stage] = cls(parse_options(cls.Options, values, f"{stage} '{cls.name}'"))
     label = name
     if selector or compensator or merger:
         label = f"{instances['selector'].name}+{instances['compensator'].name}"
     return ResolvedMethod(label, method, instances["selector"], instances["compensator"], instances["merger"], options)
-
-
-def stage_classes(reg: Registry, method: Method, *, selector: str | None = None, compensator: str | None = None,
-                  merger: str | None = None) -> dict[str, type]:
-    """The selector, compensator and merger classes of ``method`` with optional swaps.
-
-    Swapping the compensator also drops the recipe's merger for the new
-    compensator's default, unless a merger is named.
-    """
-    comp = reg.get("compensators", compensator or method.compensator)
-    merger_name = merger or (method.merger if compensator is None else None) or comp.default_merger
-    return {
-        "selector": reg.get("selectors", selector or method.selector),
-        "compensator": comp,
-        "merger": reg.get("mergers", merger_name),
-    }
 
 
 def declares_option(name: str, key: str, *, selector: str | None = None, compensator: str | None = None) -> bool:

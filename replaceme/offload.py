@@ -301,7 +301,6 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from replaceme.adapters import adapter_for
     from replaceme.loading import (
         _first_line,
         quiet_transformers,
@@ -310,6 +309,7 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
         resolve_model_path,
         use_device,
     )
+    from replaceme.registry import adapter_for
 
     from replaceme.resources import return_large_allocations
 

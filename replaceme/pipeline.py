@@ -1,20 +1,27 @@
-"""Orchestration shared by ``prune`` and ``compare``: statistics, then
-select → compensate → merge for one method, with timings and memory."""
+"""The one orchestration path of ``prune``, ``compare`` and ``distances``.
+
+:func:`prepare` turns (model, methods × budgets, calibration) into the shared
+statistics (refusing, before any work, a method that cannot be expressed on the
+architecture); :func:`apply_method` then selects, compensates and merges one
+method into a model, with timings and memory per stage."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replaceme.adapters import ModelAdapter
-from replaceme.calibration import CalibrationData
+from replaceme.calibration import CalibrationData, CalibrationSpec
 from replaceme.components import Compensation
 from replaceme.errors import ReplacemeError
 from replaceme.methods import ResolvedMethod
 from replaceme.plan import Plan
 from replaceme.resources import Meter, Usage
 from replaceme.stats.request import StatsRequest
+
+if TYPE_CHECKING:
+    from replaceme.stats.store import ActivationStats
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +121,147 @@ class MethodOutcome:
         }
 
 
+@dataclass
+class Run:
+    """One method at one layer budget; ``label`` names it (default: the method's label)."""
+
+    method: ResolvedMethod
+    layers: int
+    label: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.label or self.method.label, self.layers)
+
+
+@dataclass
+class Prepared:
+    """Statistics and plans for the runs of one model (see :func:`prepare`).
+
+    Attributes:
+        stats: the shared statistics (empty when nothing was requested).
+        request: the union of every run's request (plus ``extra``).
+        calibration: the calibration spec used (None when no pass ran).
+        errors: ``(label, layers) -> one-line error`` for runs refused on this
+            architecture (their statistics are not gathered).
+        usage: ``calibration``/``statistics`` -> time and memory.
+        memory: bytes of Gram sums and activation sample, and whether the sample
+            was spilled to disk (for ``pruning.json``).
+    """
+
+    stats: ActivationStats
+    request: StatsRequest
+    calibration: CalibrationSpec | None
+    errors: dict[tuple[str, int], str] = field(default_factory=dict)
+    usage: dict[str, Usage] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, for rows and logs."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, ReplacemeError) else text
+
+
+def prepare(
+    model: Any,
+    adapter: ModelAdapter,
+    runs: list[Run],
+    calibration: CalibrationSpec | None,
+    tokenizer: Any,
+    *,
+    extra: StatsRequest | None = None,
+    use_cache: bool = True,
+    seed: int = 0,
+    strict: bool = True,
+    offloaded: Any = None,
+    spill_dir: Any = None,
+) -> Prepared:
+    """The one orchestration path of ``prune``, ``compare`` and ``distances``:
+    (model, methods × budgets, calibration) → shared statistics.
+
+    Steps: every budget is checked and every method is asked whether it can be
+    expressed on this architecture (before any work); the statistics requests
+    of the remaining runs (and ``extra``) are united; the calibration set is
+    built and the shared pass run (or loaded from the cache) once, unless
+    nothing was requested. Each run is then carried out by :func:`apply_method`.
+
+    Args:
+        strict: raise the first refusal (``prune``); else record it in
+            :attr:`Prepared.errors` and go on (``compare``).
+        offloaded: an :class:`replaceme.offload.OffloadedModel` (``--offload``):
+            the pass then reads the checkpoint one layer at a time.
+        spill_dir: keep the activation sample in memory-mapped files under this
+            directory (:mod:`replaceme.stats.spill`) instead of RAM.
+    """
+    num_layers = adapter.num_layers(model)
+    errors: dict[tuple[str, int], str] = {}
+    live = []
+    for run in runs:
+        try:
+            check_layers(run.layers, num_layers)
+            run.method.check_model(adapter)
+            live.append((run, run.method.stats_request(num_layers, run.layers)))
+        except Exception as exc:
+            if strict:
+                raise
+            errors[run.key] = one_line(exc)
+    request = StatsRequest() if extra is None else extra
+    for _, req in live:
+        request = request.union(req)
+    stats, spec, usage, memory = _statistics(model, adapter, request, calibration, tokenizer, live, use_cache, seed,
+                                             offloaded, spill_dir)
+    return Prepared(stats, request, spec, errors=errors, usage=usage, memory=memory)
+
+
+def _statistics(model, adapter, request, calibration, tokenizer, live, use_cache, seed, offloaded, spill_dir):
+    """Calibration set + shared pass for ``request`` (nothing when it is empty)."""
+    from replaceme import distributed
+    from replaceme.calibration import build_calibration
+    from replaceme.stats.store import ActivationStats
+
+    usage: dict[str, Usage] = {}
+    if request.is_empty:  # e.g. block-removal of a fixed range: no data needed
+        if distributed.joined():  # under torchrun: nothing to share, rank 0 does it all
+            distributed.leave()
+        elif not distributed.world().is_root:
+            raise distributed.RankDone
+        return ActivationStats(num_layers=adapter.num_layers(model), hidden_size=int(model.config.hidden_size)), None, usage, {}
+    if calibration is None:
+        labels = ", ".join(sorted({run.key[0] for run, _ in live})) or "this command"
+        raise ReplacemeError(f"{labels} needs calibration data (a text file or a hub dataset)")
+    spec = calibration if isinstance(calibration, CalibrationSpec) else CalibrationSpec(str(calibration), seed=seed)
+    with Meter() as m:
+        calib = build_calibration(spec, tokenizer)
+    usage["calibration"] = m.usage
+    from replaceme.stats.spill import Spill
+
+    spill = Spill(spill_dir) if spill_dir is not None else None
+    try:
+        with Meter() as m:
+            if offloaded is not None:
+                from replaceme.stats.layerwise import collect_stats_layerwise
+
+                with distributed.session(offloaded.device):  # torchrun: ranks > 0 end here
+                    stats = collect_stats_layerwise(offloaded, calib, request, spill=spill)
+            else:
+                stats = gather_stats(model, adapter, calib, request, use_cache=use_cache, spill=spill)
+    finally:
+        if spill is not None:
+            spill.close()  # every file is already unlinked; the mapped tensors stay valid
+    usage["statistics"] = m.usage
+    log.info("shared calibration pass: %d tokens, %.1f s", stats.tokens, m.usage.seconds)
+    memory = {**stats.memory_bytes(), "sample_on_disk": spill is not None,
+              "spilled_bytes": spill.bytes_written if spill is not None else 0}
+    return stats, spec, usage, memory
+
+
 def apply_method(
     model: Any,
     adapter: ModelAdapter,
     method: ResolvedMethod,
     layers: int,
-    stats: Any,
+    stats: ActivationStats,
     *,
     device: Any = None,
     seed: int = 0,
@@ -143,6 +285,7 @@ def apply_method(
 
     num_layers = adapter.num_layers(model)
     check_layers(layers, num_layers)
+    method.check_model(adapter)
     device = device or next(model.parameters()).device
     scorer = PlanScorer(model, adapter, stats, method.compensator, method.merger, device=device, seed=seed)
     ctx = dataclasses.replace(method.selection_context(num_layers, layers), scorer=scorer)
@@ -162,6 +305,9 @@ def apply_method(
     with Meter() as m:  # a selector that scored this plan already compensated it
         compensations = scorer.compensations(plan)
     usage["compensate"] = m.usage
+    for comp in compensations:
+        if not isinstance(comp, method.merger.accepts):
+            raise ReplacemeError(f"merger '{method.merger.name}' cannot write a '{comp.kind}' compensation")
     if materialise is not None:
         written = method.merger.modifies(plan, compensations)
         if written is None:

@@ -1,9 +1,20 @@
 """Plugin discovery and the registry of components.
 
-Plugins are found through the ``replaceme`` entry-point group (built-ins are
-registered the same way as third-party packages). A plugin that fails to import
-is named in a warning and skipped; two plugins registering the same name is an
-error that names both.
+Plugins are found through the ``replaceme`` entry-point group; the built-ins
+(shipped in the ``replaceme`` distribution) are registered the same way as
+third-party packages. Registration goes through pluggy's own hook calls, so
+only ``@hookimpl`` functions are called and hooks can grow by new arguments.
+
+Order is deterministic: built-in plugins first, then third-party ones, each
+group by plugin name, then in-process plugins (:func:`register_plugin`) in the
+order they were added.
+
+A plugin is *isolated*: if it fails to import, fails pluggy's validation (an
+unknown hook such as ``register_methodz``, an argument the hook does not
+have), raises while registering, or registers something invalid (a name that
+is not kebab-case, a name another plugin already took, a method whose stage
+defaults do not fit the stage), it is named in one warning and skipped, with
+everything it contributed; every command still works.
 """
 
 from __future__ import annotations
@@ -18,11 +29,21 @@ from typing import Any
 import pluggy
 
 from replaceme import hookspecs
-from replaceme.components import Compensator, Merger, Method, Selector
+from replaceme.components import Compensator, Merger, Method, NoCompensation, Selector
 from replaceme.errors import ReplacemeError, unknown
+from replaceme.options import parse_options
 
 log = logging.getLogger(__name__)
 _KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+#: distribution whose entry points are the built-in plugins
+BUILTIN_DISTRIBUTION = "replaceme"
+#: registration hooks, in the order they are called, with the kind they fill
+_KINDS: tuple[tuple[str, type | None], ...] = (
+    ("selectors", Selector),
+    ("compensators", Compensator),
+    ("mergers", Merger),
+    ("methods", Method),
+)
 
 
 @dataclass
@@ -35,6 +56,10 @@ class PluginInfo:
     version: str | None
     error: str | None = None
     contributes: list[str] = field(default_factory=list)
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == BUILTIN_DISTRIBUTION
 
 
 @dataclass
@@ -59,98 +84,175 @@ class Registry:
 
     def builtin_methods(self) -> list[str]:
         """Methods shipped with replaceme itself, uncompensated ones first, then by cost."""
-        builtin = {p.name for p in self.plugins if p.distribution == "replaceme"}
+        builtin = {p.name for p in self.plugins if p.builtin}
         names = [n for n in self.methods if self.owners.get(("methods", n)) in builtin]
 
         def cost(name: str) -> tuple:
             comp = self.compensators[self.methods[name].compensator]
-            return (comp.name != "none", comp.needs_training, name)
+            return (comp.produces is not NoCompensation, comp.needs_training, name)
 
         return sorted(names, key=cost)
 
 
 def make_plugin_manager() -> pluggy.PluginManager:
+    """A plugin manager that knows the hook specifications, with no plugin yet."""
     pm = pluggy.PluginManager("replaceme")
     pm.add_hookspecs(hookspecs)
-    from replaceme import adapters
-
-    pm.register(adapters, name="replaceme.adapters")
     return pm
 
 
-def _load_entry_points(pm: pluggy.PluginManager) -> list[PluginInfo]:
-    infos = []
+@dataclass
+class _Candidate:
+    """A plugin to register: its info, and the object (None when it failed to import)."""
+
+    info: PluginInfo
+    plugin: Any = None
+
+
+def _entry_point_candidates() -> list[_Candidate]:
+    """Every entry point of the group, imported; built-ins first, then by name."""
+    out = []
     for ep in importlib.metadata.entry_points(group="replaceme"):
         dist = getattr(ep, "dist", None)
-        info = PluginInfo(
-            name=ep.name,
-            module=ep.value,
-            distribution=dist.name if dist else None,
-            version=dist.version if dist else None,
-        )
+        info = PluginInfo(ep.name, ep.value, dist.name if dist else None, dist.version if dist else None)
+        candidate = _Candidate(info)
         try:
-            plugin = ep.load()
+            candidate.plugin = ep.load()
         except Exception as exc:  # a broken third-party plugin must not break the tool
-            info.error = f"{type(exc).__name__}: {exc}"
-            log.warning("plugin '%s' (%s) failed to load and is skipped: %s", ep.name, ep.value, info.error)
-        else:
-            if pm.is_registered(plugin):
-                continue
-            pm.register(plugin, name=ep.name)
-        infos.append(info)
-    pm.check_pending()
-    return infos
+            _fail(info, exc, "failed to load")
+        out.append(candidate)
+    return sorted(out, key=lambda c: (not c.info.builtin, c.info.name))
 
 
-def build_registry(pm: pluggy.PluginManager, infos: list[PluginInfo] | None = None) -> Registry:
-    """Ask every registered plugin for its components."""
-    reg = Registry(plugins=list(infos or []))
-    by_name = {i.name: i for i in reg.plugins}
+def _fail(info: PluginInfo, exc: BaseException, what: str) -> None:
+    info.error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # one line
+    log.warning("plugin '%s' (%s) %s and is skipped: %s", info.name, info.module, what, info.error)
 
-    def collector(kind: str, base: type | None, plugin_name: str):
-        table = getattr(reg, kind)
 
+def _check_hooks(pm: pluggy.PluginManager, plugin: Any) -> None:
+    """``check_pending`` for one plugin: every hook it implements must be specified."""
+    for caller in pm.get_hookcallers(plugin) or []:
+        if caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if impl.plugin is plugin and not impl.optionalhook:
+                raise pluggy.PluginValidationError(plugin, f"unknown hook '{caller.name}'")
+
+
+class _Staging:
+    """Components one plugin registers, committed only if the whole plugin succeeds."""
+
+    def __init__(self, reg: Registry, plugin_name: str):
+        self.reg, self.plugin_name = reg, plugin_name
+        self.items: list[tuple[str, str, Any]] = []
+
+    def register_fn(self, kind: str, base: type | None):
         def register(item: Any) -> None:
-            name = item.name
-            if base is not None and not (isinstance(item, type) and issubclass(item, base)):
-                raise ReplacemeError(f"plugin '{plugin_name}' registered {item!r} as a {kind[:-1]}, not a {base.__name__}")
+            name = getattr(item, "name", None)
+            ok = isinstance(item, base) if kind == "methods" else isinstance(item, type) and issubclass(item, base)
+            if not ok:
+                raise ReplacemeError(f"registered {item!r} as a {kind[:-1]}, not a {base.__name__}")
             if not _KEBAB.match(name or ""):
-                raise ReplacemeError(f"plugin '{plugin_name}': {kind[:-1]} name {name!r} is not kebab-case")
-            if name in table:
-                other = reg.owners[(kind, name)]
-                raise ReplacemeError(
-                    f"{kind[:-1]} '{name}' is registered by two plugins: '{other}' and '{plugin_name}'"
-                )
-            table[name] = item
-            reg.owners[(kind, name)] = plugin_name
-            if plugin_name in by_name:
-                by_name[plugin_name].contributes.append(f"{kind[:-1]}:{name}")
+                raise ReplacemeError(f"{kind[:-1]} name {name!r} is not kebab-case")
+            taken = self.reg.owners.get((kind, name)) or (self.plugin_name if any(
+                k == kind and n == name for k, n, _ in self.items) else None)
+            if taken:
+                raise ReplacemeError(f"{kind[:-1]} '{name}' is already registered by plugin '{taken}'")
+            self.items.append((kind, name, item))
 
         return register
 
-    for kind, base in (
-        ("selectors", Selector),
-        ("compensators", Compensator),
-        ("mergers", Merger),
-        ("methods", None),
-    ):
-        for plugin in pm.get_plugins():
-            hook_impls = getattr(plugin, f"register_{kind}", None)
-            if hook_impls is None:
-                continue
-            name = pm.get_name(plugin) or repr(plugin)
-            hook_impls(register=collector(kind, base, name))
-    _check_methods(reg)
-    return reg
+    def commit(self, info: PluginInfo | None) -> None:
+        for kind, name, item in self.items:
+            getattr(self.reg, kind)[name] = item
+            self.reg.owners[(kind, name)] = self.plugin_name
+            if info is not None:
+                info.contributes.append(f"{kind[:-1]}:{name}")
+
+
+def _register_one(pm: pluggy.PluginManager, reg: Registry, candidate: _Candidate) -> None:
+    """Register one plugin with pluggy and collect its components; on any failure
+    the plugin is unregistered, named in a warning and skipped."""
+    info, plugin = candidate.info, candidate.plugin
+    if plugin is None or pm.is_registered(plugin):
+        return
+    others = list(pm.get_plugins())
+    try:
+        pm.register(plugin, name=info.name)
+    except Exception as exc:
+        _fail(info, exc, "failed validation")
+        return
+    try:
+        _check_hooks(pm, plugin)
+        staging = _Staging(reg, info.name)
+        for kind, base in _KINDS:
+            caller = pm.subset_hook_caller(f"register_{kind}", remove_plugins=others)
+            caller(register=staging.register_fn(kind, base))
+    except Exception as exc:
+        pm.unregister(plugin)
+        _fail(info, exc, "failed to register")
+        return
+    staging.commit(info)
+
+
+def check_compatible(compensator: type[Compensator], merger: type[Merger]) -> None:
+    """The merger must accept what the compensator produces (one line otherwise)."""
+    if not issubclass(compensator.produces, merger.accepts):
+        accepted = ", ".join(c.kind for c in merger.accepts)
+        raise ReplacemeError(
+            f"merger '{merger.name}' cannot write the '{compensator.produces.kind}' compensations of "
+            f"compensator '{compensator.name}' (it accepts: {accepted})"
+        )
+
+
+def check_defaults(reg: Registry, method: Method) -> None:
+    """Registration check: the recipe's stages exist, its merger accepts its
+    compensator's output, and its defaults are valid options of their stage."""
+    classes = stage_classes(reg, method)
+    check_compatible(classes["compensator"], classes["merger"])
+    for stage, values in method.defaults.items():
+        cls = classes[stage]
+        parse_options(cls.Options, dict(values), f"defaults for {stage} '{cls.name}'")
+
+
+def stage_classes(reg: Registry, method: Method, *, selector: str | None = None, compensator: str | None = None,
+                  merger: str | None = None) -> dict[str, type]:
+    """The selector, compensator and merger classes of ``method`` with optional swaps.
+
+    Swapping the compensator also drops the recipe's merger for the new
+    compensator's default, unless a merger is named.
+    """
+    comp = reg.get("compensators", compensator or method.compensator)
+    merger_name = merger or (method.merger if compensator is None else None) or comp.default_merger
+    return {
+        "selector": reg.get("selectors", selector or method.selector),
+        "compensator": comp,
+        "merger": reg.get("mergers", merger_name),
+    }
 
 
 def _check_methods(reg: Registry) -> None:
-    for method in reg.methods.values():
-        for kind, name in (("selectors", method.selector), ("compensators", method.compensator)):
-            if name not in getattr(reg, kind):
-                raise ReplacemeError(f"method '{method.name}' uses unknown {kind[:-1]} '{name}'")
-        if method.merger and method.merger not in reg.mergers:
-            raise ReplacemeError(f"method '{method.name}' uses unknown merger '{method.merger}'")
+    """Drop (with a warning naming the plugin) methods whose stages are missing or
+    whose stage defaults do not fit the stage's options."""
+    by_name = {p.name: p for p in reg.plugins}
+    for name, method in list(reg.methods.items()):
+        owner = reg.owners.get(("methods", name), "?")
+        try:
+            check_defaults(reg, method)
+        except ReplacemeError as exc:
+            del reg.methods[name]
+            log.warning("plugin '%s': method '%s' is skipped: %s", owner, name, exc)
+            if owner in by_name:
+                by_name[owner].error = f"method '{name}': {exc}"
+
+
+def build_registry(pm: pluggy.PluginManager, candidates: list[_Candidate]) -> Registry:
+    """Register ``candidates`` in order with ``pm`` and collect their components."""
+    reg = Registry(plugins=[c.info for c in candidates])
+    for candidate in candidates:
+        _register_one(pm, reg, candidate)
+    _check_methods(reg)
+    return reg
 
 
 _extra_plugins: list[tuple[Any, str]] = []
@@ -171,11 +273,12 @@ def unregister_plugin(name: str) -> None:
 @lru_cache(maxsize=1)
 def _cached() -> tuple[pluggy.PluginManager, Registry]:
     pm = make_plugin_manager()
-    infos = _load_entry_points(pm)
-    for plugin, name in _extra_plugins:
-        pm.register(plugin, name=name)
-        infos.append(PluginInfo(name=name, module=getattr(plugin, "__name__", repr(plugin)), distribution=None, version=None))
-    return pm, build_registry(pm, infos)
+    candidates = _entry_point_candidates()
+    candidates += [
+        _Candidate(PluginInfo(name, getattr(plugin, "__name__", type(plugin).__name__), None, None), plugin)
+        for plugin, name in _extra_plugins
+    ]
+    return pm, build_registry(pm, candidates)
 
 
 def plugin_manager() -> pluggy.PluginManager:
@@ -186,3 +289,16 @@ def plugin_manager() -> pluggy.PluginManager:
 def registry() -> Registry:
     """The process-wide registry of components."""
     return _cached()[1]
+
+
+def adapter_for(model: Any) -> Any:
+    """Ask the plugins (``model_adapter`` hook) for the :class:`~replaceme.adapters.ModelAdapter`
+    of ``model``; a one-line error when none knows it."""
+    adapter = plugin_manager().hook.model_adapter(model=model)
+    if adapter is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        hint = "a plugin can add one through the model_adapter hook"
+        if not any(p.name == "adapters" and p.error is None for p in registry().plugins):
+            hint = "the built-in adapters plugin is not installed: reinstall replaceme (pip install -e .)"
+        raise ReplacemeError(f"unsupported architecture '{model_type}' ({hint})")
+    return adapter

@@ -33,11 +33,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from replaceme.errors import ReplacemeError
 from replaceme.plan import Plan
 from replaceme.stats.request import StatsRequest
+
+if TYPE_CHECKING:
+    from replaceme.stats.store import ActivationStats
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +129,7 @@ class PlanScorer:
 
     model: Any
     adapter: Any
-    stats: Any
+    stats: ActivationStats
     compensator: Any
     merger: Any
     device: Any = None

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from replaceme.adapters import ModelAdapter
+from replaceme.errors import ReplacemeError
 
 #: config keys that are lists but never per-layer.
 _NOT_PER_LAYER = {"architectures", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens"}
@@ -77,22 +78,52 @@ def remove_layers(model: Any, adapter: ModelAdapter, remove: set[int] | list[int
 
 @torch.no_grad()
 def fold_linear_map(model: Any, adapter: ModelAdapter, layer_index: int, transform: torch.Tensor) -> None:
-    """Fold ``x ↦ x T`` into the MLP output projection of layer ``layer_index``.
+    """Fold ``r ↦ r T`` into what layer ``layer_index``'s MLP adds to the residual stream.
 
-    The projection computes ``m = h Wᵀ + b`` (``nn.Linear``, W: ``[hidden, inner]``)
-    or ``m = h W + b`` (``Conv1D``, W: ``[inner, hidden]``). Folding makes it
-    compute ``m T`` (ReplaceMe, arXiv 2505.02819, eq. 6): ``W ← Tᵀ W`` and
-    ``b ← Tᵀ b`` for Linear, ``W ← W T`` and ``b ← b T`` for Conv1D. Done in
-    float64 and cast back to the parameter dtype; no parameter is added.
+    When the MLP writes directly (``x + m``), ``m = h Wᵀ + b`` (``nn.Linear``,
+    W: ``[hidden, inner]``) or ``m = h W + b`` (``Conv1D``, W: ``[inner, hidden]``)
+    becomes ``m T`` (ReplaceMe, arXiv 2505.02819, eq. 6): ``W ← Tᵀ W`` and
+    ``b ← Tᵀ b`` for Linear, ``W ← W T`` and ``b ← b T`` for Conv1D.
+
+    Behind a post-norm (``x + norm(m)``, Gemma 2/3, OLMo 2) only a diagonal
+    ``T = diag(d)`` can be folded: the norm's output ``g ⊙ m̂`` (``g = w`` or
+    ``1 + w``) times ``d`` is ``(d ⊙ g) ⊙ m̂``, exact because the scaling comes
+    after the normalisation; so ``w ← d ⊙ w`` (and ``b ← d ⊙ b``), or for
+    Gemma's form ``w ← d ⊙ (1 + w) − 1``. A map folded *before* the norm would
+    be undone by it, so a dense T is refused.
+
+    Done in float64 and cast back to the parameter dtype; no parameter is added.
 
     Args:
         transform: T, ``[hidden, hidden]``.
     """
-    proj = adapter.mlp_out(model, layer_index)
+    write = adapter.mlp_write
+    if write.direct:
+        _fold_into_projection(adapter.mlp_out(model, layer_index), adapter.mlp_out_layout, transform)
+        return
+    t = transform.detach().to(torch.float64)
+    d = torch.diagonal(t)
+    if torch.count_nonzero(t - torch.diag(d)):
+        raise ReplacemeError(
+            f"cannot fold a dense linear map on '{adapter.name}': its MLP writes {write.describe()}; "
+            "only a diagonal map (-o diag true) can be folded there"
+        )
+    norm = adapter.mlp_residual(model, layer_index)
+    weight = norm.weight
+    d = d.to(weight.device)
+    w = weight.detach().to(torch.float64)
+    new_w = d * (1.0 + w) - 1.0 if write.norm_form == "1+w" else d * w
+    weight.copy_(new_w.to(weight.dtype))
+    bias = getattr(norm, "bias", None)
+    if bias is not None:
+        bias.copy_((d * bias.detach().to(torch.float64)).to(bias.dtype))
+
+
+def _fold_into_projection(proj: nn.Module, layout: str, transform: torch.Tensor) -> None:
     weight = proj.weight
     t = transform.to(device=weight.device, dtype=torch.float64)
     w = weight.detach().to(torch.float64)
-    new_w = t.T @ w if adapter.mlp_out_layout == "linear" else w @ t
+    new_w = t.T @ w if layout == "linear" else w @ t
     weight.copy_(new_w.to(weight.dtype))
     bias = getattr(proj, "bias", None)
     if bias is not None:

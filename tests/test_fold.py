@@ -1,4 +1,6 @@
-"""Folding T into the MLP output projection equals applying T at run time."""
+"""Folding T into what a layer's MLP adds to the residual stream equals applying T
+at run time, on every architecture: a dense T into the output projection where
+the MLP writes directly, a diagonal one into the post-norm where it does not."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import pytest
 import torch
 from tiny import ARCHS, tiny_model
 
-from replaceme.adapters import adapter_for
+from replaceme.registry import adapter_for
 from replaceme.surgery import fold_linear_map
 
 IDS = torch.tensor([[1, 5, 9, 14, 3, 22, 7, 8, 30, 2]])
@@ -19,9 +21,10 @@ def test_fold_equals_runtime_map(arch):
     gen = torch.Generator().manual_seed(1)
     h = model.config.hidden_size
     t = torch.eye(h, dtype=torch.float64) + 0.1 * torch.randn(h, h, generator=gen, dtype=torch.float64)
+    if not adapter.mlp_write.direct:
+        t = torch.diag(torch.diagonal(t))
 
-    proj = adapter.mlp_out(model, 2)
-    handle = proj.register_forward_hook(lambda mod, args, out: out @ t.to(out.dtype))
+    handle = adapter.mlp_residual(model, 2).register_forward_hook(lambda mod, args, out: out @ t.to(out.dtype))
     with torch.no_grad():
         expected = model(IDS, use_cache=False).logits
     handle.remove()

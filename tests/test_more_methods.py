@@ -11,7 +11,7 @@ from tiny import calibration_text, make_tokenizer, tiny_model
 from transformers import AutoModelForCausalLM
 
 import replaceme
-from replaceme.adapters import adapter_for
+from replaceme.registry import adapter_for
 from replaceme.calibration import CalibrationSpec
 from replaceme.plan import Block, Plan
 from replaceme_laco import RdscCompensator, _mergeable
@@ -60,14 +60,14 @@ def test_rdsc_is_the_papers_formula_and_merges_compound():
     (one,) = RdscCompensator().compensate(Plan([Block(2, 5)]), ctx)
     for n, t in theta[1].items():
         want = t + (theta[2][n] - t) + (theta[3][n] - t) + (theta[4][n] - t)
-        assert torch.allclose(one.value[n].double(), want, atol=1e-6), n
+        assert torch.allclose(one.parameters[n].double(), want, atol=1e-6), n
     # LaCo's order: first 3 absorbs 4, then 1 absorbs 2 and the merged 3
     plan = Plan([Block(2, 5)], details={"compensation": {"merges": [[3, [4]], [1, [2, 3]]]}})
     (comp,) = RdscCompensator().compensate(plan, ctx)
     for n, t in theta[1].items():
         merged3 = theta[3][n] + (theta[4][n] - theta[3][n])
         want = t + (theta[2][n] - t) + (merged3 - t)
-        assert torch.allclose(comp.value[n].double(), want, atol=1e-6), n
+        assert torch.allclose(comp.parameters[n].double(), want, atol=1e-6), n
 
 
 def test_laco_removes_exactly_n_layers_and_records_its_search(calib):

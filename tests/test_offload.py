@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import ARCHS, calibration_text, make_tokenizer, tiny_model
+from tiny import ARCHS, POST_NORM_ARCHS, calibration_text, make_tokenizer, tiny_model
 from transformers import AutoModelForCausalLM
 
 import replaceme
@@ -25,6 +25,8 @@ METHODS = [
     ("replaceme-cosine", {"epochs": "1", "token_budget": "600"}),
     ("llm-streamline", {"token_budget": "600"}),
 ]
+#: methods whose dense map cannot be folded behind a post-norm
+DENSE_LINEAR = {"replaceme-lstsq", "replaceme-cosine"}
 
 
 def save_tiny(path, arch: str):
@@ -48,6 +50,8 @@ def test_offload_writes_the_in_memory_weights(arch, tmp_path):
     src = save_tiny(tmp_path / "src", arch)
     spec = CalibrationSpec(str(calibration_text(tmp_path / "calib.txt", records=24)), samples=12, max_length=40, batch_size=4)
     for k, (method, options) in enumerate(METHODS):
+        if arch in POST_NORM_ARCHS and method in DENSE_LINEAR and "diag" not in options:
+            continue  # refused before any work there (tests/test_post_norm.py)
         outs = {}
         for offload in (False, True):
             result = replaceme.prune(str(src), method=method, layers=2, calibration=spec, use_cache=False,
@@ -127,7 +131,7 @@ def test_offload_needs_a_local_safetensors_directory(tmp_path, calib_file):
 
 
 def test_spilled_sample_equals_the_in_memory_one(tmp_path, tokenizer, calib_file):
-    from replaceme.adapters import adapter_for
+    from replaceme.registry import adapter_for
     from replaceme.stats import StatsRequest, collect_stats
     from replaceme.stats.spill import Spill
 

@@ -98,7 +98,7 @@ def test_unknown_option_has_did_you_mean(throwaway):
         resolve_method("throwaway", {"width": "wide"})
 
 
-def test_duplicate_names_are_an_error():
+def test_duplicate_name_skips_the_later_plugin_with_a_warning(caplog):
     class Dup:
         @hookimpl
         def register_methods(self, register):
@@ -106,8 +106,11 @@ def test_duplicate_names_are_an_error():
 
     register_plugin(Dup(), "dup")
     try:
-        with pytest.raises(ReplacemeError, match="registered by two plugins"):
-            registry()
+        with caplog.at_level("WARNING", logger="replaceme"):
+            reg = registry()
+        assert reg.owners[("methods", "uidl")] == "uidl"  # the built-in keeps its name
+        assert "already registered by plugin 'uidl'" in next(p for p in reg.plugins if p.name == "dup").error
+        assert any("'dup'" in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records)
     finally:
         unregister_plugin("dup")
 

@@ -76,7 +76,7 @@ def test_holdout_fraction_decides_which_batches_enter_the_lstsq_sums(tokenizer, 
     xtx, xty = _direct_statistics(model, batches, s, e, with_pads=False)
     truth = torch.linalg.lstsq(xtx, xty).solution  # XᵀX T = XᵀY, solved without an inverse
     assert comp.diagnostics["tokens"] == sum(int(m.sum()) for _, m in batches)
-    assert _rel(comp.value, truth) < 1e-8
+    assert _rel(comp.transform, truth) < 1e-8
     assert comp.diagnostics["heldout_tokens"] == sum(int(calib.masks[b].sum()) for b in holdout)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny import calibration_text, tiny_model
 
-from replaceme.adapters import adapter_for
+from replaceme.registry import adapter_for
 from replaceme.calibration import CalibrationSpec, build_calibration
 from replaceme.methods import resolve_method
 from replaceme.pipeline import apply_method, gather_stats
@@ -77,7 +77,7 @@ def test_lstsq_scores_apply_the_compensation(setup):
     got = scorer.score(Plan([block]))
     (comp,) = scorer.compensations(Plan([block]))
     pruned = copy.deepcopy(model)
-    fold_linear_map(pruned, adapter_for(pruned), 2, comp.value)
+    fold_linear_map(pruned, adapter_for(pruned), 2, comp.transform)
     remove_layers(pruned, adapter_for(pruned), {3})
     ce, _ = direct(pruned, stats.sample.holdout)
     assert got.loss == pytest.approx(ce, rel=1e-5)
@@ -93,7 +93,7 @@ def test_calibration_loss_picks_the_block_with_the_lowest_held_out_loss(setup, l
     for s in range(1, 7 - layers):
         (comp,) = scorer.compensations(Plan([Block(s, s + layers)]))
         pruned = copy.deepcopy(model)
-        fold_linear_map(pruned, adapter_for(pruned), s - 1, comp.value)
+        fold_linear_map(pruned, adapter_for(pruned), s - 1, comp.transform)
         remove_layers(pruned, adapter_for(pruned), set(range(s, s + layers)))
         truth[s] = direct(pruned, stats.sample.holdout)[0]
     outcome = apply_method(copy.deepcopy(model), adapter_for(model), resolved, layers, stats)

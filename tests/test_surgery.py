@@ -7,7 +7,7 @@ import torch
 from tiny import ARCHS, tiny_config, tiny_model
 from transformers import AutoModelForCausalLM
 
-from replaceme.adapters import adapter_for
+from replaceme.registry import adapter_for
 from replaceme.surgery import remove_layers
 
 IDS = torch.tensor([[1, 5, 9, 14, 3, 22, 7, 8, 30, 2], [1, 40, 41, 42, 43, 44, 45, 46, 47, 48]])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny import tiny_model
 
-from replaceme.adapters import adapter_for
+from replaceme.registry import adapter_for
 from replaceme.calibration import CalibrationSpec, build_calibration
 from replaceme.methods import resolve_method
 from replaceme.pipeline import apply_method, gather_stats

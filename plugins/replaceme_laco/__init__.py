@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from replaceme.components import Compensation, Compensator, Merger, Method, SelectionContext, Selector
+from replaceme.components import Compensator, Merger, Method, ParameterUpdate, SelectionContext, Selector
 from replaceme.errors import ReplacemeError
 from replaceme.hookspecs import hookimpl
 from replaceme.options import option
@@ -172,6 +172,7 @@ class RdscCompensator(Compensator):
 
     name = "rdsc"
     description = "Merge a block's layers into the layer before it by adding their parameter differences (LaCo)."
+    produces = ParameterUpdate
     default_merger = "collapse"
     needs_layer_before = True
 
@@ -181,7 +182,7 @@ class RdscCompensator(Compensator):
                 raise ReplacemeError(f"block {block} starts at layer 0: there is no layer before it to collapse into")
         return StatsRequest()
 
-    def compensate(self, plan: Plan, ctx) -> list[Compensation]:
+    def compensate(self, plan: Plan, ctx) -> list[ParameterUpdate]:
         import torch
 
         layers = ctx.adapter.layers(ctx.model)
@@ -208,7 +209,8 @@ class RdscCompensator(Compensator):
                 raise ReplacemeError(f"rdsc: block {block} has no merge into layer {head}")
             dtypes = {n: p.dtype for n, p in _mergeable(layers[head]).items()}
             value = {n: t.to(dtypes[n]) for n, t in current[head].items()}
-            out.append(Compensation(block, "params", value, {"collapsed_into": head, "layers": block.size + 1}))
+            out.append(ParameterUpdate(block, layer=head, parameters=value,
+                                       diagnostics={"collapsed_into": head, "layers": block.size + 1}))
         return out
 
 
@@ -217,6 +219,7 @@ class CollapseMerger(Merger):
 
     name = "collapse"
     description = "Write collapsed parameters into the layer before each block, then remove the block."
+    accepts = (ParameterUpdate,)
 
     def merge(self, model, adapter, plan, compensations) -> None:
         import torch
@@ -226,16 +229,14 @@ class CollapseMerger(Merger):
         layers = adapter.layers(model)
         with torch.no_grad():
             for comp in compensations:
-                if comp.kind != "params":
-                    raise ReplacemeError(f"merger 'collapse' writes parameters, not a '{comp.kind}' compensation")
-                target = _mergeable(layers[comp.block.start - 1])
-                for name, value in comp.value.items():
+                target = _mergeable(layers[comp.layer])
+                for name, value in comp.parameters.items():
                     target[name].copy_(value)
         remove_layers(model, adapter, {i for b in plan.blocks for i in range(b.start, b.end)})
 
     def modifies(self, plan, compensations) -> set[int]:
         """The layer before each block, which receives the collapsed parameters."""
-        return {c.block.start - 1 for c in compensations}
+        return {c.layer for c in compensations}
 
 
 @hookimpl

@@ -19,7 +19,15 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from replaceme.components import Compensation, CompensationContext, Compensator, Merger, Method
+from replaceme.adapters import ModelAdapter
+from replaceme.components import (
+    CompensationContext,
+    Compensator,
+    LinearMap,
+    Merger,
+    Method,
+    NoCompensation,
+)
 from replaceme.errors import ReplacemeError
 from replaceme.hookspecs import hookimpl
 from replaceme.options import option
@@ -35,6 +43,16 @@ def _check_starts(candidates: list[Block]) -> None:
             raise ReplacemeError(
                 f"block {block} starts at layer 0: there is no MLP before it to fold a linear map into"
             )
+
+
+def _refuse_dense_behind_post_norm(name: str, adapter: ModelAdapter, hint: str) -> None:
+    """A dense map on what the MLP adds cannot be folded when a post-norm sits between
+    the MLP and the residual add (the norm would undo it); only a diagonal one can."""
+    if not adapter.mlp_write.direct:
+        raise ReplacemeError(
+            f"compensator '{name}': on '{adapter.name}' the MLP writes into the residual stream "
+            f"{adapter.mlp_write.describe()}, which would undo a dense linear map folded before it; {hint}"
+        )
 
 
 def _block_request(candidates: list[Block], sample_tokens: int = 0) -> StatsRequest:
@@ -74,9 +92,14 @@ class LstsqCompensator(Compensator):
     name = "lstsq"
     description = "Linear map by least squares (ReplaceMe), folded into the previous MLP."
     Options = LstsqOptions
+    produces = LinearMap
     default_merger = "fold-linear"
     needs_layer_before = True
     needs_gram = True
+
+    def check_model(self, adapter: ModelAdapter) -> None:
+        if not self.options.diag:
+            _refuse_dense_behind_post_norm(self.name, adapter, "use -o diag true (a diagonal map folds into the norm's weight)")
 
     def stats_request(self, candidates: list[Block]) -> StatsRequest:
         _check_starts(candidates)
@@ -85,7 +108,7 @@ class LstsqCompensator(Compensator):
         request.gram_with_pad = not self.options.mask_padding
         return request
 
-    def compensate(self, plan: Plan, ctx: CompensationContext) -> list[Compensation]:
+    def compensate(self, plan: Plan, ctx: CompensationContext) -> list[LinearMap]:
         import torch
 
         from replaceme_linear.lstsq_solve import residual_from_gram, solve_lstsq
@@ -107,7 +130,7 @@ class LstsqCompensator(Compensator):
                 "train_identity_rel_residual": math.sqrt(max(residual_from_gram(gram.xtx, gram.xty, gram.yty, eye), 0.0)) / norm_y,
                 **_heldout(ctx.stats, block, sol.transform),
             }
-            out.append(Compensation(block, "linear", sol.transform.to("cpu"), diagnostics))
+            out.append(LinearMap(block, transform=sol.transform.to("cpu"), diagonal=self.options.diag, diagnostics=diagnostics))
         return out
 
 
@@ -164,10 +187,14 @@ class CosineCompensator(Compensator):
     name = "cosine"
     description = "Linear map by cosine-distance optimisation (ReplaceMe), folded into the previous MLP."
     Options = CosineOptions
+    produces = LinearMap
     default_merger = "fold-linear"
     needs_layer_before = True
     needs_sample = True
     needs_training = True
+
+    def check_model(self, adapter: ModelAdapter) -> None:
+        _refuse_dense_behind_post_norm(self.name, adapter, "use compensator lstsq with -o diag true")
 
     def stats_request(self, candidates: list[Block]) -> StatsRequest:
         _check_starts(candidates)
@@ -176,7 +203,7 @@ class CosineCompensator(Compensator):
             request.gram_blocks = {(b.start, b.end) for b in candidates}
         return request
 
-    def compensate(self, plan: Plan, ctx: CompensationContext) -> list[Compensation]:
+    def compensate(self, plan: Plan, ctx: CompensationContext) -> list[LinearMap]:
         from replaceme.variant import make_variant
         from replaceme_linear.diagnostics import block_tokens, heldout_diagnostics, rerun_block_tokens
 
@@ -201,7 +228,7 @@ class CosineCompensator(Compensator):
             diagnostics.update(heldout_diagnostics(*held, transform) if held else {"heldout_tokens": 0})
             diagnostics["refit"] = bool(o.refit and k > 0)
             diagnostics["sample_bytes"] = ctx.stats.sample.nbytes()
-            out.append(Compensation(block, "linear", transform, diagnostics))
+            out.append(LinearMap(block, transform=transform, diagnostics=diagnostics))
         del working
         return out
 
@@ -243,13 +270,13 @@ class CosineCompensator(Compensator):
         return fit.transform.to("cpu", torch.float64), diagnostics
 
 
-def _apply(model, adapter, comp: Compensation, shift: int) -> None:
+def _apply(model, adapter: ModelAdapter, comp: LinearMap | NoCompensation, shift: int) -> None:
     """Write one block's compensation into ``model``, whose earlier blocks (``shift``
-    layers) are already removed: fold T into layer ``start - 1``, then remove the block."""
+    layers) are already removed: fold T into its layer, then remove the block."""
     from replaceme.surgery import fold_linear_map, remove_layers
 
-    if comp.kind == "linear":
-        fold_linear_map(model, adapter, comp.block.start - 1 - shift, comp.value)
+    if isinstance(comp, LinearMap):
+        fold_linear_map(model, adapter, comp.layer - shift, comp.transform)
     remove_layers(model, adapter, range(comp.block.start - shift, comp.block.end - shift))
 
 
@@ -257,21 +284,22 @@ class FoldLinearMerger(Merger):
     """Fold each block's T into the MLP output projection of layer ``start - 1``, then remove the block."""
 
     name = "fold-linear"
-    description = "Fold a linear map into the previous layer's MLP output projection, then remove the block."
+    description = "Fold a linear map into the previous layer's MLP output projection (or post-norm), then remove the block."
+    accepts = (LinearMap, NoCompensation)
 
     def merge(self, model, adapter, plan, compensations) -> None:
         removed = {i for b in plan.blocks for i in range(b.start, b.end)}
         shift = 0
         for comp in sorted(compensations, key=lambda c: c.block):
-            carrier = comp.block.start - 1
-            if comp.kind == "linear" and (carrier < 0 or carrier in removed):
+            carrier = comp.layer if isinstance(comp, LinearMap) else comp.block.start - 1
+            if isinstance(comp, LinearMap) and (carrier < 0 or carrier in removed or carrier >= comp.block.start):
                 raise ReplacemeError(f"cannot fold the map of block {comp.block}: layer {carrier} is removed or absent")
             _apply(model, adapter, comp, shift)
             shift += comp.block.size
 
     def modifies(self, plan, compensations) -> set[int]:
         """The MLP output projection of layer ``start - 1`` of each block with a map."""
-        return {c.block.start - 1 for c in compensations if c.kind == "linear"}
+        return {c.layer for c in compensations if isinstance(c, LinearMap)}
 
 
 @hookimpl

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from replaceme.components import Compensator, Merger, Method, SelectionContext, Selector
+from replaceme.components import Compensator, Merger, Method, NoCompensation, SelectionContext, Selector
 from replaceme.errors import ReplacemeError
 from replaceme.hookspecs import hookimpl
 from replaceme.options import option
@@ -50,11 +50,12 @@ class RangeSelector(Selector):
         return Plan([block], details={"rule": "fixed" if self.options.start is not None else "last-before-final"})
 
 
-class NoCompensation(Compensator):
+class NoneCompensator(Compensator):
     """Nothing replaces the removed block."""
 
     name = "none"
     description = "No compensation: the block is simply removed."
+    produces = NoCompensation
     default_merger = "remove"
 
 
@@ -63,6 +64,7 @@ class RemoveMerger(Merger):
 
     name = "remove"
     description = "Delete the block's layers."
+    accepts = (NoCompensation,)
 
     def merge(self, model, adapter, plan, compensations) -> None:
         from replaceme.surgery import remove_layers
@@ -80,7 +82,7 @@ def register_selectors(register):
 
 @hookimpl
 def register_compensators(register):
-    register(NoCompensation)
+    register(NoneCompensator)
 
 
 @hookimpl

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from replaceme.components import Compensation, CompensationContext, Compensator, Merger
+from replaceme.components import CompensationContext, Compensator, Merger, NoCompensation, ReplacementLayer
 from replaceme.errors import ReplacemeError
 from replaceme.options import option
 from replaceme.plan import Block, Plan
@@ -121,6 +121,7 @@ class TrainedLayerCompensator(Compensator):
     name = "trained-layer"
     description = "One layer per block, initialised from its first layer and trained with MSE to map x_s to x_e."
     Options = TrainedLayerOptions
+    produces = ReplacementLayer
     layers_added_per_block = 1
     default_merger = "write-layer"
     needs_sample = True
@@ -133,7 +134,7 @@ class TrainedLayerCompensator(Compensator):
             layer_kwargs={b.start for b in candidates},
         )
 
-    def compensate(self, plan: Plan, ctx: CompensationContext) -> list[Compensation]:
+    def compensate(self, plan: Plan, ctx: CompensationContext) -> list[ReplacementLayer]:
         return [self._compensate_block(block, ctx) for block in plan.blocks]
 
     def _settings(self, seed: int) -> Any:
@@ -145,7 +146,7 @@ class TrainedLayerCompensator(Compensator):
             grad_clip=o.grad_clip, micro_batch=o.micro_batch, eval_every=o.eval_every, seed=seed,
         )  # fmt: skip
 
-    def _compensate_block(self, block: Block, ctx: CompensationContext) -> Compensation:
+    def _compensate_block(self, block: Block, ctx: CompensationContext) -> ReplacementLayer:
         from replaceme.console import LossBar
         from replaceme_streamline.replacement import SAVED_AS, build_replacement
         from replaceme_streamline.train import train_replacement
@@ -174,7 +175,7 @@ class TrainedLayerCompensator(Compensator):
             block, report.val_best, report.val_init, diagnostics["val_mse_removal"],
             report.train_loss_first, report.train_loss_last, report.steps,
         )  # fmt: skip
-        return Compensation(block, "layer", module, diagnostics)
+        return ReplacementLayer(block, module=module, diagnostics=diagnostics)
 
 
 class WriteLayerMerger(Merger):
@@ -182,19 +183,18 @@ class WriteLayerMerger(Merger):
 
     name = "write-layer"
     description = "Put the replacement layer at the block's start and remove the block's other layers."
+    accepts = (ReplacementLayer, NoCompensation)
 
-    def merge(self, model: Any, adapter: Any, plan: Plan, compensations: list[Compensation]) -> None:
+    def merge(self, model: Any, adapter: Any, plan: Plan, compensations: list[ReplacementLayer | NoCompensation]) -> None:
         from replaceme.surgery import keep_layers
 
         layers = adapter.layers(model)
         removed = {i for block in plan.blocks for i in range(block.start, block.end)}
         replacements = {}
         for comp in compensations:
-            if comp.kind == "layer":
+            if isinstance(comp, ReplacementLayer):
                 home = next(layers[comp.block.start].parameters())
-                replacements[comp.block.start] = comp.value.to(device=home.device, dtype=home.dtype)
-            elif comp.kind != "none":
-                raise ReplacemeError(f"merger 'write-layer' cannot write a compensation of kind '{comp.kind}'")
+                replacements[comp.block.start] = comp.module.to(device=home.device, dtype=home.dtype)
         keep = [i for i in range(len(layers)) if i not in removed or i in replacements]
         keep_layers(model, adapter, keep, replacements)
 

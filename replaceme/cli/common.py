@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -48,12 +49,7 @@ class FiniteFloat(click.ParamType):
         return number
 
 
-class LimitType(click.ParamType):
-    """``--limit``: a document count (integer >= 1) or a fraction in (0, 1)."""
-
-    name = "K"
-
-    def convert(self, value, param, ctx):
+def convert(self, value, param, ctx):
         import math
 
         if isinstance(value, (int, float)):
@@ -128,6 +124,54 @@ def calibration_spec(calib: str | None, *, calib_column: str, calib_split: str, 
     return CalibrationSpec(calib, column=calib_column, split=calib_split, samples=calib_samples,
                            max_length=max_length, batch_size=batch_size, seed=seed, chat_template=chat_template,
                            order=order, holdout_fraction=holdout_fraction, drop_last=drop_last)
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether parameter ``name`` was set on the command line (or by environment), not defaulted."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def merge_file_settings(ctx: click.Context, settings: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """The one rule for ``--config``/``--plan`` files: a flag given on the command line
+    wins, then the file's value, then the flag's default.
+
+    Args:
+        settings: the file's settings, keyed by parameter name.
+        values: parameter name -> the value click parsed.
+    """
+    return {name: value if given(ctx, name) or name not in settings else settings[name] for name, value in values.items()}
+
+
+def parse_limit(value: Any) -> int | float | None:
+    """``--limit`` (flag or file): a document count (integer >= 1) or a fraction in (0, 1)."""
+    from replaceme.errors import ReplacemeError
+
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ReplacemeError(f"--limit: {value!r} is not a number") from None
+    if math.isfinite(number) and 0 < number < 1:
+        return number
+    if math.isfinite(number) and 1 <= number <= INT_MAX and number.is_integer():
+        return int(number)
+    raise ReplacemeError(f"--limit: {value!r}: give a count (1, 2, ...) or a fraction in (0, 1)")
+
+
+class LimitType(click.ParamType):
+    """``--limit`` as a click type (see :func:`parse_limit`)."""
+
+    name = "K"
+
+    def convert(self, value, param, ctx):
+        from replaceme.errors import ReplacemeError
+
+        try:
+            return parse_limit(value)
+        except ReplacemeError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def parse_kv(pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from replaceme.cli.common import LimitType, calibration_options, count, model_options
+from replaceme.cli.common import LimitType, calibration_options, count, merge_file_settings, model_options
 
 
 @click.command()
@@ -67,25 +67,39 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
           --include-model slicegpt=./llama-slicegpt-25 --include-model ./llama-llm-pruner
       replaceme compare --plan plan.yaml
     """
-    from replaceme.compare.plan import ComparePlan, MethodEntry, parse_layers, read_plan_file
-    from replaceme.compare.results import to_frame
+    from replaceme.compare.plan import read_plan_file
     from replaceme.compare.runner import run_comparison
-    from replaceme.console import stderr, stdout, table
-    from replaceme.errors import ReplacemeError
-    from replaceme.evaluation.spec import EvalSpec
-    from replaceme.methods import declares_option
 
     settings = read_plan_file(plan_file) if plan_file else {}
+    values = merge_file_settings(ctx, settings, dict(
+        context_length=context_length, stride=stride, max_ppl_tokens=max_ppl_tokens, tasks=tasks, tasks_dir=tasks_dir,
+        task_data=task_data, num_fewshot=num_fewshot, limit=limit, eval_batch_size=eval_batch_size, device=device,
+        dtype=dtype, trust_remote_code=trust_remote_code, overwrite=overwrite, **calib))
+    model = model or model_opt or settings.get("model") or _demo_name()
+    entries = _method_entries(methods, settings, options)
+    budgets = _budgets(layers, settings, model)
+    spec = _calibration(ctx, model, {k: values[k] for k in calib}, settings)
+    ppl_sources = list(ppl) or settings.get("ppl") or _demo_ppl(model)
+    include = list(include_models) or settings.get("include_models") or []
+    plan = _compare_plan(model, entries, budgets, spec, ppl_sources, include, values)
+    out = output or settings.get("output")
+    outcome = run_comparison(plan, Path(out) if out else None, overwrite=bool(values["overwrite"]), use_cache=not no_cache)
+    _report(outcome, model, out, as_json)
 
-    def pick(name, value):
-        source = ctx.get_parameter_source(name)
-        given = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-        return value if given or name not in settings else settings[name]
 
-    from replaceme.demo import DEMO_NAME, is_demo
+def _demo_name() -> str:
+    from replaceme.demo import DEMO_NAME
 
-    device, dtype = pick("device", device), pick("dtype", dtype)
-    model = model or model_opt or settings.get("model") or DEMO_NAME
+    return DEMO_NAME
+
+
+def _method_entries(methods: tuple[str, ...], settings: dict, options: tuple[tuple[str, str], ...]) -> list:
+    """``-m`` flags (or the plan file's methods, or every built-in), with ``-o`` routed:
+    ``METHOD.KEY`` to that method, a bare ``KEY`` to every method that declares it."""
+    from replaceme.compare.plan import MethodEntry
+    from replaceme.errors import ReplacemeError
+    from replaceme.methods import declares_option
+
     entries = [MethodEntry(m) for m in methods] or settings.get("methods") or []
     if not entries:
         from replaceme.registry import registry
@@ -102,51 +116,78 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
             raise ReplacemeError(f"-o {key}: no method in this comparison " + (f"is labelled '{target}'" if target else "has that option"))
         for e in matched:
             e.options[opt] = value
-    budgets = parse_layers(layers) if layers else settings.get("layers") or ([2, 4] if is_demo(model) else [1])
-    calib_values = {k: pick(k, v) for k, v in calib.items()}
-    ppl_sources = list(ppl) or settings.get("ppl") or []
+    return entries
+
+
+def _budgets(layers: str | None, settings: dict, model: str) -> list[int]:
+    from replaceme.compare.plan import parse_layers
+    from replaceme.demo import is_demo
+
+    return parse_layers(layers) if layers else settings.get("layers") or ([2, 4] if is_demo(model) else [1])
+
+
+def _calibration(ctx, model: str, calib: dict, settings: dict):
+    """The calibration spec from the merged calibration flags; the demo brings its own data and a shorter length."""
+    from replaceme.cli.common import calibration_spec, given
+    from replaceme.demo import is_demo
+
     if is_demo(model):
         from replaceme.demo import demo_data_files, demo_model_dir
 
-        files = demo_data_files(demo_model_dir())
-        calib_values["calib"] = calib_values.get("calib") or str(files["calibration"])
-        ppl_sources = ppl_sources or [str(files["validation"])]
-        if ctx.get_parameter_source("max_length").name == "DEFAULT" and "max_length" not in settings:
-            calib_values["max_length"] = 128
-    if not calib_values.get("calib"):
-        raise ReplacemeError("--calib is required (a text file or a hub dataset)")
-    from replaceme.calibration import CalibrationSpec
+        calib["calib"] = calib["calib"] or str(demo_data_files(demo_model_dir())["calibration"])
+        if not given(ctx, "max_length") and "max_length" not in settings:
+            calib["max_length"] = 128
+    return calibration_spec(**calib)
 
-    spec = CalibrationSpec(calib_values.pop("calib"), column=calib_values.pop("calib_column"), split=calib_values.pop("calib_split"),
-                           samples=calib_values.pop("calib_samples"), **calib_values)
-    task_list = pick("tasks", tasks)
-    task_list = [t.strip() for t in task_list.split(",") if t.strip()] if isinstance(task_list, str) else list(task_list or [])
-    lim = pick("limit", limit)
-    evaluation = EvalSpec(
-        ppl=ppl_sources, context_length=pick("context_length", context_length), stride=pick("stride", stride),
-        max_ppl_tokens=pick("max_ppl_tokens", max_ppl_tokens), tasks=task_list, tasks_dir=pick("tasks_dir", tasks_dir),
-        task_data=pick("task_data", task_data), num_fewshot=pick("num_fewshot", num_fewshot),
-        limit=int(lim) if lim is not None and float(lim) >= 1 else lim, batch_size=pick("eval_batch_size", eval_batch_size),
-        ppl_batch_size=pick("eval_batch_size", eval_batch_size), seed=spec.seed, device=device, dtype=dtype,
-    )
+
+def _demo_ppl(model: str) -> list[str]:
+    from replaceme.demo import is_demo
+
+    if not is_demo(model):
+        return []
+    from replaceme.demo import demo_data_files, demo_model_dir
+
+    return [str(demo_data_files(demo_model_dir())["validation"])]
+
+
+def _compare_plan(model: str, entries: list, budgets: list[int], spec, ppl_sources: list[str], include: list[str],
+                  values: dict):
+    from replaceme.cli.common import parse_limit
     from replaceme.compare.external import parse_include
+    from replaceme.compare.plan import ComparePlan
+    from replaceme.evaluation.spec import EvalSpec
 
-    include = parse_include(list(include_models) or settings.get("include_models") or [])
-    plan = ComparePlan(model=model, methods=entries, layers=budgets, calibration=spec, evaluation=evaluation,
-                       seed=spec.seed, device=device, dtype=dtype, trust_remote_code=trust_remote_code, include=include)
-    out = Path(output) if output else pick("output", None)
-    outcome = run_comparison(plan, Path(out) if out else None, overwrite=overwrite, use_cache=not no_cache)
+    tasks = values["tasks"]
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks or [])
+    evaluation = EvalSpec(
+        ppl=ppl_sources, context_length=values["context_length"], stride=values["stride"],
+        max_ppl_tokens=values["max_ppl_tokens"], tasks=task_list, tasks_dir=values["tasks_dir"],
+        task_data=values["task_data"], num_fewshot=values["num_fewshot"], limit=parse_limit(values["limit"]),
+        batch_size=values["eval_batch_size"], ppl_batch_size=values["eval_batch_size"], seed=spec.seed,
+        device=values["device"], dtype=values["dtype"],
+    )
+    return ComparePlan(model=model, methods=entries, layers=budgets, calibration=spec, evaluation=evaluation,
+                       seed=spec.seed, device=values["device"], dtype=values["dtype"],
+                       trust_remote_code=bool(values["trust_remote_code"]), include=parse_include(include))
+
+
+def _report(outcome, model: str, out, as_json: bool) -> None:
+    """Print the table (or JSON); a failed row makes the command fail after everything is written."""
+    from replaceme.compare.results import to_frame
+    from replaceme.console import stderr, stdout, table
+    from replaceme.errors import ReplacemeError
+
     frame = to_frame(outcome.rows)
     if as_json:
         click.echo(frame.to_json(orient="records", indent=2))
     else:
         stats = outcome.provenance.get("statistics")
         caption = f"shared calibration pass: {stats['tokens']} tokens, {stats['seconds']:.1f} s" if stats else None
-        tbl = table(f"{model}: {outcome.provenance['layers_before']} layers", list(frame.columns), frame.astype(object).where(frame.notna(), None).values.tolist())
+        tbl = table(f"{model}: {outcome.provenance['layers_before']} layers", list(frame.columns),
+                    frame.astype(object).where(frame.notna(), None).values.tolist())
         tbl.caption = caption
         stdout.print(tbl)
         if out:
             stderr.print(f"results in {out}: " + ", ".join(p.name for p in outcome.written))
     if outcome.failed:
         raise ReplacemeError(f"{len(outcome.failed)} row(s) failed: " + "; ".join(f"{r.label} -{r.layers}: {r.error}" for r in outcome.failed))
-

@@ -44,16 +44,15 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
       replaceme distances ./model -n 4 --calib data.txt --plot dist.png
       replaceme distances ./model -n 2 --calib data.txt --loss -m replaceme-lstsq --plot blocks.png
     """
-    from replaceme.adapters import adapter_for
-    from replaceme.calibration import build_calibration
     from replaceme.console import stdout, table
     from replaceme.distances import distance_frame
     from replaceme.loading import load_model
     from replaceme.checks import check_model_inputs, check_text_input
     from replaceme.errors import ReplacemeError
     from replaceme.paths import output_file, write_text_atomic
-    from replaceme.pipeline import check_layers, gather_stats
+    from replaceme.pipeline import check_layers, prepare
     from replaceme.plots import FORMATS
+    from replaceme.registry import adapter_for
     from replaceme.stats.request import StatsRequest
 
     spec = calibration_spec(**calib)
@@ -81,8 +80,9 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
             from replaceme.distances import loss_request
             from replaceme.scoring import PlanScorer
 
+            resolved.check_model(adapter)
             request = request.union(loss_request(resolved, num_layers, layers))
-        stats = gather_stats(net, adapter, build_calibration(spec, tokenizer), request, use_cache=not no_cache)
+        stats = prepare(net, adapter, [], spec, tokenizer, extra=request, use_cache=not no_cache, seed=spec.seed).stats
         if resolved is not None:
             scorer = PlanScorer(net, adapter, stats, resolved.compensator, resolved.merger)
         frame = distance_frame(stats, layers, scorer)

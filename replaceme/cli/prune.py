@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_spec, model_options, parse_kv
+from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_spec, merge_file_settings, model_options, parse_kv
 
 
 @click.command()
@@ -65,22 +65,13 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
 
         params, file_options = read_config(config_file)
         opts = {**file_options, **opts}
-        source = click.core.ParameterSource
-        given = lambda name: ctx.get_parameter_source(name) not in (source.DEFAULT, None)  # noqa: E731
-        model = model or params.get("model")
-        method = method or params.get("method")
-        layers = layers if layers is not None else params.get("layers")
-        output = output or params.get("output")
-        selector = selector or params.get("selector")
-        compensator = compensator or params.get("compensator")
-        overwrite = overwrite or params.get("overwrite", False)  # a YAML boolean (checked by read_config)
-        calib_4bit = calib_4bit or params.get("calib_4bit", False)
-        for key in ("calib", "calib_column", "calib_split", "calib_samples", "max_length", "batch_size", "seed",
-                    "chat_template", "order", "holdout_fraction", "drop_last"):
-            if key in params and not (given(key) or (key == "calib" and calib["calib"])):
-                calib[key] = params[key]
-        if "device" in params and not given("device"):
-            device = params["device"]
+        values = merge_file_settings(ctx, params, dict(
+            model=model, method=method, layers=layers, output=output, selector=selector, compensator=compensator,
+            overwrite=overwrite, device=device, dtype=dtype, calib_4bit=calib_4bit, **calib))
+        model, method, layers, output = values.pop("model"), values.pop("method"), values.pop("layers"), values.pop("output")
+        selector, compensator, overwrite = values.pop("selector"), values.pop("compensator"), bool(values.pop("overwrite"))
+        device, dtype, calib_4bit = values.pop("device"), values.pop("dtype"), bool(values.pop("calib_4bit"))
+        calib = values
     missing = [name for name, value in (("MODEL", model), ("--method", method), ("--layers", layers), ("--output", output)) if value is None]
     if missing:
         raise ReplacemeError(f"missing {', '.join(missing)} (see 'replaceme prune --help')")
@@ -100,7 +91,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
         result = replaceme.prune(model, method=method, layers=int(layers), calibration=spec, selector=selector,
                                  compensator=compensator, device=device, dtype=dtype, seed=calib["seed"],
                                  use_cache=not no_cache, trust_remote_code=trust_remote_code, offload=offload,
-                                 spill_dir=spill_dir, calib_4bit=calib_4bit, **opts)
+                                 spill_dir=spill_dir, calib_4bit=calib_4bit, options=opts)
         replaceme.save_pruned(result, out, overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(json.loads((out / "pruning.json").read_text()), indent=2))

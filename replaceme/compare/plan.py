@@ -10,10 +10,9 @@ from typing import Any
 
 from replaceme.calibration import CalibrationSpec
 from replaceme.compare.external import IncludedModel
+from replaceme.compare.results import BASELINE
 from replaceme.errors import ReplacemeError
 from replaceme.evaluation.spec import EvalSpec
-
-BASELINE = "baseline"
 
 
 @dataclass

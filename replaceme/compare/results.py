@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from replaceme.compare.plan import BASELINE
+#: label of the unpruned model's row
+BASELINE = "baseline"
 
 
 @dataclass

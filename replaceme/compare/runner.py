@@ -13,13 +13,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replaceme.compare.external import check_tokenizers, evaluate_included
-from replaceme.compare.plan import BASELINE, ComparePlan
-from replaceme.compare.results import Row, write_exports
+from replaceme.compare.plan import ComparePlan
+from replaceme.compare.results import BASELINE, Row, write_exports
 from replaceme.data.texts import TextSource
 from replaceme.errors import ReplacemeError
+
+if TYPE_CHECKING:
+    from replaceme.stats.store import ActivationStats
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -129,7 +132,8 @@ def _release() -> None:
 def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: bool = False, use_cache: bool = True) -> Comparison:
     """Run ``plan``; with ``output``, rows are saved as they finish and reused on a re-run.
 
-    A method that raises gets a row with its error and the others go on; a
+    Any exception a method raises (refusal, selection, compensation, merge,
+    evaluation) becomes that row's error and the others go on; a
     failed row is saved as failed and retried by the next run. Everything that
     can be checked (methods and options, model, device, data, tasks, the output
     directory) is checked before the model is loaded, and ``output`` is created
@@ -161,17 +165,12 @@ def check_comparison_inputs(plan: ComparePlan) -> None:
 
 
 def _run(plan: ComparePlan, resolved: dict[str, Any], output: Path | None, overwrite: bool, use_cache: bool) -> Comparison:
-    import torch
-
+    """Load the model, share one calibration pass, then one row per method and budget,
+    included models and the baseline; rows are saved as they finish."""
     from replaceme import distributed
-    from replaceme.adapters import adapter_for
-    from replaceme.calibration import build_calibration
-    from replaceme.evaluation import evaluate
     from replaceme.loading import load_model
-    from replaceme.pipeline import apply_method, check_layers, gather_stats
-    from replaceme.provenance import device_info, versions
-    from replaceme.resources import Meter
-    from replaceme.variant import VersionGuard
+    from replaceme.pipeline import check_layers
+    from replaceme.registry import adapter_for
 
     device = distributed.device_name(plan.device)
     if distributed.world().active:  # torchrun: rank 0 alone writes; its errors stop every rank
@@ -189,39 +188,13 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], output: Path | None, overw
 
     included = {e.label: e for e in plan.include}
     order = [(BASELINE, 0)] + [(m.label, n) for n in plan.layers for m in plan.methods] + [(e, 0) for e in included]
-    rows: dict[tuple[str, int], Row] = {}
-    for label, n in order:
-        done = _load_row(output, plan.row_key(label, n))
-        if done is not None and not done.error:  # a failed row is retried
-            rows[(label, n)] = done
+    rows = _finished_rows(plan, output, order)
     pending = [(label, n) for label, n in order if (label, n) not in rows and label != BASELINE and label not in included]
-    if rows:
-        log.info("resuming: %d of %d rows already done", len(rows), len(order))
-    provenance: dict[str, Any] = {
-        "plan": plan.to_dict(), "versions": versions(), "device": device_info(),
-        "options": {label: r.options() for label, r in resolved.items()}, "layers_before": num_layers,
-    }
-
-    stats = None
+    provenance: dict[str, Any] = {"plan": plan.to_dict(), "options": {label: r.options() for label, r in resolved.items()},
+                                  "layers_before": num_layers, **_environment()}
     if not pending:
-        distributed.leave()  # torchrun: ranks > 0 end here (gather_stats does it otherwise)
-    if pending:
-        torch.manual_seed(plan.seed)
-        calib = build_calibration(plan.calibration, tokenizer)
-        request = None
-        for label, n in pending:
-            req = resolved[label].stats_request(num_layers, n)
-            request = req if request is None else request.union(req)
-        max_size = max(plan.layers) + 1
-        request.block_sizes |= set(range(1, min(max_size, num_layers - 1) + 1))
-        with Meter() as meter:
-            stats = gather_stats(model, adapter, calib, request, use_cache=use_cache)
-        provenance["statistics"] = {"seconds": meter.usage.seconds, "peak_rss_mb": meter.usage.peak_rss / 2**20,
-                                    "tokens": stats.tokens, "sequences": stats.sequences,
-                                    "memory_bytes": stats.memory_bytes(), "request": request.to_dict()}
-        log.info("shared calibration pass: %d tokens, %.1f s", stats.tokens, meter.usage.seconds)
-        if output is not None:
-            _write_distances(stats, max(plan.layers), output)
+        distributed.leave()  # torchrun: ranks > 0 end here (the shared pass does it otherwise)
+    prepared = _shared_pass(model, tokenizer, adapter, plan, resolved, pending, use_cache, provenance, output) if pending else None
 
     def finish() -> Comparison:
         table_rows = [rows[k] for k in order if k in rows]
@@ -229,70 +202,132 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], output: Path | None, overw
         return Comparison(table_rows, provenance, written)
 
     for i, (label, n) in enumerate(pending, 1):
-        method = resolved[label]
         log.info("[%d/%d] %s, %d layer(s) removed", i, len(pending), label, n)
-        row = Row(label=label, method=method.method.name, layers=n, key=plan.row_key(label, n))
-        pruned = outcome = None
-        guard = VersionGuard(model)
-        try:
-            with Meter() as meter:
-                outcome = apply_method(model, adapter, method, n, stats, seed=plan.seed, variant=True)
-                pruned = outcome.model
-                t0 = time.perf_counter()
-                result = evaluate(pruned, tokenizer, plan.evaluation)
-                row.eval_seconds = time.perf_counter() - t0
-            row.blocks = " ".join(str(b) for b in outcome.plan.blocks)
-            row.metrics = dict(result.metrics)
-            row.prune_seconds = sum(outcome.usage[s].seconds for s in ("select", "compensate", "merge"))
-            row.params = sum(p.numel() for p in pruned.parameters())
-            row.num_layers = outcome.layers_after
-            row.details = {"outcome": outcome.to_dict()}
-            row.peak_rss_mb, row.peak_cuda_mb = meter.usage.peak_rss / 2**20, _mb(meter.usage.peak_cuda)
-        except (ReplacemeError, RuntimeError, ValueError, KeyError, torch.OutOfMemoryError, NotImplementedError) as exc:
-            row.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            log.error("%s at %d layers failed: %s", label, n, row.error)
-            log.debug("traceback", exc_info=True)
-        finally:
-            del pruned, outcome
-            _release()
-        written = guard.modified()
-        if written:
-            raise ReplacemeError(
-                f"method '{label}' wrote into the shared model's weights ({', '.join(written[:3])}"
-                f"{', ...' if len(written) > 3 else ''}); its merger must declare the layers it writes "
-                "(Merger.modifies), and the comparison stops since later rows would start from modified weights"
-            )
-        rows[(label, n)] = row
-        _save_row(output, row)
+        rows[(label, n)] = _method_row(model, tokenizer, adapter, plan, label, resolved[label], n, prepared)
+        _save_row(output, rows[(label, n)])
         finish()
-
     for label, entry in included.items():
         if (label, 0) not in rows:
             log.info("included model %s: %s", label, entry.path)
-            rows[(label, 0)] = row = evaluate_included(
+            rows[(label, 0)] = evaluate_included(
                 entry, plan.row_key(label, 0), tokenizer, plan.evaluation, num_layers,
                 device=plan.device, dtype=plan.dtype, trust_remote_code=plan.trust_remote_code)
-            _save_row(output, row)
+            _save_row(output, rows[(label, 0)])
             finish()
-
     if (BASELINE, 0) not in rows:  # last, in place: evaluation may cast the model
-        log.info("baseline (unpruned)")
-        with Meter() as meter:
-            result = evaluate(model, tokenizer, plan.evaluation)
-        row = Row(label=BASELINE, method=BASELINE, layers=0, key=plan.row_key(BASELINE, 0), metrics=dict(result.metrics),
-                  eval_seconds=meter.usage.seconds, peak_rss_mb=meter.usage.peak_rss / 2**20,
-                  peak_cuda_mb=_mb(meter.usage.peak_cuda), params=sum(p.numel() for p in model.parameters()),
-                  num_layers=num_layers)
-        rows[(BASELINE, 0)] = row
-        _save_row(output, row)
+        rows[(BASELINE, 0)] = _baseline_row(model, tokenizer, plan, num_layers)
+        _save_row(output, rows[(BASELINE, 0)])
     return finish()
+
+
+def _environment() -> dict[str, Any]:
+    from replaceme.provenance import device_info, versions
+
+    return {"versions": versions(), "device": device_info()}
+
+
+def _finished_rows(plan: ComparePlan, output: Path | None, order: list[tuple[str, int]]) -> dict[tuple[str, int], Row]:
+    """Rows saved by an earlier run of the same comparison (resume)."""
+    rows = {}
+    for label, n in order:
+        done = _load_row(output, plan.row_key(label, n))
+        if done is not None and not done.error:  # a failed row is retried
+            rows[(label, n)] = done
+    if rows:
+        log.info("resuming: %d of %d rows already done", len(rows), len(order))
+    return rows
+
+
+def _shared_pass(model, tokenizer, adapter, plan: ComparePlan, resolved: dict[str, Any], pending: list[tuple[str, int]],
+                 use_cache: bool, provenance: dict[str, Any], output: Path | None) -> Any:
+    """One calibration pass and every pending run's plan (through :func:`replaceme.pipeline.prepare`);
+    the distance tables of every block size up to the largest budget + 1 come along for distances.csv."""
+    import torch
+
+    from replaceme.pipeline import Run, prepare
+    from replaceme.stats.request import StatsRequest
+
+    torch.manual_seed(plan.seed)
+    num_layers = adapter.num_layers(model)
+    extra = StatsRequest(block_sizes=set(range(1, min(max(plan.layers) + 1, num_layers - 1) + 1)))
+    runs = [Run(resolved[label], n, label) for label, n in pending]
+    prepared = prepare(model, adapter, runs, plan.calibration, tokenizer, extra=extra, use_cache=use_cache,
+                       seed=plan.seed, strict=False)
+    stats, usage = prepared.stats, prepared.usage.get("statistics")
+    if usage is not None:
+        provenance["statistics"] = {"seconds": usage.seconds, "peak_rss_mb": usage.peak_rss / 2**20,
+                                    "tokens": stats.tokens, "sequences": stats.sequences,
+                                    "memory_bytes": stats.memory_bytes(), "request": prepared.request.to_dict()}
+    if output is not None:
+        _write_distances(stats, max(plan.layers), output)
+    return prepared
+
+
+def _method_row(model, tokenizer, adapter, plan: ComparePlan, label: str, method: Any, n: int, prepared: Any) -> Row:
+    """Prune a variant of ``model`` (sharing every tensor its merge does not write) with one
+    method (row ``label``) and evaluate it; any exception is the row's error. A merger that
+    wrote into the shared weights stops the comparison, since later rows would start from them."""
+    from replaceme.evaluation import evaluate
+    from replaceme.pipeline import apply_method, one_line
+    from replaceme.resources import Meter
+    from replaceme.variant import VersionGuard
+
+    row = Row(label=label, method=method.method.name, layers=n, key=plan.row_key(label, n))
+    if (label, n) in prepared.errors:
+        row.error = prepared.errors[(label, n)]
+        log.error("%s at %d layers failed: %s", label, n, row.error)
+        return row
+    pruned = outcome = None
+    guard = VersionGuard(model)
+    try:
+        with Meter() as meter:
+            outcome = apply_method(model, adapter, method, n, prepared.stats, seed=plan.seed, variant=True)
+            pruned = outcome.model
+            t0 = time.perf_counter()
+            result = evaluate(pruned, tokenizer, plan.evaluation)
+            row.eval_seconds = time.perf_counter() - t0
+        row.blocks = " ".join(str(b) for b in outcome.plan.blocks)
+        row.metrics = dict(result.metrics)
+        row.prune_seconds = sum(outcome.usage[s].seconds for s in ("select", "compensate", "merge"))
+        row.params = sum(p.numel() for p in pruned.parameters())
+        row.num_layers = outcome.layers_after
+        row.details = {"outcome": outcome.to_dict()}
+        row.peak_rss_mb, row.peak_cuda_mb = meter.usage.peak_rss / 2**20, _mb(meter.usage.peak_cuda)
+    except Exception as exc:  # a plugin may raise anything: it fails its own row only
+        row.error = one_line(exc)
+        log.error("%s at %d layers failed: %s", label, n, row.error)
+        log.debug("traceback", exc_info=True)
+    finally:
+        del pruned, outcome
+        _release()
+    written = guard.modified()
+    if written:
+        raise ReplacemeError(
+            f"method '{label}' wrote into the shared model's weights ({', '.join(written[:3])}"
+            f"{', ...' if len(written) > 3 else ''}); its merger must declare the layers it writes "
+            "(Merger.modifies), and the comparison stops since later rows would start from modified weights"
+        )
+    return row
+
+
+def _baseline_row(model, tokenizer, plan: ComparePlan, num_layers: int) -> Row:
+    from replaceme.evaluation import evaluate
+    from replaceme.resources import Meter
+
+    log.info("baseline (unpruned)")
+    with Meter() as meter:
+        result = evaluate(model, tokenizer, plan.evaluation)
+    return Row(label=BASELINE, method=BASELINE, layers=0, key=plan.row_key(BASELINE, 0), metrics=dict(result.metrics),
+               eval_seconds=meter.usage.seconds, peak_rss_mb=meter.usage.peak_rss / 2**20,
+               peak_cuda_mb=_mb(meter.usage.peak_cuda), params=sum(p.numel() for p in model.parameters()),
+               num_layers=num_layers)
 
 
 def _mb(value: int | None) -> float | None:
     return None if value is None else value / 2**20
 
 
-def _write_distances(stats: Any, max_size: int, out: Path) -> None:
+def _write_distances(stats: ActivationStats, max_size: int, out: Path) -> None:
     from replaceme.distances import distance_frame
     from replaceme.paths import write_text_atomic
     from replaceme.plots import distance_heatmap

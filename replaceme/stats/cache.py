@@ -16,11 +16,11 @@ from typing import Any
 import torch
 
 from replaceme.paths import cache_dir
-from replaceme.stats.store import ActivationSample, ActivationStats, BatchActivations, GramSums
+from replaceme.stats.store import ActivationSample, ActivationStats, BatchActivations, GramKey, GramSums
 
 log = logging.getLogger(__name__)
-#: the layout of a cache file; a file of another version is recomputed
-FORMAT_VERSION = 3
+#: the layout of a cache file; a file of another version is recomputed (4: typed Gram keys)
+FORMAT_VERSION = 4
 
 
 def model_fingerprint(model: Any) -> str:
@@ -67,7 +67,7 @@ def _stats_from_dict(d: dict[str, Any]) -> ActivationStats:
         hidden_size=d["hidden_size"],
         angular=d["angular"],
         token_cosine=d["token_cosine"],
-        gram={tuple(k): GramSums(xtx, xty, yty, tokens) for k, xtx, xty, yty, tokens in d["gram"]},
+        gram={GramKey(*k): GramSums(xtx, xty, yty, tokens) for k, xtx, xty, yty, tokens in d["gram"]},
         sample=ActivationSample(
             train=[BatchActivations(**b) for b in d["train"]],
             holdout=[BatchActivations(**b) for b in d["holdout"]],

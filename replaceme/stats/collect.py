@@ -40,7 +40,7 @@ from replaceme.calibration import CalibrationData
 from replaceme.console import track
 from replaceme.errors import ReplacemeError
 from replaceme.stats.request import StatsRequest
-from replaceme.stats.store import ActivationSample, ActivationStats, BatchActivations, GramSums
+from replaceme.stats.store import ActivationSample, ActivationStats, BatchActivations, GramKey, GramSums
 
 log = logging.getLogger(__name__)
 
@@ -296,8 +296,7 @@ class Accumulator:
             stats.angular[n] = self.angular_sum[n].cpu() / max(self.sequences, 1)
             stats.token_cosine[n] = self.cosine_sum[n].cpu() / max(self.tokens, 1)
         for (s, e, with_pad), xty in self.xty.items():
-            key = (s, e, "with_pad") if with_pad else (s, e)
-            stats.gram[key] = GramSums(
+            stats.gram[GramKey(s, e, with_pad)] = GramSums(
                 xtx=self.xtx[(s, with_pad)], xty=xty, yty=float(self.yty[(s, e, with_pad)]), tokens=self.gram_tokens[with_pad]
             )
         stats.sequences = self.sequences
@@ -392,7 +391,7 @@ def collect_stats(
 
     handles = [layer.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     handles.append(layers[L - 1].register_forward_hook(last_hook))
-    handles += [adapter.mlp_out(model, i).register_forward_hook(mlp_hook(i)) for i in sorted(acc.mlp_needed) if 0 <= i < L]
+    handles += [adapter.mlp_residual(model, i).register_forward_hook(mlp_hook(i)) for i in sorted(acc.mlp_needed) if 0 <= i < L]
     holdout_set, kept_batches = set(holdout), set(holdout) | set(sample)
     error = None
     try:

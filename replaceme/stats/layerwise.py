@@ -123,7 +123,7 @@ def _layer_by_layer(offloaded: OffloadedModel, calib: CalibrationData, acc: Accu
         handle = None
         if j in acc.mlp_needed:
             current: list[BatchState] = []
-            handle = adapter.mlp_out(model, j).register_forward_hook(
+            handle = adapter.mlp_residual(model, j).register_forward_hook(
                 lambda mod, args, out: acc.mlp_output(current[0], j, out)
             )
         try:

@@ -8,7 +8,7 @@ norm); ``m_i`` is the output of layer ``i``'s MLP before its residual add.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -76,6 +76,18 @@ class ActivationSample:
         return torch.cat([getattr(b, key)[index][b.mask] for b in batches], dim=0)
 
 
+class GramKey(NamedTuple):
+    """Which Gram sums: block ``[start, end)``, with pad tokens included or not."""
+
+    start: int
+    end: int
+    with_pad: bool = False
+
+    @classmethod
+    def of(cls, block: Block, with_pad: bool = False) -> GramKey:
+        return cls(block.start, block.end, with_pad)
+
+
 @dataclass
 class GramSums:
     """Normal-equation sums for one block, float64 (ReplaceMe, arXiv 2505.02819, eq. 4).
@@ -103,8 +115,8 @@ class ActivationStats:
             sequence, for every start ``s``.
         token_cosine: ``n -> [L-n+1]`` float64, mean per-token cosine of
             ``x_s`` and ``x_{s+n}`` over all non-pad tokens.
-        gram: ``(s, e) -> GramSums`` (pad tokens excluded), and under
-            ``(s, e, "with_pad")`` the same sums including pad tokens when requested.
+        gram: :class:`GramKey` ``(s, e, with_pad)`` -> :class:`GramSums`; pad tokens are
+            excluded unless ``with_pad`` (requested with ``gram_with_pad``).
         sample: the kept activations, if any method asked.
         sequences, tokens: how much calibration data went in (non-pad tokens).
         seconds: wall time of the pass.
@@ -114,7 +126,7 @@ class ActivationStats:
     hidden_size: int
     angular: dict[int, torch.Tensor] = field(default_factory=dict)
     token_cosine: dict[int, torch.Tensor] = field(default_factory=dict)
-    gram: dict[tuple, GramSums] = field(default_factory=dict)
+    gram: dict[GramKey, GramSums] = field(default_factory=dict)
     sample: ActivationSample = field(default_factory=ActivationSample)
     sequences: int = 0
     tokens: int = 0
@@ -130,7 +142,7 @@ class ActivationStats:
         return 1.0 - self.token_cosine[1]
 
     def gram_for(self, block: Block, with_pad: bool = False) -> GramSums:
-        key = (block.start, block.end, "with_pad") if with_pad else (block.start, block.end)
+        key = GramKey.of(block, with_pad)
         if key not in self.gram:
             raise KeyError(f"no Gram sums for block {block} (with_pad={with_pad}); the stats request missed it")
         return self.gram[key]

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import replaceme
-from replaceme.adapters import adapter_for
+from replaceme.registry import adapter_for
 from replaceme.plan import Block
 from replaceme_streamline.components import TrainedLayerCompensator, pairs_for
 from replaceme_streamline.replacement import build_replacement, copy_layer
@@ -68,7 +68,7 @@ def test_trained_layer_is_written_into_the_window_start(tiny_lm, prune_tiny):
     assert block.size == 2 and comp.kind == "layer" and DIAGNOSTICS <= set(comp.diagnostics)
     layers = result.model.model.layers
     assert len(layers) == 3 and result.model.config.num_hidden_layers == 3
-    assert layers[block.start] is comp.value and all(comp.value is not old for old in old_layers)
+    assert layers[block.start] is comp.module and all(comp.module is not old for old in old_layers)
     kept_old = [i for i in range(4) if i not in (block.start + 1,)]
     for new, old in enumerate(kept_old):
         if old != block.start:
@@ -78,7 +78,7 @@ def test_trained_layer_is_written_into_the_window_start(tiny_lm, prune_tiny):
     for layer, state in zip(old_layers, before):
         for key, value in layer.state_dict().items():
             assert torch.equal(value, state[key])
-    assert any(not torch.equal(v, before[block.start][k]) for k, v in comp.value.state_dict().items())
+    assert any(not torch.equal(v, before[block.start][k]) for k, v in comp.module.state_dict().items())
 
 
 def test_generate_with_kv_cache_after_pruning(tiny_lm, prune_tiny):
@@ -138,7 +138,7 @@ def test_two_windows(tiny_lm, prune_tiny):
     assert [b.size for b in result.plan.blocks] == [2, 2] and len(result.model.model.layers) == 4
     for b, comp in zip(result.plan.blocks, result.outcome.compensations):
         new_index = b.start - sum(1 for other in result.plan.blocks if other.end <= b.start)
-        assert result.model.model.layers[new_index] is comp.value
+        assert result.model.model.layers[new_index] is comp.module
     _assert_cache_consistent(result.model)
 
 
