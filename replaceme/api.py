@@ -240,6 +240,26 @@ def _load(model_or_path: Any, tokenizer: Any, device: str, dtype: str, trust_rem
     return model, tokenizer, source, offloaded, {"load": m.usage}
 
 
+#: files of a source model directory that belong to its tokenizer (copied when save_pretrained did not write them)
+TOKENIZER_FILES = ("tokenizer*", "*.model", "vocab.*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+                   "chat_template*", "*.tiktoken", "spiece*", "sentencepiece*")
+
+
+def copy_tokenizer_files(source: str | Path | None, target: Path) -> list[str]:
+    """Copy every tokenizer file of a local ``source`` directory missing from ``target``."""
+    import fnmatch
+    import shutil
+
+    if source is None or not Path(source).expanduser().is_dir():
+        return []
+    copied = []
+    for path in sorted(Path(source).expanduser().iterdir()):
+        if path.is_file() and any(fnmatch.fnmatch(path.name, p) for p in TOKENIZER_FILES) and not (target / path.name).exists():
+            shutil.copyfile(path, target / path.name)
+            copied.append(path.name)
+    return copied
+
+
 def save_pruned(result: PruneResult, output: str | Path, *, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
     """Write the pruned model as a standard model directory plus ``pruning.json`` and a
     model card (``README.md``, see :mod:`replaceme.model_card`).
