@@ -134,6 +134,7 @@ def test_spilled_sample_equals_the_in_memory_one(tmp_path, tokenizer, calib_file
     from replaceme.registry import adapter_for
     from replaceme.stats import StatsRequest, collect_stats
     from replaceme.stats.spill import Spill
+    from replaceme.stats.store import GramKey
 
     model = tiny_model("llama")
     adapter = adapter_for(model)
@@ -149,7 +150,7 @@ def test_spilled_sample_equals_the_in_memory_one(tmp_path, tokenizer, calib_file
         for j in (1, 3):
             assert torch.equal(a.boundaries[j], b.boundaries[j])
         assert torch.equal(a.mlp[0], b.mlp[0])
-    torch.testing.assert_close(plain.gram[(1, 3)].xty, spilled.gram[(1, 3)].xty, rtol=0, atol=0)
+    torch.testing.assert_close(plain.gram[GramKey(1, 3)].xty, spilled.gram[GramKey(1, 3)].xty, rtol=0, atol=0)
 
 
 def test_spill_dir_with_offload_and_cosine(tmp_path):
@@ -176,7 +177,7 @@ def test_half_precision_models_get_float64_statistics(dtype, tmp_path):
         result = replaceme.prune(str(src), method="replaceme-lstsq", layers=2, calibration=spec, use_cache=False,
                                  offload=offload, dtype=dtype, device="cpu")
         out[offload] = replaceme.save_pruned(result, tmp_path / f"out-{offload}")
-        assert result.outcome.compensations[0].value.dtype == torch.float64  # T solved from float64 sums
+        assert result.outcome.compensations[0].transform.dtype == torch.float64  # T solved from float64 sums
     mem, off = (load_file(out[o] / "model.safetensors") for o in (False, True))
     assert all(t.dtype == getattr(torch, dtype) for t in off.values() if t.is_floating_point())
     assert max_relative_difference(mem, off) <= 1e-5
