@@ -37,7 +37,7 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from replaceme.adapters import adapter_for
+    from replaceme.registry import adapter_for
     from replaceme.calibration import CalibrationData, CalibrationSpec
     from replaceme.methods import resolve_method
     from replaceme.pipeline import apply_method, gather_stats
