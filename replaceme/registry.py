@@ -184,6 +184,11 @@ def _register_one(pm: pluggy.PluginManager, reg: Registry, candidate: _Candidate
         return
     try:
         _check_hooks(pm, plugin)
+    except Exception as exc:
+        pm.unregister(plugin)
+        _fail(info, exc, "failed validation")
+        return
+    try:
         staging = _Staging(reg, info.name)
         for kind, base in _KINDS:
             caller = pm.subset_hook_caller(f"register_{kind}", remove_plugins=others)

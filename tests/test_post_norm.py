@@ -44,7 +44,7 @@ def test_dense_fold_is_refused_in_one_line_before_any_work(arch, method, tokeniz
 
 
 @pytest.mark.parametrize("arch", POST_NORM_ARCHS)
-def test_diagonal_map_folds_exactly_after_the_norm(arch, tokenizer, spec):
+def test_diagonal_map_folds_exactly_after_the_norm(arch, tokenizer, spec, tmp_path):
     base = tiny_model(arch)
     result = replaceme.prune(copy.deepcopy(base), method="replaceme-lstsq", layers=2, calibration=spec,
                              tokenizer=tokenizer, options={"diag": True})
@@ -63,6 +63,11 @@ def test_diagonal_map_folds_exactly_after_the_norm(arch, tokenizer, spec):
         expected = reference(IDS, use_cache=False).logits
         folded = result.model(IDS, use_cache=False).logits
     torch.testing.assert_close(folded, expected, rtol=1e-5, atol=1e-5)
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(replaceme.save_pruned(result, tmp_path / "out")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(IDS, use_cache=False).logits, folded, rtol=0, atol=0)
 
     # folding the same d into down_proj instead is undone by the norm: not the same model
     wrong = copy.deepcopy(base)
