@@ -12,7 +12,14 @@ from collections.abc import Iterable
 
 
 class ReplacemeError(Exception):
-    """An error the user can fix; its message is shown as a single line."""
+    """An error the user can fix; its message is shown as a single line.
+
+    Line breaks in the message (a user's value can hold them) are written as ``\\n``.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        text = str(message).replace("\r", "\\r").replace("\n", "\\n")
+        super().__init__(text, *args)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

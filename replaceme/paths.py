@@ -396,6 +396,28 @@ def clean_stale(target: Path) -> list[Path]:
 _held: dict[Path, int] = {}
 
 
+def make_parents(path: Path) -> list[Path]:
+    """Create the missing folders above ``path``; return those created (deepest first)."""
+    created = []
+    for ancestor in path.parents:
+        if os.path.lexists(ancestor):
+            break
+        created.append(ancestor)
+    for folder in reversed(created):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir()
+    return created
+
+
+def remove_if_empty(folders: Iterable[Path]) -> None:
+    """Remove folders this run created, deepest first, if nothing was put in them."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 @contextlib.contextmanager
 def output_lock(target: str | os.PathLike[str], option: str = "--output") -> Iterator[Path]:
     """Hold ``.NAME.replaceme.lock`` beside ``target`` for the whole run.
@@ -412,7 +434,10 @@ def output_lock(target: str | os.PathLike[str], option: str = "--output") -> Ite
         finally:
             _held[lock] -= 1
         return
-    resolved.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        created = make_parents(resolved)
+    except OSError as exc:
+        raise ReplacemeError(f"cannot create {option} {target}: {exc.strerror or exc}") from None
     for _attempt in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
@@ -429,11 +454,13 @@ def output_lock(target: str | os.PathLike[str], option: str = "--output") -> Ite
                 lock.unlink()
             continue
         except OSError as exc:
+            remove_if_empty(created)
             raise ReplacemeError(f"cannot write {option} {target}: {exc.strerror or exc}") from None
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(_owner(), fh)
         break
     else:
+        remove_if_empty(created)
         raise ReplacemeError(f"cannot take the lock {lock} for {option} {target}")
     _held[lock] = 1
     try:
@@ -444,6 +471,8 @@ def output_lock(target: str | os.PathLike[str], option: str = "--output") -> Ite
         if owner is not None and owner.get("pid") == os.getpid():
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()
+        if not os.path.lexists(resolved):  # the run wrote nothing: leave no folder it made
+            remove_if_empty(created)
 
 
 def _mtime(path: Path) -> float:
@@ -573,10 +602,6 @@ def atomic_directory(
         target, existed = first.path, first.exists
     else:
         target = resolve(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReplacemeError(f"cannot create {target.parent}: {exc.strerror or exc}") from None
     with output_lock(target, option=option):
         clean_stale(target)
         tmp = _make_temp_dir(target)

@@ -186,6 +186,8 @@ CASES = {
     # models
     "model-more-layers-than-weights": (lambda w: _prune(w, model="more_layers"), "missing from the checkpoint"),
     "model-corrupt-safetensors": (lambda w: _prune(w, model="corrupt_weights"), "cannot load model .*safetensors|cannot load model"),
+    "failed-run-leaves-no-folders": (lambda w: _prune(w, model="corrupt_weights", output=w / "new" / "deeper" / "out"),
+                                     "cannot load model"),
     "model-shape-mismatch": (lambda w: _prune(w, model="wrong_shape"), "cannot load model .*shape"),
     "model-not-a-model-folder": (lambda w: _prune(w, model="not_a_model"), "not a model directory"),
     "model-without-tokenizer": (lambda w: _prune(w, model="no_tokenizer"), "no tokenizer files"),

@@ -1,0 +1,164 @@
+"""The statistics cache checks its own key and format; an unusable cache location is
+a warning; pruned outputs carry the source's tokenizer files and ordinary
+permissions; compare retries failed rows; the error boundary maps library errors;
+the ridge search cannot loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import stat
+
+import pytest
+import torch
+from click.testing import CliRunner
+from tiny import tiny_model
+
+from replaceme.cli import cli
+from replaceme.errors import INTERNAL_ERROR, USER_ERROR, explain
+from replaceme.stats.cache import FORMAT_VERSION, cache_path, load_cached, save_cached
+from replaceme.stats.store import ActivationStats
+
+
+def _stats() -> ActivationStats:
+    stats = ActivationStats(num_layers=3, hidden_size=4)
+    stats.angular = {1: {1: 0.25, 2: 0.5}}
+    return stats
+
+
+def test_a_cache_file_is_used_only_for_its_own_key_and_format(caplog):
+    save_cached("a" * 32, _stats())
+    assert load_cached("a" * 32).angular == {1: {1: 0.25, 2: 0.5}}
+    # a file from another run copied under this key: not used
+    shutil.copyfile(cache_path("a" * 32), cache_path("b" * 32))
+    with caplog.at_level(logging.WARNING, logger="replaceme"):
+        assert load_cached("b" * 32) is None
+    assert "another key or version" in caplog.text
+    # the right key, another format version or another structure: recomputed, no exception
+    torch.save({"format": FORMAT_VERSION - 1, "key": "c" * 32, "stats": {}}, cache_path("c" * 32))
+    assert load_cached("c" * 32) is None
+    torch.save({"format": FORMAT_VERSION, "key": "d" * 32, "stats": {"gram": 1}}, cache_path("d" * 32))
+    assert load_cached("d" * 32) is None
+    cache_path("e" * 32).write_bytes(b"not a torch file")
+    assert load_cached("e" * 32) is None
+
+
+def test_an_unusable_cache_location_is_a_warning(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("REPLACEME_CACHE", str(blocker))
+    with caplog.at_level(logging.WARNING, logger="replaceme"):
+        assert save_cached("a" * 32, _stats()) is None
+        assert load_cached("a" * 32) is None
+    assert "going on without the cache" in caplog.text
+    assert blocker.read_text().startswith("a file")
+
+
+@pytest.fixture
+def tiny_dir(tmp_path, tokenizer):
+    path = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_prune_goes_on_without_a_usable_cache(tmp_path, tiny_dir, calib_file, monkeypatch):
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("REPLACEME_CACHE", str(blocker))
+    result = CliRunner().invoke(cli, ["prune", str(tiny_dir), "-m", "uidl", "-n", "1", "--calib", str(calib_file),
+                                      "--calib-samples", "4", "--max-length", "16", "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "without the cache" in result.stderr
+    assert (tmp_path / "out" / "pruning.json").is_file()
+
+
+def test_pruned_output_has_every_tokenizer_file_and_ordinary_permissions(tmp_path, tiny_dir):
+    (tiny_dir / "tokenizer.model").write_bytes(b"\x00sentencepiece model bytes")
+    (tiny_dir / "added_tokens.json").write_text("{}")
+    old = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(cli, ["prune", str(tiny_dir), "-m", "block-removal", "-n", "1", "-o", "start", "2",
+                                          "--output", str(tmp_path / "out")])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert (out / "tokenizer.model").read_bytes() == (tiny_dir / "tokenizer.model").read_bytes()
+    assert (out / "added_tokens.json").is_file()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    for path in out.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    owned = json.loads((out / "pruning.json").read_text())["replaceme_output"]
+    assert owned["kind"] == "pruned-model" and "tokenizer.model" in owned["files"]
+    # the source is untouched, and no temporary or lock is left beside the output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny"]
+
+
+def test_compare_retries_a_failed_row_once_its_cause_is_fixed(tmp_path, tiny_dir, calib_file):
+    out = tmp_path / "cmp"
+    args = ["compare", str(tiny_dir), "-m", "uidl", "-n", "1", "--calib", str(calib_file), "--calib-samples", "8",
+            "--max-length", "32", "--ppl", str(calib_file), "--context-length", "32", "--output", str(out), "--json"]
+    rows = out / "rows"
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    (done,) = [p for p in rows.iterdir() if json.loads(p.read_text())["method"] == "uidl"]
+    row = json.loads(done.read_text())
+    row["error"], row["metrics"] = "RuntimeError: simulated failure", {}
+    done.write_text(json.dumps(row))  # the row as a run whose method failed records it
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    fixed = json.loads(done.read_text())
+    assert fixed["error"] is None and fixed["metrics"], "the failed row was not retried"
+
+
+def test_compare_creates_nothing_when_it_fails_before_the_work(tmp_path, tiny_dir, calib_file):
+    out = tmp_path / "new" / "cmp"
+    result = CliRunner().invoke(cli, ["compare", str(tiny_dir), "-m", "uidl", "--calib", str(calib_file),
+                                      "--ppl", str(tmp_path / "missing.txt"), "--output", str(out)])
+    assert result.exit_code == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_library_errors_become_clear_lines():
+    import yaml
+
+    assert explain(FileNotFoundError(2, "No such file or directory", "/x/y"))[0] == "/x/y: No such file or directory"
+    assert explain(PermissionError(13, "Permission denied", "/root/f")) == ("/root/f: Permission denied", USER_ERROR)
+    try:
+        json.loads('{"a": ')
+    except json.JSONDecodeError as exc:
+        assert explain(exc)[0].startswith("invalid JSON at line 1")
+    try:
+        yaml.safe_load("a: [")
+    except yaml.YAMLError as exc:
+        assert explain(exc)[0].startswith("invalid YAML")
+    from safetensors import SafetensorError
+
+    assert "safetensors" in explain(SafetensorError("header too large"))[0]
+    wrapped = RuntimeError("outer")
+    wrapped.__cause__ = OSError(28, "No space left on device", "/data/out")
+    assert explain(wrapped) == ("/data/out: No space left on device", USER_ERROR)
+    message, code = explain(TypeError("bug"))
+    assert code == INTERNAL_ERROR and "--debug" in message
+
+
+@pytest.mark.parametrize("alpha", [math.nan, math.inf, -1.0])
+def test_the_ridge_search_refuses_bad_alpha_instead_of_looping(alpha):
+    from replaceme_linear.lstsq_solve import solve_lstsq
+
+    x = torch.randn(64, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="alpha"):
+        solve_lstsq(x.T @ x, x.T @ x, alpha)
+
+
+def test_the_ridge_search_is_bounded_on_non_finite_statistics():
+    from replaceme_linear.lstsq_solve import solve_lstsq
+
+    a = torch.eye(4, dtype=torch.float64)
+    a[0, 0] = math.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        solve_lstsq(a, a, 0.0)
