@@ -228,6 +228,7 @@ def check_output(
     allow_existing: bool = False,
     option: str = "--output",
     suffixes: tuple[str, ...] = (),
+    owner_kind: str | None = None,
 ) -> OutputStatus:
     """Decide whether ``target`` may be created (or replaced); raise a one-line error if not.
 
@@ -247,6 +248,8 @@ def check_output(
             (``compare`` resumes one).
         option: the option's name, for messages.
         suffixes: for files, the suffixes an existing file must have to be replaced.
+        owner_kind: an existing replaceme directory must be of this kind (a pruned
+            model is not replaced by a comparison, nor the reverse).
     """
     if not str(target).strip():
         raise ReplacemeError(f"{option} is empty")
@@ -265,6 +268,9 @@ def check_output(
                 if own is None:
                     raise ReplacemeError(f"{option} {target} is not empty and was not written by replaceme; "
                                          f"refusing to replace it, with or without --overwrite (choose another {option})")
+                if owner_kind is not None and own.kind != owner_kind:
+                    raise ReplacemeError(f"{option} {target} holds a replaceme {own.kind.replace('-', ' ')}, not a "
+                                         f"{owner_kind.replace('-', ' ')}; choose another {option}")
                 foreign = own.foreign(resolved)
                 if foreign:
                     shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
@@ -597,8 +603,9 @@ def atomic_directory(
     items = list(inputs)
     target = Path(target).expanduser()
     existed = True
+    kind = marker[1] if marker else None
     if checked:
-        first = check_output(target, kind="dir", inputs=items, overwrite=overwrite, option=option)
+        first = check_output(target, kind="dir", inputs=items, overwrite=overwrite, option=option, owner_kind=kind)
         target, existed = first.path, first.exists
     else:
         target = resolve(target)
@@ -618,7 +625,7 @@ def atomic_directory(
             if checked:  # what is there may have changed while we worked
                 if not existed and os.path.lexists(target) and any(target.iterdir()):
                     raise _raced(target)
-                check_output(target, kind="dir", inputs=items, overwrite=overwrite, option=option)
+                check_output(target, kind="dir", inputs=items, overwrite=overwrite, option=option, owner_kind=kind)
             place_directory(tmp, target, replace=overwrite or not checked)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -83,6 +83,9 @@ def world(tmp_path_factory, tokenizer):
     (cmp_plus / "rows").mkdir(parents=True)
     (cmp_plus / "manifest.json").write_text(json.dumps({"shared_hash": "x", **ownership_record("comparison", ["rows/*.json"])}))
     (cmp_plus / "report.docx").write_text("the user's report")
+    cmp_clean = root / "cmp_clean"
+    (cmp_clean / "rows").mkdir(parents=True)
+    (cmp_clean / "manifest.json").write_text(json.dumps({"shared_hash": "x", **ownership_record("comparison", ["rows/*.json"])}))
     (root / "table.csv").write_text("precious,csv\n")
     # models that are not what they claim
     more = root / "more_layers"
@@ -140,6 +143,8 @@ CASES = {
     "output-is-calibration-file": (lambda w: _prune(w, "--overwrite", output=w / "calib.txt"), "is the input|is a file"),
     "output-not-written-by-replaceme": (lambda w: _prune(w, "--overwrite", output=w / "user"), "not written by replaceme"),
     "output-holds-foreign-files": (lambda w: _prune(w, "--overwrite", output=w / "ours_plus"), "did not write .*notes.md"),
+    "output-is-another-kind": (lambda w: _prune(w, "--overwrite", output=w / "cmp_clean"),
+                               "holds a replaceme comparison, not a pruned model"),
     "output-exists": (lambda w: _prune(w, output=w / "ours"), "exists \\(use --overwrite"),
     "output-under-a-file": (lambda w: _prune(w, output=w / "table.csv" / "out"), "is not a directory"),
     "output-locked-by-another-run": (lambda w: _prune(w, output=w / "locked"), "another replaceme run"),

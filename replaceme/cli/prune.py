@@ -84,7 +84,8 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     check_model_inputs(model, device)
     if spec is not None:
         check_text_input(spec.text_source, "--calib")
-    check_output(out, inputs=[model, spec.text_source.base if spec else None], overwrite=overwrite)
+    check_output(out, inputs=[model, spec.text_source.base if spec else None], overwrite=overwrite,
+                 owner_kind="pruned-model")
     from replaceme.distributed import world
 
     with output_lock(out) if world().is_root else contextlib.nullcontext():  # under torchrun rank 0 alone writes

@@ -65,11 +65,9 @@ def check_comparison_output(out: Path, plan: ComparePlan, overwrite: bool) -> bo
 
     inputs = [plan.model, plan.calibration.text_source.base, *(TextSource(p).base for p in plan.evaluation.ppl),
               *(e.path for e in plan.include)]
-    status = check_output(out, inputs=inputs, overwrite=overwrite, allow_existing=True)
+    status = check_output(out, inputs=inputs, overwrite=overwrite, allow_existing=True, owner_kind="comparison")
     if not status.exists or status.empty:
         return False
-    if status.ownership is None or status.ownership.kind != "comparison":
-        raise ReplacemeError(f"--output {out} holds a replaceme output that is not a comparison; choose another --output")
     same = _read_manifest(out).get("shared_hash") == _shared_hash(plan)
     if not same and not overwrite:
         raise ReplacemeError(f"output directory {out} holds other results (use --overwrite to replace them)")
