@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import calibration_text, make_tokenizer, shared_dir
+from tiny import calibration_text, make_tokenizer, shared_dir, tiny_model
 
 
 @pytest.fixture
@@ -33,3 +33,12 @@ def tokenizer():
 @pytest.fixture
 def calib_file(tmp_path) -> Path:
     return calibration_text(tmp_path / "calib.txt")
+
+
+@pytest.fixture
+def tiny_dir(tmp_path, tokenizer) -> Path:
+    """A tiny Llama saved with its tokenizer as a model directory."""
+    path = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

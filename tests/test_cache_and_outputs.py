@@ -15,7 +15,6 @@ import stat
 import pytest
 import torch
 from click.testing import CliRunner
-from tiny import tiny_model
 
 from replaceme.cli import cli
 from replaceme.errors import INTERNAL_ERROR, USER_ERROR, explain
@@ -55,14 +54,6 @@ def test_an_unusable_cache_location_is_a_warning(tmp_path, monkeypatch, caplog):
         assert load_cached("a" * 32) is None
     assert "going on without the cache" in caplog.text
     assert blocker.read_text().startswith("a file")
-
-
-@pytest.fixture
-def tiny_dir(tmp_path, tokenizer):
-    path = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def test_prune_goes_on_without_a_usable_cache(tmp_path, tiny_dir, calib_file, monkeypatch):

@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
-from tiny import tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from replaceme.cli import cli
@@ -32,14 +31,6 @@ def test_help_and_methods_do_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-@pytest.fixture
-def tiny_dir(tmp_path, tokenizer):
-    path = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def assert_one_line_error(result, fragment):
