@@ -88,6 +88,8 @@ def _known(exc: BaseException) -> str | None:
         return f"corrupt or unreadable data file: {text}"
     if name == "RecursionError":
         return "input nested too deeply"
+    if isinstance(exc, ValueError) and "null byte" in text:
+        return "a path or name contains a NUL character"
     return None
 
 

@@ -138,7 +138,7 @@ OPTIONS = ["--method", "-m", "--layers", "-n", "-o", "--calib", "--calib-samples
            "--seed", "--device", "--dtype", "--output", "--overwrite", "--config", "--json", "--no-cache",
            "--chat-template", "--holdout-fraction", "--calib-order", "--selector", "--compensator"]
 tokens = st.one_of(st.sampled_from(OPTIONS), st.text(max_size=10),
-                   st.sampled_from(["nan", "inf", "-1", "0", "99999999999999999999999", "uidl", "1e-3", "--", "-"]))
+                   st.sampled_from(["nan", "inf", "-1", "0", "99999999999999999999999", "uidl", "1e-3", "--", "-", "a\x00b", "../.."]))
 
 
 @FAST
