@@ -200,7 +200,7 @@ class Compensator(Component):
     #: layers written back per removed block (a replacement layer: 1).
     layers_added_per_block: ClassVar[int] = 0
     #: the merger used when a recipe does not name one.
-    default_merger: ClassVar[str] = "remove"
+    default_merger: ClassVar[str | None] = None
     #: writes into layer ``start - 1`` of each block, so blocks must not touch.
     needs_layer_before: ClassVar[bool] = False
     needs_gram: ClassVar[bool] = False

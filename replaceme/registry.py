@@ -229,6 +229,8 @@ def stage_classes(reg: Registry, method: Method, *, selector: str | None = None,
     """
     comp = reg.get("compensators", compensator or method.compensator)
     merger_name = merger or (method.merger if compensator is None else None) or comp.default_merger
+    if merger_name is None:
+        raise ReplacemeError(f"compensator '{comp.name}' names no default merger and method '{method.name}' none either")
     return {
         "selector": reg.get("selectors", selector or method.selector),
         "compensator": comp,
