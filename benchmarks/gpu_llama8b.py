@@ -1,9 +1,9 @@
 """One command for a GPU: ReplaceMe LSTSQ and cosine on a Llama-3-8B shape, time and
 peak GPU memory per stage, set against the paper's A100 timings.
 
-The ReplaceMe paper (arXiv 2505.02819) reports, for Llama-3-8B with 8 layers removed
-and 8,000 × 1,024 calibration tokens on one A100: **689 s for LSTSQ** and **4,522 s
-for cosine** (whole method: calibration pass and estimation). This script builds a
+The ReplaceMe paper (arXiv 2505.02819) reports, for its 8-layer setting with
+8,000 × 1,024 calibration tokens on one A100, **689 s for LSTSQ** and **4,522 s for
+cosine** (whole method: calibration pass and estimation). This script builds a
 random-weight Llama-3-8B shape (hidden 4096, MLP 14336, 32 layers, 32 heads, 8 KV
 heads, vocab 128256) in bfloat16 on the GPU, feeds random token ids, and runs
 
