@@ -240,3 +240,20 @@ def test_gpu_benchmark_script_runs_tiny_on_cpu(tmp_path):
         assert {(method, "statistics pass"), (method, "select+compensate+fold")} <= stages
         assert result["extrapolated_total_s"][method] > 0
     assert list((tmp_path / "spill").iterdir()) == []
+
+
+def test_cli_offload_with_spill_dir(tmp_path, calib_file):
+    from click.testing import CliRunner
+
+    from replaceme.cli import cli
+
+    src = save_tiny(tmp_path / "src", "mistral")
+    before = {p.name: p.stat().st_mtime_ns for p in src.iterdir()}
+    result = CliRunner().invoke(cli, ["prune", str(src), "-m", "replaceme-lstsq", "-n", "1", "--calib", str(calib_file),
+                                      "--offload", "--spill-dir", str(tmp_path / "spill"), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "out" / "pruning.json").read_text())
+    assert meta["offload"]["enabled"] and meta["layers_after"] == 5 and meta["statistics_memory"]["sample_on_disk"]
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.num_hidden_layers == 5
+    assert {p.name: p.stat().st_mtime_ns for p in src.iterdir()} == before  # the input is never written
+    assert list((tmp_path / "spill").iterdir()) == []
