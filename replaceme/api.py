@@ -96,6 +96,7 @@ def prune(
     offload: bool = False,
     spill_dir: str | Path | None = None,
     calib_4bit: bool = False,
+    gram_device: str | None = None,
     **method_options: Any,
 ) -> PruneResult:
     """Prune ``layers`` decoder layers with ``method``.
@@ -130,6 +131,9 @@ def prune(
             bitsandbytes. **It changes the statistics**: distances, Gram sums and
             samples are those of the quantised model, so plans and maps differ
             from a full-precision run.
+        gram_device: where the float64 Gram sums live during the pass (default:
+            the compute device); ``"cpu"`` frees (L − n) · 2 · h² · 8 bytes of GPU
+            memory at the cost of host float64 arithmetic.
         **method_options: shorthand for ``options`` where the name is unambiguous
             (``prune(..., alpha=1e-3)``); a key given both ways is an error.
 
@@ -150,6 +154,10 @@ def prune(
     from replaceme.resources import Meter
 
     resolved = resolve_method(method, _merge_options(options, method_options), selector=selector, compensator=compensator)
+    if gram_device is not None:
+        from replaceme.loading import resolve_device
+
+        gram_device = resolve_device(gram_device)
     if calib_4bit:
         from replaceme.loading import check_4bit
 
@@ -161,7 +169,7 @@ def prune(
     adapter = adapter_for(model)
     torch.manual_seed(seed)
     prepared = prepare(model, adapter, [Run(resolved, layers)], calibration, tokenizer, use_cache=use_cache, seed=seed,
-                       offloaded=offloaded, spill_dir=spill_dir)
+                       offloaded=offloaded, spill_dir=spill_dir, gram_device=gram_device)
     usage.update(prepared.usage)
     if calib_4bit:  # statistics came from the 4-bit copy; prune the full-precision weights
         del model

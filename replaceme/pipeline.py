@@ -41,6 +41,7 @@ def gather_stats(
     use_cache: bool = True,
     holdout_tokens: int = 8192,
     spill: Any = None,
+    stats_device: Any = None,
 ) -> Any:
     """Run the shared pass, or load it from the on-disk cache when inputs match.
 
@@ -57,12 +58,12 @@ def gather_stats(
 
     with distributed.session(next(model.parameters()).device):  # torchrun: ranks > 0 end here
         stats = _gather_stats(model, adapter, calib, request, use_cache=use_cache and spill is None,
-                              holdout_tokens=holdout_tokens, spill=spill)
+                              holdout_tokens=holdout_tokens, spill=spill, stats_device=stats_device)
     return stats
 
 
 def _gather_stats(model: Any, adapter: ModelAdapter, calib: CalibrationData, request: StatsRequest, *,
-                  use_cache: bool, holdout_tokens: int, spill: Any = None) -> Any:
+                  use_cache: bool, holdout_tokens: int, spill: Any = None, stats_device: Any = None) -> Any:
     from replaceme import distributed
     from replaceme.stats.cache import cache_key, load_cached, model_fingerprint, save_cached
     from replaceme.stats.collect import collect_stats
@@ -83,7 +84,8 @@ def _gather_stats(model: Any, adapter: ModelAdapter, calib: CalibrationData, req
         if distributed.broadcast(cached is not None):  # ranks > 0 have nothing to add
             log.info("statistics loaded from cache (key %s)", key[:12])
             return cached
-    stats = collect_stats(model, adapter, calib, request, holdout_tokens=holdout_tokens, spill=spill)
+    stats = collect_stats(model, adapter, calib, request, holdout_tokens=holdout_tokens, spill=spill,
+                          stats_device=stats_device)
     if key is not None and root:
         save_cached(key, stats)
     return stats
@@ -176,6 +178,7 @@ def prepare(
     strict: bool = True,
     offloaded: Any = None,
     spill_dir: Any = None,
+    gram_device: Any = None,
 ) -> Prepared:
     """The one orchestration path of ``prune``, ``compare`` and ``distances``:
     (model, methods × budgets, calibration) → shared statistics.
@@ -193,6 +196,8 @@ def prepare(
             the pass then reads the checkpoint one layer at a time.
         spill_dir: keep the activation sample in memory-mapped files under this
             directory (:mod:`replaceme.stats.spill`) instead of RAM.
+        gram_device: where the float64 Gram sums live during the pass (default:
+            the compute device).
     """
     num_layers = adapter.num_layers(model)
     errors: dict[tuple[str, int], str] = {}
@@ -210,11 +215,12 @@ def prepare(
     for _, req in live:
         request = request.union(req)
     stats, spec, usage, memory = _statistics(model, adapter, request, calibration, tokenizer, live, use_cache, seed,
-                                             offloaded, spill_dir)
+                                             offloaded, spill_dir, gram_device)
     return Prepared(stats, request, spec, errors=errors, usage=usage, memory=memory)
 
 
-def _statistics(model, adapter, request, calibration, tokenizer, live, use_cache, seed, offloaded, spill_dir):
+def _statistics(model, adapter, request, calibration, tokenizer, live, use_cache, seed, offloaded, spill_dir,
+                gram_device=None):
     """Calibration set + shared pass for ``request`` (nothing when it is empty)."""
     from replaceme import distributed
     from replaceme.calibration import build_calibration
@@ -243,15 +249,17 @@ def _statistics(model, adapter, request, calibration, tokenizer, live, use_cache
                 from replaceme.stats.layerwise import collect_stats_layerwise
 
                 with distributed.session(offloaded.device):  # torchrun: ranks > 0 end here
-                    stats = collect_stats_layerwise(offloaded, calib, request, spill=spill)
+                    stats = collect_stats_layerwise(offloaded, calib, request, spill=spill, stats_device=gram_device)
             else:
-                stats = gather_stats(model, adapter, calib, request, use_cache=use_cache, spill=spill)
+                stats = gather_stats(model, adapter, calib, request, use_cache=use_cache, spill=spill,
+                                     stats_device=gram_device)
     finally:
         if spill is not None:
             spill.close()  # every file is already unlinked; the mapped tensors stay valid
     usage["statistics"] = m.usage
     log.info("shared calibration pass: %d tokens, %.1f s", stats.tokens, m.usage.seconds)
-    memory = {**stats.memory_bytes(), "sample_on_disk": spill is not None,
+    gram_at = next((str(g.xtx.device) for g in stats.gram.values()), None)
+    memory = {**stats.memory_bytes(), "gram_device": gram_at, "sample_on_disk": spill is not None,
               "spilled_bytes": spill.bytes_written if spill is not None else 0}
     return stats, spec, usage, memory
 

@@ -201,6 +201,7 @@ def test_offload_names_the_layer_that_overflows(tmp_path, calib_file):
         (["--device", "cuda:1"], "no CUDA device is available" if not torch.cuda.is_available() else "CUDA device(s)"),
         (["--device", "gpu0"], "invalid --device 'gpu0'"),
         (["--calib-4bit"], "--calib-4bit needs a CUDA GPU and the bitsandbytes package"),
+        (["--gram-device", "gpu"], "invalid --device 'gpu'"),
     ],
 )
 def test_device_and_4bit_errors_are_one_line(args, fragment, tmp_path, calib_file):
@@ -250,10 +251,12 @@ def test_cli_offload_with_spill_dir(tmp_path, calib_file):
     src = save_tiny(tmp_path / "src", "mistral")
     before = {p.name: p.stat().st_mtime_ns for p in src.iterdir()}
     result = CliRunner().invoke(cli, ["prune", str(src), "-m", "replaceme-lstsq", "-n", "1", "--calib", str(calib_file),
-                                      "--offload", "--spill-dir", str(tmp_path / "spill"), "--output", str(tmp_path / "out")])
+                                      "--offload", "--spill-dir", str(tmp_path / "spill"), "--gram-device", "cpu",
+                                      "--output", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "out" / "pruning.json").read_text())
     assert meta["offload"]["enabled"] and meta["layers_after"] == 5 and meta["statistics_memory"]["sample_on_disk"]
+    assert meta["statistics_memory"]["gram_device"] == "cpu" and meta["statistics_memory"]["gram"] > 0
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.num_hidden_layers == 5
     assert {p.name: p.stat().st_mtime_ns for p in src.iterdir()} == before  # the input is never written
     assert list((tmp_path / "spill").iterdir()) == []

@@ -32,13 +32,16 @@ from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_s
 @click.option("--calib-4bit", "calib_4bit", is_flag=True,
               help="Run the calibration pass on a 4-bit (bitsandbytes) copy of the model, then prune the full "
                    "weights (the reference's use_4bit). Needs a CUDA GPU; changes the statistics.")
+@click.option("--gram-device", metavar="DEVICE",
+              help="Where the float64 Gram sums (XᵀX, XᵀY of every candidate block) live during the pass: "
+                   "default the compute device; 'cpu' frees (L-n)·2·h²·8 bytes of GPU memory, at host float64 speed.")
 @click.option("--spill-dir", type=click.Path(file_okay=False),
               help="Keep the activation sample (and --offload's activations between layers) in memory-mapped "
                    "files in a temporary directory under this one instead of RAM, so -o token_budget can exceed RAM.")
 @click.option("--json", "as_json", is_flag=True, help="Print pruning.json to stdout.")
 @click.pass_context
 def prune(ctx: click.Context, model, method, layers, selector, compensator, options, output, overwrite,
-          config_file, no_cache, offload, calib_4bit, spill_dir, as_json, device, dtype, trust_remote_code, **calib) -> None:
+          config_file, no_cache, offload, calib_4bit, gram_device, spill_dir, as_json, device, dtype, trust_remote_code, **calib) -> None:
     """Prune MODEL (directory, hub id, or 'demo') and save a standard model directory.
 
     --layers N always means the result has N fewer decoder layers. The output
@@ -92,7 +95,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
         result = replaceme.prune(model, method=method, layers=int(layers), calibration=spec, selector=selector,
                                  compensator=compensator, device=device, dtype=dtype, seed=calib["seed"],
                                  use_cache=not no_cache, trust_remote_code=trust_remote_code, offload=offload,
-                                 spill_dir=spill_dir, calib_4bit=calib_4bit, options=opts)
+                                 spill_dir=spill_dir, calib_4bit=calib_4bit, gram_device=gram_device, options=opts)
         replaceme.save_pruned(result, out, overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(json.loads((out / "pruning.json").read_text()), indent=2))

@@ -65,6 +65,7 @@ def collect_stats_layerwise(
     *,
     holdout_tokens: int = 8192,
     spill: Any = None,
+    stats_device: str | torch.device | None = None,
 ) -> ActivationStats:
     """Run the shared statistics pass layer by layer over an offloaded model.
 
@@ -76,6 +77,7 @@ def collect_stats_layerwise(
         spill: a :class:`~replaceme.stats.spill.Spill`: the window of boundary states
             between layers and the activation sample go to memory-mapped files
             (default: CPU memory).
+        stats_device: where the float64 Gram sums live (default: the compute device).
 
     Returns:
         The same :class:`ActivationStats` as the hooked pass on the loaded model.
@@ -85,7 +87,8 @@ def collect_stats_layerwise(
     L = offloaded.num_layers
     hidden = int(model.config.hidden_size)
     check_gram_blocks(request)
-    acc = Accumulator(L, hidden, request, device, device, sample_store=spill)
+    acc = Accumulator(L, hidden, request, torch.device(stats_device) if stats_device else device, device,
+                      sample_store=spill)
     holdout, sample = plan_batches(calib, request, holdout_tokens)
     holdout_set, kept_batches = set(holdout), set(holdout) | set(sample)
     store = spill or (lambda t: t.to("cpu", copy=True))
