@@ -32,9 +32,12 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from replaceme.errors import ReplacemeError
+
+if TYPE_CHECKING:
+    from replaceme.stats.store import ActivationStats
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -238,7 +241,7 @@ def all_reduce_(tensor: Any) -> None:
         tensor.copy_(work.to(tensor.device, tensor.dtype))
 
 
-def all_reduce_stats(stats: Any) -> None:
+def all_reduce_stats(stats: ActivationStats) -> None:
     """Combine every rank's :class:`~replaceme.stats.store.ActivationStats` in place.
 
     Every field of the store is covered (a test checks that no field is left out):
