@@ -66,7 +66,7 @@ def random_batches(h: int, tokens: int, batch: int, seed: int):
 def stories_batches(samples: int):
     import torch
 
-    from replaceme.adapters import adapter_for
+    from replaceme.registry import adapter_for
     from replaceme.calibration import CalibrationSpec, build_calibration
     from replaceme.loading import load_model
     from replaceme.stats import StatsRequest, collect_stats

@@ -153,3 +153,11 @@ def refuse_unknown_norms(model: Any, adapter: ModelAdapter) -> None:
         f"({', '.join(extra)}), so where each sublayer writes into the residual stream would be a guess; refused "
         "(a plugin can describe it through the model_adapter hook)"
     )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "adapter_for":  # a clear message for code written before the move
+        raise AttributeError(
+            "replaceme.adapters.adapter_for moved to replaceme.registry.adapter_for (adapters know nothing of plugins)"
+        )
+    raise AttributeError(f"module 'replaceme.adapters' has no attribute {name!r}")
