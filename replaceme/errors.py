@@ -88,6 +88,10 @@ def _known(exc: BaseException) -> str | None:
         return f"corrupt or unreadable data file: {text}"
     if name == "RecursionError":
         return "input nested too deeply"
+    if isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" in str(exc):
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line or "Missing key" in line
+                       or "Unexpected key" in line), text)
+        return f"the checkpoint does not match the model's config: {detail[:300]}"
     if isinstance(exc, ValueError) and "null byte" in text:
         return "a path or name contains a NUL character"
     return None

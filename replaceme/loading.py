@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,49 @@ def check_model_source(name_or_path: str) -> None:
         raise ReplacemeError(f"{config}: not a model config (no 'model_type')")
     if not any((path / name).is_file() for name in TOKENIZER_MARKERS):
         raise ReplacemeError(f"{name_or_path} has no tokenizer files ({', '.join(TOKENIZER_MARKERS[:3])}, ...)")
+    for weights in sorted(path.glob("*.safetensors")):
+        check_safetensors(weights)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+            raise ReplacemeError(f"{index}: not a valid safetensors index") from None
+        missing = sorted(str(s) for s in shards if not (path / str(s)).is_file())
+        if missing:
+            raise ReplacemeError(f"{index} names shard(s) that are missing: {', '.join(missing[:3])}")
+
+
+def check_safetensors(path: Path) -> None:
+    """Read only the header of a safetensors file: a length, a JSON table of tensors, and
+    data that ends within the file. A truncated or damaged file is a one-line error."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < length <= min(size - 8, 100 * 2**20):
+                raise ValueError("bad header length")
+            header = json.loads(fh.read(length).decode("utf-8"))
+        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise ReplacemeError(f"{path}: corrupt safetensors file (unreadable header: {_first_line(exc)})") from None
+    if 8 + length + max(ends, default=0) > size:
+        raise ReplacemeError(f"{path}: corrupt safetensors file (truncated: {size} bytes, the header needs "
+                             f"{8 + length + max(ends)})")
+
+
+@contextlib.contextmanager
+def _quiet_load_report() -> Iterator[None]:
+    """Silence transformers' multi-line load report while loading (we check the same facts)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def check_loading_info(name: str, info: dict[str, Any]) -> None:
@@ -184,8 +229,10 @@ def load_model(
     except Exception as exc:  # noqa: BLE001 - every loader failure is about the user's files
         raise ReplacemeError(f"cannot load model '{name_or_path}': tokenizer: {_describe(exc)}") from exc
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                                                           output_loading_info=True)
+        with _quiet_load_report():  # its findings are checked below and reported in one line
+            model, info = AutoModelForCausalLM.from_pretrained(
+                path, dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True,
+                ignore_mismatched_sizes=True)  # mismatches are reported (and refused) by check_loading_info
     except ReplacemeError:
         raise
     except Exception as exc:  # noqa: BLE001

@@ -99,6 +99,12 @@ def world(tmp_path_factory, tokenizer):
     tokenizer.save_pretrained(corrupt)
     weights = corrupt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    unloadable = root / "unloadable"  # passes every check before loading, then fails to load
+    tiny_model("llama").save_pretrained(unloadable)
+    tokenizer.save_pretrained(unloadable)
+    config = json.loads((unloadable / "config.json").read_text())
+    config["model_type"] = "no-such-architecture"
+    (unloadable / "config.json").write_text(json.dumps(config))
     shape = root / "wrong_shape"
     tiny_model("llama").save_pretrained(shape)
     tokenizer.save_pretrained(shape)
@@ -165,7 +171,7 @@ CASES = {
     "seed-overflow": (lambda w: _prune(w, "--seed", "9" * 25), "--seed"),
     "layers-overflow": (lambda w: _prune(w, "-n", "9" * 25), "--layers"),
     "limit-nan": (lambda w: ["evaluate", w / "model", "--ppl", w / "calib.txt", "--limit", "nan"], "--limit"),
-    "unknown-device": (lambda w: _prune(w, "--device", "tpu:0", model="corrupt_weights"), "invalid --device .tpu:0.; choose from"),
+    "unknown-device": (lambda w: _prune(w, "--device", "tpu:0", model="unloadable"), "invalid --device .tpu:0.; choose from"),
     # --config and --plan
     "config-string-is-not-bool": (lambda w: ["prune", "--config", w / "cfg_string_bool.yaml"], "'overwrite' must be true or false, got the string"),
     "config-wrong-type": (lambda w: ["prune", "--config", w / "cfg_wrong_type.yaml"], "'layers' must be an integer"),
@@ -176,29 +182,34 @@ CASES = {
     "plan-unknown-key": (lambda w: ["compare", "--plan", w / "plan_unknown.yaml"], "unknown key 'methds'.*did you mean 'methods'"),
     "plan-wrong-type": (lambda w: ["compare", "--plan", w / "plan_wrong_type.yaml"], "'ppl' must be a string or a list of strings"),
     "plan-method-wrong-type": (lambda w: ["compare", "--plan", w / "plan_method_type.yaml"], "methods\\[1\\].*'options' must be a mapping"),
-    # inputs, checked before the model is loaded (the weights here are corrupt: a later error would name them)
-    "calib-binary": (lambda w: _prune(w, model="corrupt_weights", calib="binary.txt"), "binary data"),
-    "calib-not-utf8": (lambda w: _prune(w, model="corrupt_weights", calib="latin1.txt"), "not UTF-8"),
-    "calib-broken-jsonl": (lambda w: _prune(w, model="corrupt_weights", calib="broken.jsonl"), "line 2 is not valid JSON"),
-    "calib-broken-json": (lambda w: _prune(w, model="corrupt_weights", calib="broken.json"), "not valid JSON"),
-    "calib-json-not-records": (lambda w: _prune(w, model="corrupt_weights", calib="scalar.json"), "expected a list of records"),
-    "calib-corrupt-parquet": (lambda w: _prune(w, model="corrupt_weights", calib="corrupt.parquet"), "parquet"),
-    "calib-later-row-without-column": (lambda w: _prune(w, model="corrupt_weights", calib="later_row.jsonl"), "record 3 has no column 'text'"),
-    "ppl-missing-before-loading": (lambda w: ["evaluate", w / "corrupt_weights", "--ppl", w / "nope.txt"], "text file not found"),
+    # inputs, checked before the model is loaded (this model cannot be loaded: a later error would say so)
+    "calib-binary": (lambda w: _prune(w, model="unloadable", calib="binary.txt"), "binary data"),
+    "calib-not-utf8": (lambda w: _prune(w, model="unloadable", calib="latin1.txt"), "not UTF-8"),
+    "calib-broken-jsonl": (lambda w: _prune(w, model="unloadable", calib="broken.jsonl"), "line 2 is not valid JSON"),
+    "calib-broken-json": (lambda w: _prune(w, model="unloadable", calib="broken.json"), "not valid JSON"),
+    "calib-json-not-records": (lambda w: _prune(w, model="unloadable", calib="scalar.json"), "expected a list of records"),
+    "calib-corrupt-parquet": (lambda w: _prune(w, model="unloadable", calib="corrupt.parquet"), "parquet"),
+    "calib-later-row-without-column": (lambda w: _prune(w, model="unloadable", calib="later_row.jsonl"), "record 3 has no column 'text'"),
+    "ppl-missing-before-loading": (lambda w: ["evaluate", w / "unloadable", "--ppl", w / "nope.txt"], "text file not found"),
     "compare-ppl-broken-before-loading": (
-        lambda w: ["compare", w / "corrupt_weights", "-m", "uidl", "--calib", w / "calib.txt", "--ppl", w / "broken.jsonl",
+        lambda w: ["compare", w / "unloadable", "-m", "uidl", "--calib", w / "calib.txt", "--ppl", w / "broken.jsonl",
                    "--output", w / "cmp_new"], "--ppl: .*line 2 is not valid JSON"),
     # models
     "model-more-layers-than-weights": (lambda w: _prune(w, model="more_layers"), "missing from the checkpoint"),
-    "model-corrupt-safetensors": (lambda w: _prune(w, model="corrupt_weights"), "cannot load model .*safetensors|cannot load model"),
-    "failed-run-leaves-no-folders": (lambda w: _prune(w, model="corrupt_weights", output=w / "new" / "deeper" / "out"),
+    "model-corrupt-safetensors": (lambda w: _prune(w, model="corrupt_weights"), "model.safetensors: corrupt safetensors file"),
+    "model-corrupt-safetensors-offload": (lambda w: _prune(w, "--offload", model="corrupt_weights"),
+                                          "model.safetensors: corrupt safetensors file"),
+    "model-more-layers-offload": (lambda w: _prune(w, "--offload", model="more_layers"), "checkpoint has no tensor 'model.layers.6"),
+    "model-shape-mismatch-offload": (lambda w: _prune(w, "--offload", model="wrong_shape"),
+                                     "checkpoint does not match the model's config: size mismatch"),
+    "failed-run-leaves-no-folders": (lambda w: _prune(w, model="unloadable", output=w / "new" / "deeper" / "out"),
                                      "cannot load model"),
-    "model-shape-mismatch": (lambda w: _prune(w, model="wrong_shape"), "cannot load model .*shape"),
+    "model-shape-mismatch": (lambda w: _prune(w, model="wrong_shape"), "cannot load model .*weights of a different shape"),
     "model-not-a-model-folder": (lambda w: _prune(w, model="not_a_model"), "not a model directory"),
     "model-without-tokenizer": (lambda w: _prune(w, model="no_tokenizer"), "no tokenizer files"),
 }
 SLOW = {"unknown-task"}
-CASES["unknown-task"] = (lambda w: ["evaluate", w / "corrupt_weights", "--tasks", "boolqq"], "unknown lm-eval task 'boolqq'")
+CASES["unknown-task"] = (lambda w: ["evaluate", w / "unloadable", "--tasks", "boolqq"], "unknown lm-eval task 'boolqq'")
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CASES])
