@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import stat
 
@@ -154,3 +155,27 @@ def test_the_ridge_search_is_bounded_on_non_finite_statistics():
     a[0, 0] = math.nan
     with pytest.raises(ValueError, match="NaN or Inf"):
         solve_lstsq(a, a, 0.0)
+
+
+def test_two_prunes_racing_for_one_output(tmp_path, tiny_dir, calib_file):
+    """Two processes prune into the same folder at once: one writes it, the other fails in
+    one line (at the lock, or at the final rename), and the folder holds a complete model."""
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "from replaceme.cli import main; main()", "prune", str(tiny_dir), "-m", "uidl", "-n", "1", "--calib",
+           str(calib_file), "--calib-samples", "4", "--max-length", "16", "--no-cache", "--output", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    (loser,) = [err for code, err in results if code == 2]
+    errors = [line for line in loser.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and re.search("another replaceme run|another run|exists \\(use --overwrite", errors[0]), loser
+    assert "Traceback" not in loser
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 5
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
