@@ -171,3 +171,29 @@ def test_an_error_on_one_rank_ends_both(two_ranks):
     own, peer = ranks[1]["nan-on-rank-1"], ranks[0]["nan-on-rank-1"]
     assert own["error"] == "ReplacemeError" and "non-finite" in own["message"]
     assert peer["error"] == "PeerFailed" and peer["message"] == "rank 1: " + own["message"]
+
+
+@pytest.mark.slow
+def test_torchrun_command_line_writes_what_one_process_does(tmp_path, tiny_dir):
+    """The documented command: ``torchrun --nproc_per_node 2 --no-python replaceme prune ...``."""
+    import shutil
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    torchrun, exe = shutil.which("torchrun", path=str(bin_dir)), shutil.which("replaceme", path=str(bin_dir))
+    if torchrun is None or exe is None:
+        pytest.skip("torchrun or the replaceme script is not installed next to this interpreter")
+    calib = calibration_text(tmp_path / "calib.txt", records=40)
+    args = ["prune", str(tiny_dir), "-m", "replaceme-lstsq", "-n", "2", "--calib", str(calib), *CALIB]
+    one = CliRunner().invoke(cli, [*args, "--output", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "--no-python", exe,
+                          *args, "--output", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("saved to") == 1  # rank 0 alone reports and writes
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=1e-7 * float(a[key].abs().max()))
