@@ -227,15 +227,22 @@ def abort() -> None:
         dist.destroy_process_group()
 
 
+def _nccl_device() -> Any:
+    """The CUDA device of this rank when the group runs NCCL (which reduces CUDA tensors only), else None."""
+    import torch
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+
+
 def all_reduce_(tensor: Any) -> None:
     """Sum ``tensor`` over ranks in place, in float64 (a float64 tensor is reduced as is)."""
     import torch
     import torch.distributed as dist
 
-    work = tensor
-    if tensor.dtype != torch.float64 or (dist.get_backend() == "nccl" and tensor.device.type != "cuda"):
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
-        work = tensor.to(device, torch.float64)
+    work, nccl = tensor, _nccl_device()
+    if tensor.dtype != torch.float64 or (nccl is not None and tensor.device.type != "cuda"):
+        work = tensor.to(nccl or tensor.device, torch.float64)
     dist.all_reduce(work)
     if work is not tensor:
         tensor.copy_(work.to(tensor.device, tensor.dtype))
@@ -282,9 +289,9 @@ def all_reduce_stats(stats: ActivationStats) -> None:
         all_reduce_(scalars)
         for k, (yty, count) in zip(keys, scalars.tolist()):
             stats.gram[k].yty, stats.gram[k].tokens = yty, int(round(count))
-    seconds = torch.tensor([stats.seconds], dtype=torch.float64, device=dev)
     import torch.distributed as dist
 
+    seconds = torch.tensor([stats.seconds], dtype=torch.float64, device=_nccl_device() or "cpu")
     dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
     stats.sequences, stats.tokens, stats.seconds = sequences, tokens, float(seconds)
 
