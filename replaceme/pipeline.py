@@ -242,7 +242,9 @@ def _statistics(model, adapter, request, calibration, tokenizer, live, use_cache
     usage["calibration"] = m.usage
     from replaceme.stats.spill import Spill
 
-    spill = Spill(spill_dir) if spill_dir is not None else None
+    # --offload keeps its activation sample on disk too (system temporary directory by
+    # default): the whole point is memory that does not grow with the model or the data
+    spill = Spill(spill_dir) if spill_dir is not None or offloaded is not None else None
     try:
         with Meter() as m:
             if offloaded is not None:

@@ -2,31 +2,39 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 
 def block_tokens(batches: list[Any], start: int, end: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stack non-pad tokens of ``m_{s-1}``, ``x_s``, ``x_e`` from sample batches: three ``[N, h]`` float64."""
-    m = torch.cat([b.mlp[start - 1][b.mask] for b in batches]).to(torch.float64)
-    xs = torch.cat([b.boundaries[start][b.mask] for b in batches]).to(torch.float64)
-    xe = torch.cat([b.boundaries[end][b.mask] for b in batches]).to(torch.float64)
+    """Stack non-pad tokens of ``m_{s-1}``, ``x_s``, ``x_e`` from sample batches: three
+    ``[N, h]`` in the stored dtype (callers convert, in chunks where memory matters)."""
+    m = torch.cat([b.mlp[start - 1][b.mask] for b in batches])
+    xs = torch.cat([b.boundaries[start][b.mask] for b in batches])
+    xe = torch.cat([b.boundaries[end][b.mask] for b in batches])
     return m, xs, xe
 
 
-def fit_quality(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
-    """Relative residual ``‖XT − Y‖/‖Y‖`` and mean token cosine ``cos(XT, Y)``."""
-    pred = x @ t.to(x.dtype)
-    rel = float(torch.linalg.norm(pred - y) / torch.linalg.norm(y).clamp_min(1e-30))
-    cos = float(torch.nn.functional.cosine_similarity(pred, y, dim=-1, eps=1e-12).mean())
-    return {"rel_residual": rel, "cosine": cos}
+def fit_quality(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, chunk: int = 1024) -> dict[str, float]:
+    """Relative residual ``‖XT − Y‖/‖Y‖`` and mean token cosine ``cos(XT, Y)``, in float64,
+    ``chunk`` tokens at a time (no full-size float64 copies)."""
+    t = t.to(torch.float64)
+    err = norm = cos = 0.0
+    for lo in range(0, x.shape[0], chunk):
+        xc, yc = x[lo : lo + chunk].to(torch.float64), y[lo : lo + chunk].to(torch.float64)
+        pred = xc @ t
+        err += float(((pred - yc) ** 2).sum())
+        norm += float((yc * yc).sum())
+        cos += float(torch.nn.functional.cosine_similarity(pred, yc, dim=-1, eps=1e-12).sum())
+    return {"rel_residual": math.sqrt(err) / max(math.sqrt(norm), 1e-30), "cosine": cos / max(x.shape[0], 1)}
 
 
 def heldout_diagnostics(m: torch.Tensor, xs: torch.Tensor, xe: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
     """Held-out quality of T and of the identity (plain removal), from ``[N, h]`` token activations."""
-    m, xs, xe = (a.to("cpu", torch.float64) for a in (m, xs, xe))
-    y = xe - xs + m
+    m, xs, xe = (a.to("cpu") for a in (m, xs, xe))
+    y = xe.to(torch.float64) - xs.to(torch.float64) + m.to(torch.float64)
     eye = torch.eye(t.shape[0], dtype=torch.float64)
     mapped, identity = fit_quality(m, y, t.to("cpu", torch.float64)), fit_quality(m, y, eye)
     return {

@@ -14,8 +14,9 @@ for j in 0..L-1:
 
 Between layers, every batch's window of boundary states (the last ``n + 1``
 boundaries for blocks of ``n`` layers) and the MLP outputs still needed are kept
-on CPU, or in files under ``spill_dir`` (memory-mapped, see
-:mod:`replaceme.stats.spill`), so device memory holds one layer and one batch.
+in files (:class:`~replaceme.stats.spill.DiskStore`) read back one batch at a
+time, so memory holds one layer and one batch's window whatever the number of
+calibration tokens.
 The call arguments of layer j (attention mask, position embeddings, ...) come
 from the model's own forward run on the skeleton with every layer stubbed
 (:meth:`~replaceme.offload.OffloadedModel.layer_call`), so nothing
@@ -57,16 +58,9 @@ def _with_hidden(args: tuple, kwargs: dict[str, Any], first: str, x: torch.Tenso
     return args, {**kwargs, first: x}
 
 
-@torch.no_grad()
-def collect_stats_layerwise(
-    offloaded: OffloadedModel,
-    calib: CalibrationData,
-    request: StatsRequest,
-    *,
-    holdout_tokens: int = 8192,
-    spill: Any = None,
-    stats_device: str | torch.device | None = None,
-) -> ActivationStats:
+def collect_stats_layerwise(offloaded: OffloadedModel, calib: CalibrationData, request: StatsRequest, *,
+                            holdout_tokens: int = 8192, spill: Any = None,
+                            stats_device: str | torch.device | None = None) -> ActivationStats:
     """Run the shared statistics pass layer by layer over an offloaded model.
 
     Args:
@@ -74,14 +68,38 @@ def collect_stats_layerwise(
         calib: tokenised calibration batches.
         request: the union of what every method of the run needs.
         holdout_tokens: token budget of the held-out batches.
-        spill: a :class:`~replaceme.stats.spill.Spill`: the window of boundary states
-            between layers and the activation sample go to memory-mapped files
-            (default: CPU memory).
+        spill: a :class:`~replaceme.stats.spill.Spill`: the activation sample goes to
+            memory-mapped files under its directory (default: CPU memory).
         stats_device: where the float64 Gram sums live (default: the compute device).
+
+    The activations of every calibration token that wait between layers (a few
+    boundaries) always go to files (:class:`~replaceme.stats.spill.DiskStore`, in the
+    system temporary directory or beside ``spill``'s) and are read back one batch at
+    a time, so memory does not grow with the calibration set.
 
     Returns:
         The same :class:`ActivationStats` as the hooked pass on the loaded model.
     """
+    from replaceme.stats.spill import DiskStore
+
+    with DiskStore(spill.path.parent if spill is not None else None) as window:
+        return _collect_layerwise(offloaded, calib, request, holdout_tokens=holdout_tokens, spill=spill,
+                                  stats_device=stats_device, window=window)
+
+
+@torch.no_grad()
+def _collect_layerwise(
+    offloaded: OffloadedModel,
+    calib: CalibrationData,
+    request: StatsRequest,
+    *,
+    holdout_tokens: int = 8192,
+    spill: Any = None,
+    stats_device: str | torch.device | None = None,
+    window: Any = None,
+) -> ActivationStats:
+    """The body of :func:`collect_stats_layerwise` (``window``: where activations
+    wait between layers)."""
     start_time = time.perf_counter()
     model, adapter, device = offloaded.model, offloaded.adapter, offloaded.device
     L = offloaded.num_layers
@@ -91,7 +109,7 @@ def collect_stats_layerwise(
                       sample_store=spill)
     holdout, sample = plan_batches(calib, request, holdout_tokens)
     holdout_set, kept_batches = set(holdout), set(holdout) | set(sample)
-    store = spill or (lambda t: t.to("cpu", copy=True))
+    store = window
     want_kwargs = set(request.layer_kwargs)
     stats = ActivationStats(num_layers=L, hidden_size=hidden)
 
