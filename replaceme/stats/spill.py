@@ -25,7 +25,29 @@ from pathlib import Path
 import torch
 
 
-class Spill:
+class _RunDirectory:
+    """A run-unique temporary directory, removed by :meth:`close` (a context manager)."""
+
+    prefix = "replaceme-"
+
+    def __init__(self, parent: str | Path | None = None):
+        if parent is not None:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix=self.prefix, dir=parent))
+        self._names = itertools.count()
+        self.bytes_written = 0
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Spill(_RunDirectory):
     """A run-unique directory for memory-mapped tensors.
 
     Args:
@@ -33,12 +55,7 @@ class Spill:
             ``$TMPDIR``); put it on a disk with room for the sample.
     """
 
-    def __init__(self, parent: str | Path | None = None):
-        if parent is not None:
-            Path(parent).mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix="replaceme-spill-", dir=parent))
-        self._names = itertools.count()
-        self.bytes_written = 0
+    prefix = "replaceme-spill-"
 
     def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
         """A CPU copy of ``tensor`` backed by a file (same dtype and shape)."""
@@ -54,15 +71,6 @@ class Spill:
             os.unlink(file)  # the mapping keeps the data until the tensor is freed
         self.bytes_written += value.numel() * value.element_size()
         return mapped.view(value.shape)
-
-    def close(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-    def __enter__(self) -> Spill:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class SpilledTensor:
@@ -93,7 +101,7 @@ class SpilledTensor:
             pass
 
 
-class DiskStore:
+class DiskStore(_RunDirectory):
     """Writes tensors to files in a run-unique directory, returning :class:`SpilledTensor` s.
 
     Used by the layer-by-layer pass for the activations that wait between layers:
@@ -101,11 +109,7 @@ class DiskStore:
     calibration set (8,000 × 1,024 tokens × hidden 4096 × 2 bytes = 67 GB per boundary).
     """
 
-    def __init__(self, parent: str | Path | None = None):
-        if parent is not None:
-            Path(parent).mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix="replaceme-window-", dir=parent))
-        self._names = itertools.count()
+    prefix = "replaceme-window-"
 
     def __call__(self, tensor: torch.Tensor) -> SpilledTensor:
         value = tensor.detach().to("cpu").contiguous()
@@ -113,13 +117,5 @@ class DiskStore:
         with open(file, "wb") as fh:
             if value.numel():
                 fh.write(value.reshape(-1).view(torch.uint8).numpy().data)
+        self.bytes_written += value.numel() * value.element_size()
         return SpilledTensor(file, value.dtype, tuple(value.shape))
-
-    def close(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-    def __enter__(self) -> DiskStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
