@@ -79,6 +79,16 @@ def build_model(shape: dict, device: str, dtype_name: str, seed: int):
     return model.eval()
 
 
+def save_random_llama(path: Path, hidden: int, layers: int, vocab: int, seed: int) -> int:
+    """Save a random-weight Llama of :func:`small_shape` with the demo tokenizer at ``path``; its weight bytes."""
+    from transformers import AutoTokenizer
+
+    model = build_model(small_shape(hidden, layers, vocab), "cpu", "float32", seed)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(common.ROOT / "replaceme" / "demo" / "weights").save_pretrained(path)
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def synthetic_calibration(sequences: int, seq_len: int, batch_size: int, vocab: int, seed: int):
     """Random token ids, full-length rows (no padding), as ``CalibrationData``."""
     import torch

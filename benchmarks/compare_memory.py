@@ -37,16 +37,10 @@ SIZES = {"tiny": (64, 4, 185), "30m": (256, 8, 32000), "0.2b": (1024, 10, 32000)
 
 def make_model(name: str, root: Path, seed: int) -> tuple[Path, int]:
     """Save a random-weight Llama of size ``name`` with the demo tokenizer; its weight bytes."""
-    from calibration_cost import build_model, small_shape
-    from transformers import AutoTokenizer
+    from calibration_cost import save_random_llama
 
-    hidden, layers, vocab = SIZES[name]
     path = root / name
-    model = build_model(small_shape(hidden, layers, vocab), "cpu", "float32", seed)
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(DEMO).save_pretrained(path)
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
-    return path, size
+    return path, save_random_llama(path, *SIZES[name], seed)
 
 
 def compare_args(job: dict) -> list[str]:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from _common import ROOT, Report
-from calibration_cost import build_model, small_shape
+from calibration_cost import save_random_llama
 
 DEMO = ROOT / "replaceme" / "demo" / "weights"
 #: name -> (hidden, layers, vocab); parameters counted by the script
@@ -40,16 +40,8 @@ SIZES = {
 
 
 def make_model(name: str, root: Path, seed: int) -> tuple[Path, int]:
-    from transformers import AutoTokenizer
-
-    hidden, layers, vocab = SIZES[name]
     path = root / name
-    model = build_model(small_shape(hidden, layers, vocab), "cpu", "float32", seed)
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(DEMO).save_pretrained(path)
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
-    del model
-    return path, size
+    return path, save_random_llama(path, *SIZES[name], seed)
 
 
 def peak_rss_of(command: list[str]) -> tuple[int, float]:
