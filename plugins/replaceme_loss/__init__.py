@@ -146,12 +146,14 @@ class SlebSelector(Selector):
     Options = SlebOptions
 
     def _lowest(self, ctx: SelectionContext) -> int:
-        return 1 if (self.options.keep_first or ctx.separate_blocks) else 0
+        from replaceme_selectors import first_removable
+
+        return first_removable(ctx, self.options.keep_first)
 
     def candidates(self, ctx: SelectionContext) -> list[Block]:
-        if ctx.layers_added_per_block:
-            raise ReplacemeError("selector 'sleb' removes single layers; it cannot be used with a compensator that writes layers back")
-        return [Block(i, i + 1) for i in range(self._lowest(ctx), ctx.num_layers)]
+        from replaceme_selectors import single_layers
+
+        return single_layers(ctx, self.name, self.options.keep_first)
 
     def stats_request(self, ctx: SelectionContext) -> StatsRequest:
         from replaceme.scoring import scoring_request

@@ -41,6 +41,20 @@ def blocks_of_size(ctx: SelectionContext, n: int) -> list[Block]:
     return [Block(s, s + n) for s in range(1, ctx.num_layers - n + 1)]
 
 
+def first_removable(ctx: SelectionContext, keep_first: bool) -> int:
+    """The lowest layer a single-layer selector may remove: 1 when layer 0 must stay
+    (``keep_first``, or a compensator that writes into the layer before each block), else 0."""
+    return 1 if (keep_first or ctx.separate_blocks) else 0
+
+
+def single_layers(ctx: SelectionContext, selector: str, keep_first: bool) -> list[Block]:
+    """Every one-layer block a single-layer selector (ShortGPT, SLEB) may remove."""
+    if ctx.layers_added_per_block:
+        raise ReplacemeError(f"selector '{selector}' removes single layers; it cannot be used with a "
+                             "compensator that writes layers back")
+    return [Block(i, i + 1) for i in range(first_removable(ctx, keep_first), ctx.num_layers)]
+
+
 @dataclass
 class DistanceOptions:
     num_blocks: int = option(1, "number of non-overlapping blocks; --layers is split evenly among them")

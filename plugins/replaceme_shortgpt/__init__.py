@@ -37,14 +37,10 @@ class LowestInfluenceSelector(Selector):
     description = "The N layers with the lowest ShortGPT Block Influence (need not be contiguous)."
     Options = LowestInfluenceOptions
 
-    def _lowest(self, ctx: SelectionContext) -> int:
-        return 1 if (self.options.keep_first or ctx.separate_blocks) else 0
-
     def candidates(self, ctx: SelectionContext) -> list[Block]:
-        if ctx.layers_added_per_block:
-            raise ReplacemeError("selector 'lowest-influence' removes single layers; it cannot be used with a "
-                                 "compensator that writes layers back")
-        return [Block(i, i + 1) for i in range(self._lowest(ctx), ctx.num_layers)]
+        from replaceme_selectors import single_layers
+
+        return single_layers(ctx, self.name, self.options.keep_first)
 
     def stats_request(self, ctx: SelectionContext) -> StatsRequest:
         return StatsRequest(block_sizes={1})
