@@ -80,7 +80,8 @@ def _gather_stats(model: Any, adapter: ModelAdapter, calib: CalibrationData, req
                 "holdout_tokens": holdout_tokens,
             }
         )
-        cached = load_cached(key) if root else None
+        shape = (len(adapter.layers(model)), int(model.config.hidden_size))
+        cached = load_cached(key, shape, request) if root else None
         if distributed.broadcast(cached is not None):  # ranks > 0 have nothing to add
             log.info("statistics loaded from cache (key %s)", key[:12])
             return cached

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from replaceme.paths import cache_dir
+from replaceme.stats.fit import misfit
+from replaceme.stats.request import StatsRequest
 from replaceme.stats.store import ActivationSample, ActivationStats, BatchActivations, GramKey, GramSums
 
 log = logging.getLogger(__name__)
@@ -82,12 +84,16 @@ def cache_path(key: str) -> Path:
     return cache_dir("stats", f"{key}.pt")
 
 
-def load_cached(key: str) -> ActivationStats | None:
+def load_cached(key: str, model_shape: tuple[int, int] | None = None,
+                request: StatsRequest | None = None) -> ActivationStats | None:
     """The cached stats for ``key``, or None.
 
     A file is used only when it records this ``key`` and this :data:`FORMAT_VERSION`
-    (a file copied from another run, or written by another version, is not); a
-    mismatch, a corrupt file or an unreadable location is a warning and the
+    (a file copied from another run, or written by another version, is not) and,
+    given ``model_shape`` = ``(layers, hidden size)`` of the model at hand, only when
+    its statistics fit that model and ``request`` (:func:`replaceme.stats.fit.misfit`:
+    a shared cache folder must not let one model's statistics steer another's prune).
+    A mismatch, a corrupt file or an unreadable location is a warning and the
     statistics are recomputed.
     """
     path = cache_path(key)
@@ -104,10 +110,15 @@ def load_cached(key: str) -> ActivationStats | None:
                     path, found)
         return None
     try:
-        return _stats_from_dict(data["stats"])
+        stats = _stats_from_dict(data["stats"])
     except Exception as exc:  # the right key, but not the structure this version writes
         log.warning("ignoring malformed statistics cache %s (%s); recomputing", path, _first_line(exc))
         return None
+    problem = misfit(stats, *model_shape, request) if model_shape is not None else None
+    if problem:
+        log.warning("ignoring statistics cache %s: it does not fit this model (%s); recomputing", path, problem)
+        return None
+    return stats
 
 
 def save_cached(key: str, stats: ActivationStats) -> Path | None:
