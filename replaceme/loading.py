@@ -63,15 +63,73 @@ def use_device(device: str) -> None:
         torch.cuda.set_device(parsed)
 
 
-def resolve_dtype(dtype: str, device: str) -> Any:
-    """``auto``: bfloat16 on CUDA, float32 on CPU."""
+def resolve_dtype(dtype: str, device: str, stored: str | None = None) -> Any:
+    """The torch dtype to compute in. ``auto``: the checkpoint's ``stored`` dtype when
+    known (see :func:`stored_dtype`: a bfloat16 checkpoint stays bfloat16, half the
+    memory of a float32 copy), else bfloat16 on CUDA and float32 on CPU."""
     import torch
 
     if dtype not in DTYPES:
         raise ReplacemeError(f"unknown dtype '{dtype}'; choose from {', '.join(DTYPES)}")
     if dtype == "auto":
+        if stored is not None:
+            return getattr(torch, stored)
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, dtype)
+
+
+#: safetensors / config names of the floating dtypes a checkpoint may be stored in
+_STORED_NAMES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32",
+                 "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+def stored_dtype(name_or_path: str | Path) -> str | None:
+    """The floating dtype a local checkpoint is stored in (``bfloat16``, ``float16`` or
+    ``float32``), or None when unknown (a hub id, another dtype).
+
+    Read from the safetensors headers (the dtype holding the most floating-point
+    elements: a bfloat16 model with a few float32 buffers is bfloat16), else from
+    ``config.json``'s ``dtype`` / ``torch_dtype``. Reads headers only, never weights.
+    """
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        return None
+    counts: dict[str, int] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with open(file, "rb") as fh:
+                length = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(length).decode("utf-8")) if 0 < length <= 100 * 2**20 else {}
+        except (OSError, ValueError, UnicodeDecodeError):
+            continue
+        for key, entry in header.items():
+            if key == "__metadata__" or not isinstance(entry, dict) or entry.get("dtype") not in _STORED_NAMES:
+                continue
+            elements = 1
+            for size in entry.get("shape") or []:
+                elements *= int(size)
+            dtype = _STORED_NAMES[entry["dtype"]]
+            counts[dtype] = counts.get(dtype, 0) + elements
+    if counts:
+        return max(counts, key=counts.get)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    named = (config.get("dtype") or config.get("torch_dtype")) if isinstance(config, dict) else None
+    return _STORED_NAMES.get(named) if isinstance(named, str) else None
+
+
+def model_dtype(name_or_path: str, dtype: str, device: str) -> Any:
+    """:func:`resolve_dtype` for the model at ``name_or_path`` (its stored dtype under
+    ``auto``), logged, so a user sees what the model is loaded in and how to change it."""
+    stored = stored_dtype(local_model_dir(name_or_path) or name_or_path) if dtype == "auto" else None
+    chosen = resolve_dtype(dtype, device, stored)
+    how = "its stored dtype" if stored else ("as asked" if dtype != "auto" else "the default for " + device)
+    # said aloud only where the stored dtype is not what --dtype auto meant before (float32 on CPU, bf16 on CUDA)
+    level = logging.INFO if stored and chosen != resolve_dtype("auto", device) else logging.DEBUG
+    log.log(level, "loading the model in %s (%s; --dtype changes it)", str(chosen).removeprefix("torch."), how)
+    return chosen
 
 
 def _looks_local(name: str) -> bool:
@@ -223,7 +281,7 @@ def load_model(
     path = resolve_model_path(name_or_path)
     device = resolve_device(device)
     use_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    torch_dtype = model_dtype(path, dtype, device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - every loader failure is about the user's files

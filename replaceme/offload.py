@@ -303,9 +303,9 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
 
     from replaceme.loading import (
         _first_line,
+        model_dtype,
         quiet_transformers,
         resolve_device,
-        resolve_dtype,
         resolve_model_path,
         use_device,
     )
@@ -320,7 +320,7 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
         raise ReplacemeError(f"--offload needs a local model directory (got '{path}'); download it first")
     device = resolve_device(device)
     use_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    torch_dtype = model_dtype(str(local), dtype, device)
     checkpoint = Checkpoint(local)
     try:
         tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)

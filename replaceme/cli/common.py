@@ -105,7 +105,7 @@ def model_options(f: F) -> F:
     decorators = [
         click.option("--device", default="auto", show_default=True, help="auto (CUDA if available), cpu, cuda, cuda:N."),
         click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-                     show_default=True, help="auto: bfloat16 on CUDA, float32 on CPU."),
+                     show_default=True, help="auto: the checkpoint's stored dtype (bfloat16 on CUDA, float32 on CPU when unknown)."),
         click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the hub (off by default)."),
     ]
     for decorator in reversed(decorators):

@@ -1,8 +1,9 @@
 """Where evaluation runs: device and dtype choice, and moving a model there.
 
-``auto`` means CUDA when available, in bfloat16, else CPU in float32 (half
-precision on CPU is slow and inexact). The names are resolved by
-:mod:`replaceme.loading`, so ``evaluate`` and model loading agree.
+``auto`` means CUDA when available, else CPU; a model is evaluated in the dtype
+it was loaded in (its checkpoint's stored dtype unless ``--dtype`` said otherwise)
+unless a dtype is named. The names are resolved by :mod:`replaceme.loading`, so
+``evaluate`` and model loading agree.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bfloat16 on CUDA, float32 elsewhere; else the named dtype."""
+    """``auto`` -> bfloat16 on CUDA, float32 elsewhere (used when the model's own dtype is unknown); else the named dtype."""
     return loading.resolve_dtype(name, str(device))
 
 
@@ -49,7 +50,9 @@ def place_model(model: torch.nn.Module, device: str = "auto", dtype: str = "auto
         model.eval()
         return model_device(model), next(model.parameters()).dtype
     target = resolve_device(device)
-    target_dtype = resolve_dtype(dtype, target)
+    current = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    # auto keeps the dtype the model was loaded in (its checkpoint's, see loading.stored_dtype)
+    target_dtype = current if dtype == "auto" and current is not None else resolve_dtype(dtype, target)
     model.to(device=target, dtype=target_dtype)
     model.eval()
     return model_device(model), target_dtype

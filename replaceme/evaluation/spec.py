@@ -59,7 +59,7 @@ class EvalSpec:
 
     Attributes:
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-        dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``,
+        dtype: ``auto`` (keep the dtype the model was loaded in), ``float32``,
             ``bfloat16`` or ``float16``.
     """
 
