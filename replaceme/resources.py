@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -76,7 +77,10 @@ def _cuda_in_use() -> bool:
     return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized())
 
 
+@functools.cache
 def _libc() -> Any:
+    """The C library, looked up once: ``ctypes.util.find_library`` forks ``ldconfig -p``
+    on every call, which ``--offload`` did after every layer."""
     import ctypes
     import ctypes.util
     import platform

@@ -14,13 +14,12 @@ for j in 0..L-1:
 
 Between layers, every batch's window of boundary states (the last ``n + 1``
 boundaries for blocks of ``n`` layers) and the MLP outputs still needed are kept
-in files (:class:`~replaceme.stats.spill.DiskStore`) read back one batch at a
+in files (:class:`~replaceme.offload.window.DiskStore`) read back one batch at a
 time, so memory holds one layer and one batch's window whatever the number of
 calibration tokens.
-The call arguments of layer j (attention mask, position embeddings, ...) come
-from the model's own forward run on the skeleton with every layer stubbed
-(:meth:`~replaceme.offload.OffloadedModel.layer_call`), so nothing
-architecture-specific is written here.
+The loop itself is the engine's (:func:`replaceme.offload.engine.stream`, shared
+with scoring, perplexity and lm-eval); this module supplies its feed: where the
+boundaries wait, the MLP outputs and the call arguments kept for the methods.
 """
 
 from __future__ import annotations
@@ -34,8 +33,8 @@ import torch
 
 from replaceme import distributed
 from replaceme.calibration import CalibrationData
-from replaceme.console import track
-from replaceme.offload import OffloadedModel
+from replaceme.offload.engine import Feed, hidden_argument, stream
+from replaceme.offload.skeleton import OffloadedModel
 from replaceme.stats.collect import (
     Accumulator,
     BatchState,
@@ -50,12 +49,6 @@ from replaceme.stats.request import StatsRequest
 from replaceme.stats.store import ActivationSample, ActivationStats, BatchActivations
 
 log = logging.getLogger(__name__)
-
-
-def _with_hidden(args: tuple, kwargs: dict[str, Any], first: str, x: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
-    if args:
-        return (x, *args[1:]), kwargs
-    return args, {**kwargs, first: x}
 
 
 def collect_stats_layerwise(offloaded: OffloadedModel, calib: CalibrationData, request: StatsRequest, *,
@@ -73,14 +66,14 @@ def collect_stats_layerwise(offloaded: OffloadedModel, calib: CalibrationData, r
         stats_device: where the float64 Gram sums live (default: the compute device).
 
     The activations of every calibration token that wait between layers (a few
-    boundaries) always go to files (:class:`~replaceme.stats.spill.DiskStore`, in the
+    boundaries) always go to files (:class:`~replaceme.offload.window.DiskStore`, in the
     system temporary directory or beside ``spill``'s) and are read back one batch at
     a time, so memory does not grow with the calibration set.
 
     Returns:
         The same :class:`ActivationStats` as the hooked pass on the loaded model.
     """
-    from replaceme.stats.spill import DiskStore
+    from replaceme.offload.window import DiskStore
 
     with DiskStore(spill.path.parent if spill is not None else None) as window:
         return _collect_layerwise(offloaded, calib, request, holdout_tokens=holdout_tokens, spill=spill,
@@ -110,72 +103,62 @@ def _collect_layerwise(
     holdout, sample = plan_batches(calib, request, holdout_tokens)
     holdout_set, kept_batches = set(holdout), set(holdout) | set(sample)
     store = window
-    want_kwargs = set(request.layer_kwargs)
     stats = ActivationStats(num_layers=L, hidden_size=hidden)
 
-    states: list[BatchState] = []
+    states: dict[int, BatchState] = {}
     keeps: dict[int, BatchActivations] = {}
-    signature = inspect.signature(type(adapter.layers(model)[0]).forward)
-    first = next(n for n in signature.parameters if n != "self")
     batches = distributed.local_batches(calib.num_batches)  # under torchrun: this rank's shard
     for b in batches:
         mask = calib.masks[b].to(device)
         keep = batch_keep(calib, b, request, kept_batches)
         if keep is not None:
             keeps[b] = keep
-        states.append(acc.begin(mask, use_for_gram=b not in holdout_set, keep=keep, store=store))
+        states[b] = acc.begin(mask, use_for_gram=b not in holdout_set, keep=keep, store=store)
 
-    bar = track(range(L), "calibration pass (layer by layer)")
+    feed = _StatsFeed(acc, states, set(request.layer_kwargs), model, adapter)
     error = None
     try:
-        _layer_by_layer(offloaded, calib, acc, batches, states, want_kwargs, signature, first, bar)
+        stream(offloaded, model, [(calib.input_ids[b], calib.masks[b]) for b in batches], feed,
+               description="calibration pass (layer by layer)", indices=list(batches))
     except Exception as exc:  # shared with the other ranks of a torchrun job, then re-raised
         error = exc
     return complete_pass(acc, stats, keeps, holdout, sample, error, start_time)
 
 
-def _layer_by_layer(offloaded: OffloadedModel, calib: CalibrationData, acc: Accumulator, batches: Any,
-                    states: list[BatchState], want_kwargs: set[int], signature: Any, first: str, bar: Any) -> None:
-    model, adapter, device = offloaded.model, offloaded.adapter, offloaded.device
-    hidden = int(model.config.hidden_size)
-    returns_tuple = False
-    for j in bar:
-        layer = offloaded.load_layer(j)
-        handle = None
-        if j in acc.mlp_needed:
-            current: list[BatchState] = []
-            handle = adapter.mlp_residual(model, j).register_forward_hook(
-                lambda mod, args, out: acc.mlp_output(current[0], j, out)
-            )
-        try:
-            for b, state in zip(batches, states):
-                ids, mask = calib.input_ids[b].to(device), calib.masks[b].to(device)
-                if j == 0:
-                    embeds = offloaded.embed(ids)
-                else:
-                    embeds = torch.zeros((*ids.shape, hidden), dtype=offloaded.dtype, device=device)
-                args, kwargs = offloaded.layer_call(j, embeds, mask.long(), returns_tuple)
-                if j == 0:
-                    x = args[0] if args else kwargs[first]
-                    acc.boundary(state, 0, x)
-                    acc.check_finite(state)
-                else:
-                    x = state.x[j].to(device)
-                del embeds
-                if state.keep is not None and j in want_kwargs:
-                    bound = bind_arguments(signature, (layer, *args), kwargs)
-                    bound.pop("self", None)
-                    bound.pop(first, None)
-                    state.keep.layer_kwargs[j] = portable_kwargs(bound)
-                args, kwargs = _with_hidden(args, kwargs, first, x)
-                if handle is not None:
-                    current[:] = [state]
-                out = layer(*args, **kwargs)
-                returns_tuple = isinstance(out, tuple)
-                acc.boundary(state, j + 1, out[0] if returns_tuple else out)
-                acc.check_finite(state)
-                del out, args, kwargs, x
-        finally:
-            if handle is not None:
-                handle.remove()
-            offloaded.free_layer(j)
+class _StatsFeed(Feed):
+    """The engine's feed for the statistics pass: the accumulator keeps the window of
+    boundaries its sums need (in files), catches MLP outputs with a hook, and keeps
+    the call arguments of the layers a method replays."""
+
+    def __init__(self, acc: Accumulator, states: dict[int, BatchState], want_kwargs: set[int], model: Any,
+                 adapter: Any):
+        self.acc, self.states, self.want_kwargs = acc, states, want_kwargs
+        self.model, self.adapter = model, adapter
+        self.current: BatchState | None = None
+        self.handle = None
+
+    def boundary(self, b: int, j: int, x: torch.Tensor) -> None:
+        self.acc.boundary(self.states[b], j, x)
+        self.acc.check_finite(self.states[b])
+
+    def input(self, b: int, j: int) -> Any:
+        return self.states[b].x[j]
+
+    def enter_layer(self, j: int, layer: Any) -> None:
+        if j in self.acc.mlp_needed:
+            self.handle = self.adapter.mlp_residual(self.model, j).register_forward_hook(
+                lambda mod, args, out: self.acc.mlp_output(self.current, j, out))
+
+    def leave_layer(self, j: int) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+    def before_call(self, b: int, j: int, layer: Any, args: tuple, kwargs: dict[str, Any]) -> None:
+        state = self.current = self.states[b]
+        if state.keep is not None and j in self.want_kwargs:
+            signature = inspect.signature(type(layer).forward)
+            bound = bind_arguments(signature, (layer, *args), kwargs)
+            bound.pop("self", None)
+            bound.pop(hidden_argument(layer), None)
+            state.keep.layer_kwargs[j] = portable_kwargs(bound)

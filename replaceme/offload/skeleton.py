@@ -1,6 +1,6 @@
 """A model that is never whole in memory: a meta-device skeleton over a safetensors checkpoint.
 
-``prune --offload`` (GUIDE §5) builds the model's module tree with accelerate's
+``--offload`` (GUIDE §5) builds the model's module tree with accelerate's
 ``init_empty_weights`` (parameters on the ``meta`` device, no memory; buffers such
 as rotary frequencies are real, since they are computed, not stored) and
 materialises from the checkpoint only what is needed at a time:
@@ -33,8 +33,9 @@ forward code, for every architecture transformers supports.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-import types
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,18 @@ from replaceme.errors import ReplacemeError
 log = logging.getLogger(__name__)
 
 
-class _Captured(Exception):
-    def __init__(self, args: tuple, kwargs: dict[str, Any]):
-        self.args_, self.kwargs_ = args, kwargs
+#: attribute naming the checkpoint layer a decoder layer module was built from; it survives
+#: ``copy.deepcopy``, so the layers of a variant (:mod:`replaceme.variant`) know it too
+ORIGIN = "_replaceme_origin"
 
 
 def _is_meta(t: torch.Tensor) -> bool:
     return t.device.type == "meta"
+
+
+def is_resident(module: nn.Module) -> bool:
+    """Whether every parameter of ``module`` holds real values (none on the meta device)."""
+    return not any(_is_meta(p) for p in module.parameters())
 
 
 def free_parameters(module: nn.Module) -> None:
@@ -85,6 +91,8 @@ class OffloadedModel:
         self.layers_path = adapter.layers_path
         self.num_layers = adapter.num_layers(model)
         self.origin = {id(layer): i for i, layer in enumerate(adapter.layers(model))}
+        for i, layer in enumerate(adapter.layers(model)):
+            setattr(layer, ORIGIN, i)
         embedding = model.get_input_embeddings()
         output = model.get_output_embeddings()
         self._skip = {id(embedding.weight)} | ({id(output.weight)} if output is not None else set())
@@ -94,7 +102,8 @@ class OffloadedModel:
         rest = [n for n, p in model.named_parameters() if not n.startswith(layer_prefix) and id(p) not in self._skip]
         self._materialise(model, "", [n for n in rest if n in names])
         self._buffers_to(model, layer_prefix)
-        self.calls = 0
+        #: whether the decoder layers return a tuple (learned from the first layer run)
+        self.returns_tuple = False
 
     # ----- names
 
@@ -156,7 +165,11 @@ class OffloadedModel:
 
     def load_layer(self, index: int) -> nn.Module:
         """Materialise decoder layer ``index`` (original numbering) on the device."""
-        layer = self._by_origin(index)
+        return self.load_into(self._by_origin(index), index)
+
+    def load_into(self, layer: nn.Module, index: int) -> nn.Module:
+        """Materialise checkpoint layer ``index`` into the module ``layer`` (the
+        skeleton's own, or the same layer of a variant) on the device."""
         prefix = self.layer_prefix(index)
         names = [n[len(prefix):] for n in self.checkpoint.names() if n.startswith(prefix)]
         self._materialise(layer, prefix, names)
@@ -167,10 +180,51 @@ class OffloadedModel:
         return layer
 
     def free_layer(self, index: int) -> None:
+        """Put decoder layer ``index`` (original numbering) of the skeleton back on the meta device."""
+        self.free(self._by_origin(index))
+
+    @staticmethod
+    def free(module: nn.Module) -> None:
+        """Put ``module``'s parameters back on the meta device and return the memory to the system."""
         from replaceme.resources import release_free_memory
 
-        free_parameters(self._by_origin(index))
+        free_parameters(module)
         release_free_memory()
+
+    def free_all_layers(self) -> None:
+        """Put every decoder layer of the skeleton back on the meta device (after a
+        compensation or merge that needed some of them)."""
+        for layer in self.adapter.layers(self.model):
+            if any(not _is_meta(p) for p in layer.parameters()):
+                self.free(layer)
+
+    @contextlib.contextmanager
+    def output_head(self, model: nn.Module):
+        """Within the block, ``model``'s output embedding (the skeleton's or a variant's)
+        holds the LM head read from the checkpoint (the input embedding when they are
+        tied or the checkpoint stores no head); it is put back on meta afterwards."""
+        module = model.get_output_embeddings()
+        if module is None:
+            raise ReplacemeError("--offload: the model has no output embedding (LM head)")
+        name = self.head_name
+        full = module._parameters["weight"]
+        weight = self.checkpoint.read([name])[name].to(self.device, self.dtype)
+        module._parameters["weight"] = nn.Parameter(weight, requires_grad=False)
+        try:
+            yield module
+        finally:
+            module._parameters["weight"] = full
+            del weight
+            from replaceme.resources import release_free_memory
+
+            release_free_memory()
+
+    @functools.cached_property
+    def head_name(self) -> str:
+        """The checkpoint tensor of the LM head (the input embedding's when tied or absent)."""
+        output = self.model.get_output_embeddings()
+        name = self._name_of(output.weight) if output is not None else self.embedding_name
+        return name if name in self.checkpoint else self.embedding_name
 
     def _by_origin(self, index: int) -> nn.Module:
         for layer in self.adapter.layers(self.model):
@@ -220,33 +274,6 @@ class OffloadedModel:
             return embedding(inverse.to(self.device))
         finally:
             embedding._parameters["weight"] = full
-
-    def layer_call(self, index: int, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                   passthrough_tuple: bool) -> tuple[tuple, dict[str, Any]]:
-        """The positional and keyword arguments the model's own forward passes to
-        decoder layer ``index`` (the hidden states included, correct only for layer 0).
-
-        The layers before ``index`` are replaced by pass-through stubs for the call
-        (returning a tuple when the real layers do), so no weights are needed."""
-        layers = self.adapter.layers(self.model)
-
-        def passthrough(self_, *args, **kwargs):
-            hidden = args[0] if args else next(iter(kwargs.values()))
-            return (hidden,) if passthrough_tuple else hidden
-
-        def capture(self_, *args, **kwargs):
-            raise _Captured(args, kwargs)
-
-        for i, layer in enumerate(layers):
-            layer.forward = types.MethodType(capture if i == index else passthrough, layer)
-        try:
-            self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
-        except _Captured as got:
-            return got.args_, got.kwargs_
-        finally:
-            for layer in layers:
-                del layer.forward
-        raise RuntimeError(f"the model's forward never called layer {index}")
 
     # ----- writing
 
