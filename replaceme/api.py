@@ -274,14 +274,14 @@ def save_pruned(result: PruneResult, output: str | Path, *, overwrite: bool = Fa
 
     The directory appears only once complete (written beside it under a name
     unique to the run, then renamed). An existing one is replaced only with
-    ``overwrite`` and only when replaceme wrote it (see :mod:`replaceme.paths`);
+    ``overwrite`` and only when replaceme wrote it (see :mod:`replaceme.outputs`);
     the source model and the calibration file are never written. Tokenizer files
     of the source that ``save_pretrained`` does not write (``tokenizer.model``, ...)
     are copied.
     """
     from replaceme import model_card
     from replaceme.loading import local_model_dir
-    from replaceme.paths import atomic_directory, write_json_atomic
+    from replaceme.outputs import atomic_directory, write_json_atomic
 
     output = Path(output)
     source_dir = local_model_dir(result.source) if result.source else None

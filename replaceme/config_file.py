@@ -142,7 +142,7 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     or reference settings we cannot reproduce; logs a warning for each reference
     key that is ignored.
     """
-    from replaceme.paths import read_yaml_mapping
+    from replaceme.schema import read_yaml_mapping
     from replaceme.schema import COUNT, Key, check_mapping, check_value
 
     raw = read_yaml_mapping(path, "config file")

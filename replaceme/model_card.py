@@ -217,7 +217,7 @@ def render(meta: dict[str, Any], output: str | Path, *, license: str | None = No
 def write(directory: str | Path, meta: dict[str, Any], *, output_name: str | Path | None = None,
           results: dict[str, Any] | None = None) -> Path:
     """Write ``README.md`` into ``directory`` (a pruned model being saved)."""
-    from replaceme.paths import write_text_atomic
+    from replaceme.outputs import write_text_atomic
 
     directory = Path(directory)
     text = render(meta, output_name or directory, license=source_license(meta.get("source_model")), results=results)
@@ -228,7 +228,7 @@ def write(directory: str | Path, meta: dict[str, Any], *, output_name: str | Pat
 
 def add_results(directory: str | Path, results: dict[str, Any]) -> Path:
     """Put evaluation results into an existing replaceme model card (replacing earlier ones)."""
-    from replaceme.paths import write_text_atomic
+    from replaceme.outputs import write_text_atomic
 
     path = Path(directory) / CARD_FILE
     if not path.is_file():  # pruned before model cards existed: write one from pruning.json

@@ -21,7 +21,7 @@ FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 
 def _save(plt: Any, fig: Any, path: str | Path, replace: bool = True) -> None:
     """Save through a temporary file and a rename (the format from the path's suffix; PNG if none)."""
-    from replaceme.paths import atomic_file
+    from replaceme.outputs import atomic_file
 
     suffix = Path(path).suffix.lower()
     fmt = suffix[1:] if suffix in FORMATS else "png"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from replaceme.errors import ReplacemeError, did_you_mean
@@ -129,3 +130,26 @@ def check_mapping(data: Mapping[str, Any], schema: Mapping[str, Key], where: str
             continue
         out[key] = check_value(where, key, value, schema[key])
     return out
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """Read a YAML mapping with ``safe_load``; one-line errors for a missing file or bad YAML."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ReplacemeError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ReplacemeError(f"{path}: not a text file (cannot decode it as UTF-8)") from None
+    except yaml.YAMLError as exc:
+        raise ReplacemeError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ReplacemeError(f"{path}: YAML nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ReplacemeError(f"{path}: expected a mapping of keys to values")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise ReplacemeError(f"{path}: key {bad[0]!r} is not a string")
+    return data

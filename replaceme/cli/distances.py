@@ -49,7 +49,7 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
     from replaceme.loading import load_model
     from replaceme.checks import check_model_inputs, check_text_input
     from replaceme.errors import ReplacemeError
-    from replaceme.paths import output_file, write_text_atomic
+    from replaceme.outputs import output_file, write_text_atomic
     from replaceme.pipeline import check_layers, prepare
     from replaceme.plots import FORMATS
     from replaceme.registry import adapter_for

@@ -104,7 +104,7 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
         raise ReplacemeError("nothing to evaluate: give --ppl SOURCE and/or --tasks NAMES (see --help)")
     if model_card:
         from replaceme.model_card import CARD_FILE
-        from replaceme.paths import check_owned_file
+        from replaceme.outputs import check_owned_file
 
         check_owned_file(model_or_dir, CARD_FILE, kind="pruned-model", option="--model-card")
 
@@ -117,7 +117,7 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
     if model_card:
         from replaceme import model_card as card
 
-        from replaceme.paths import claim
+        from replaceme.outputs import claim
 
         card.add_results(model_or_dir, {"metrics": result.metrics, "command": _command(model_or_dir, spec)})
         claim(model_or_dir, [CARD_FILE])

@@ -79,7 +79,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     if missing:
         raise ReplacemeError(f"missing {', '.join(missing)} (see 'replaceme prune --help')")
     from replaceme.checks import check_model_inputs, check_text_input
-    from replaceme.paths import check_output, output_lock
+    from replaceme.outputs import check_output, output_lock
 
     out = Path(output)
     spec = calibration_spec(**calib) if calib["calib"] else None

@@ -131,7 +131,7 @@ def read_plan_file(path: str | Path) -> dict[str, Any]:
         tasks: [boolq, piqa]
         limit: 200
     """
-    from replaceme.paths import read_yaml_mapping
+    from replaceme.schema import read_yaml_mapping
 
     from replaceme.schema import check_mapping
 

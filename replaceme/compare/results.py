@@ -110,7 +110,7 @@ def to_frame(rows: list[Row]) -> Any:
 
 def write_exports(rows: list[Row], out: Path, provenance: dict[str, Any]) -> list[Path]:
     """Write ``results.csv``, ``results.md``, ``results.json`` (atomically) and the plots."""
-    from replaceme.paths import write_json_atomic, write_text_atomic
+    from replaceme.outputs import write_json_atomic, write_text_atomic
 
     frame = to_frame(rows)
     write_text_atomic(out / "results.csv", frame.to_csv(index=False))

@@ -58,10 +58,10 @@ def check_comparison_output(out: Path, plan: ComparePlan, overwrite: bool) -> bo
 
     An existing directory is resumed when it is a comparison of the same model,
     calibration and evaluation; another replaceme comparison needs ``overwrite``;
-    anything replaceme did not write is refused (see :func:`replaceme.paths.check_output`).
+    anything replaceme did not write is refused (see :func:`replaceme.outputs.check_output`).
     Nothing is created.
     """
-    from replaceme.paths import check_output
+    from replaceme.outputs import check_output
 
     inputs = [plan.model, plan.calibration.text_source.base, *(TextSource(p).base for p in plan.evaluation.ppl),
               *(e.path for e in plan.include)]
@@ -86,7 +86,7 @@ def prepare_output(out: Path, plan: ComparePlan, overwrite: bool) -> None:
     """Create ``out``, or resume (or extend with more methods/budgets) a comparison of
     the same model, calibration and evaluation in it; another comparison there is
     replaced only with ``overwrite``; anything else is refused."""
-    from replaceme.paths import discard_directory, ordinary_permissions, ownership_record, write_json_atomic
+    from replaceme.outputs import discard_directory, ordinary_permissions, ownership_record, write_json_atomic
 
     resume = check_comparison_output(out, plan, overwrite)
     if out.exists() and any(out.iterdir()) and not resume:
@@ -114,7 +114,7 @@ def _load_row(out: Path | None, key: str) -> Row | None:
 
 def _save_row(out: Path | None, row: Row) -> None:
     if out is not None:
-        from replaceme.paths import write_json_atomic
+        from replaceme.outputs import write_json_atomic
 
         write_json_atomic(out / "rows" / f"{row.key}.json", row.to_dict())
 
@@ -138,7 +138,7 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     only once the model has loaded.
     """
     from replaceme.methods import resolve_method
-    from replaceme.paths import output_lock
+    from replaceme.outputs import output_lock
 
     resolved = {m.label: resolve_method(m.name, m.options, selector=m.selector, compensator=m.compensator) for m in plan.methods}
     check_comparison_inputs(plan)
@@ -327,7 +327,7 @@ def _mb(value: int | None) -> float | None:
 
 def _write_distances(stats: ActivationStats, max_size: int, out: Path) -> None:
     from replaceme.distances import distance_frame
-    from replaceme.paths import write_text_atomic
+    from replaceme.outputs import write_text_atomic
     from replaceme.plots import distance_heatmap
 
     sizes = [n for n in range(1, max_size + 1) if n in stats.angular]

@@ -32,10 +32,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from replaceme import cache_location
 from replaceme.demo.corpus import CORPUS_VERSION
 from replaceme.demo.train import Recipe
 from replaceme.errors import ReplacemeError
-from replaceme.paths import atomic_directory
+from replaceme.outputs import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +61,9 @@ def is_demo(model_arg: str | os.PathLike[str] | None) -> bool:
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where replaceme caches things: ``cache_dir`` if given, else from the environment."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("REPLACEME_CACHE"):
-        return Path(os.environ["REPLACEME_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "replaceme"
-    return Path.home() / ".cache" / "replaceme"
+    """Where replaceme caches things: ``cache_dir`` if given, else from the environment
+    (:func:`replaceme.cache_location.cache_dir`)."""
+    return cache_location.cache_dir(root=cache_dir)
 
 
 def recipe_key(recipe: Recipe | None = None) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from replaceme.paths import cache_dir
+from replaceme.cache_location import cache_dir
 from replaceme.stats.fit import misfit
 from replaceme.stats.request import StatsRequest
 from replaceme.stats.store import ActivationSample, ActivationStats, BatchActivations, GramKey, GramSums
@@ -123,7 +123,7 @@ def load_cached(key: str, model_shape: tuple[int, int] | None = None,
 
 def save_cached(key: str, stats: ActivationStats) -> Path | None:
     """Write stats atomically; returns the path, or None (with a warning) when they cannot be stored."""
-    from replaceme.paths import atomic_file
+    from replaceme.outputs import atomic_file
 
     path = cache_path(key)
     try:

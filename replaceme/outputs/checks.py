@@ -1,0 +1,168 @@
+"""Before any work: may this output be written? Inputs are never outputs, and an
+existing output is replaced only when replaceme wrote it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from replaceme.errors import ReplacemeError
+from replaceme.outputs.ownership import Ownership, read_ownership
+from replaceme.outputs.runs import TAG
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """Absolute path with ``~``, symlinks and ``..`` resolved (the path need not exist)."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def _without_slice(spec: str) -> str:
+    """``file.txt[:100]`` (a record slice of a text source) -> ``file.txt``."""
+    if spec.endswith("]") and "[" in spec:
+        return spec[: spec.rindex("[")]
+    return spec
+
+
+def local_inputs(*paths: Any) -> list[Path]:
+    """The inputs among ``paths`` that exist on this machine (hub ids and None are skipped).
+
+    Text sources may carry a record slice (``file.txt[:100]``); it is removed.
+    """
+    out = []
+    for p in paths:
+        if p is None:
+            continue
+        for candidate in (str(p), _without_slice(str(p))):
+            if candidate and os.path.lexists(Path(candidate).expanduser()):
+                out.append(resolve(candidate))
+                break
+    return out
+
+
+def _relation(target: Path, source: Path) -> str | None:
+    if target == source:
+        return "is"
+    if target in source.parents:
+        return "contains"
+    if source in target.parents:
+        return "is inside"
+    return None
+
+
+def check_not_input(target: str | os.PathLike[str], inputs: Iterable[Any], *, option: str = "--output") -> Path:
+    """Refuse ``target`` when it is, contains, or lies inside one of ``inputs``."""
+    resolved = resolve(target)
+    for source in local_inputs(*inputs):
+        relation = _relation(resolved, source)
+        if relation:
+            raise ReplacemeError(f"{option} {target} {relation} the input {source}; replaceme never writes over, "
+                                 f"above or into its inputs (choose another {option})")
+    return resolved
+
+
+def _check_parent(resolved: Path, shown: Any, option: str) -> None:
+    """The nearest existing folder above ``resolved`` must be a writable directory."""
+    for ancestor in resolved.parents:
+        if os.path.lexists(ancestor):
+            if not ancestor.is_dir():
+                raise ReplacemeError(f"cannot create {option} {shown}: {ancestor} is not a directory")
+            probe = ancestor / f".{TAG}-probe-{os.getpid()}-{secrets.token_hex(4)}"
+            try:
+                probe.mkdir()
+                probe.rmdir()
+            except OSError as exc:
+                raise ReplacemeError(f"cannot write {option} {shown}: {ancestor} is not writable "
+                                     f"({exc.strerror or exc})") from None
+            return
+
+
+@dataclass
+class OutputStatus:
+    """What :func:`check_output` found: the resolved path and what is there now."""
+
+    path: Path
+    exists: bool
+    empty: bool = False
+    ownership: Ownership | None = None
+
+
+def check_output(
+    target: str | os.PathLike[str],
+    *,
+    kind: str = "dir",
+    inputs: Iterable[Any] = (),
+    overwrite: bool = False,
+    allow_existing: bool = False,
+    option: str = "--output",
+    suffixes: tuple[str, ...] = (),
+    owner_kind: str | None = None,
+) -> OutputStatus:
+    """Decide whether ``target`` may be created (or replaced); raise a one-line error if not.
+
+    Nothing is created. Checked, in order: the path is not empty text, not a
+    symlink, not an input or above/inside one; an existing directory (``kind="dir"``)
+    is empty, or is replaceme's and holds only files replaceme wrote (else refused
+    even with ``overwrite``), and needs ``overwrite`` unless ``allow_existing``;
+    an existing file (``kind="file"``) needs ``overwrite`` and one of ``suffixes``;
+    the folder it goes into can be created and written.
+
+    Args:
+        target: the output path as the user gave it.
+        kind: ``"dir"`` or ``"file"``.
+        inputs: paths the run reads (non-local names are ignored).
+        overwrite: the user asked to replace an existing output.
+        allow_existing: the caller handles an existing replaceme directory itself
+            (``compare`` resumes one).
+        option: the option's name, for messages.
+        suffixes: for files, the suffixes an existing file must have to be replaced.
+        owner_kind: an existing replaceme directory must be of this kind (a pruned
+            model is not replaced by a comparison, nor the reverse).
+    """
+    if not str(target).strip():
+        raise ReplacemeError(f"{option} is empty")
+    path = Path(target).expanduser()
+    if path.is_symlink():
+        raise ReplacemeError(f"{option} {target} is a symbolic link; give the real path")
+    resolved = check_not_input(target, inputs, option=option)
+    status = OutputStatus(resolved, exists=os.path.lexists(resolved))
+    if status.exists:
+        if kind == "dir":
+            _check_existing_dir(status, target, overwrite=overwrite or allow_existing, option=option,
+                                owner_kind=owner_kind)
+        else:
+            if resolved.is_dir():
+                raise ReplacemeError(f"{option} {target} is a directory, not a file")
+            if not overwrite:
+                raise ReplacemeError(f"{option} {target} exists (use --overwrite to replace it)")
+            if suffixes and resolved.suffix.lower() not in suffixes:
+                raise ReplacemeError(f"{option} {target}: refusing to replace a file that is not {'/'.join(suffixes)}")
+    _check_parent(resolved, target, option)
+    return status
+
+
+def _check_existing_dir(status: OutputStatus, target: Any, *, overwrite: bool, option: str,
+                        owner_kind: str | None) -> None:
+    resolved = status.path
+    if not resolved.is_dir():
+        raise ReplacemeError(f"{option} {target} exists and is not a directory")
+    status.empty = not any(resolved.iterdir())
+    if status.empty:
+        return
+    status.ownership = own = read_ownership(resolved)
+    if own is None:
+        raise ReplacemeError(f"{option} {target} is not empty and was not written by replaceme; "
+                             f"refusing to replace it, with or without --overwrite (choose another {option})")
+    if owner_kind is not None and own.kind != owner_kind:
+        raise ReplacemeError(f"{option} {target} holds a replaceme {own.kind.replace('-', ' ')}, not a "
+                             f"{owner_kind.replace('-', ' ')}; choose another {option}")
+    foreign = own.foreign(resolved)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise ReplacemeError(f"{option} {target} holds files replaceme did not write ({shown}); "
+                             f"refusing to replace it (move them, or choose another {option})")
+    if not overwrite:
+        raise ReplacemeError(f"{option} {target} exists (use --overwrite to replace it)")

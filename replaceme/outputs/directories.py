@@ -1,0 +1,139 @@
+"""Output directories that appear atomically: written under a temporary name
+beside the target and renamed into place."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from replaceme.errors import ReplacemeError
+from replaceme.outputs.checks import check_output, resolve
+from replaceme.outputs.lock import output_lock
+from replaceme.outputs.ownership import listing, literal, ownership_record, read_ownership
+from replaceme.outputs.rename import raced, rename_noreplace
+from replaceme.outputs.runs import OWNER_FILE, clean_stale, ordinary_permissions, run_owner, temp_name
+
+
+def place_directory(tmp: Path, target: Path, *, replace: bool) -> None:
+    """Move the finished ``tmp`` to ``target``; with ``replace``, the existing
+    ``target`` (already checked to be replaceme's) is swapped out and deleted.
+
+    A ``target`` that appears meanwhile (another run) is never replaced: the error
+    says so and this run's ``tmp`` is discarded by the caller.
+    """
+    if not os.path.lexists(target):
+        try:
+            rename_noreplace(tmp, target)
+        except FileExistsError:
+            raise raced(target) from None
+        return
+    if target.is_dir() and not any(target.iterdir()):  # an empty folder: rename over it (fails if it filled)
+        try:
+            os.rename(tmp, target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise raced(target) from None
+            raise
+        return
+    if not replace:
+        raise raced(target)
+    backup: Path | None = temp_name(target, ".old")
+    try:
+        os.rename(target, backup)
+    except FileNotFoundError:  # another run moved it away first
+        backup = None
+    if backup is not None:
+        with contextlib.suppress(OSError):
+            (backup / OWNER_FILE).write_text(json.dumps(run_owner()), encoding="utf-8")
+    try:
+        rename_noreplace(tmp, target)
+    except FileExistsError:
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+        raise raced(target) from None
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _make_temp_dir(target: Path) -> Path:
+    tmp = temp_name(target, ".partial")
+    tmp.mkdir()
+    ordinary_permissions(tmp)
+    (tmp / OWNER_FILE).write_text(json.dumps(run_owner()), encoding="utf-8")
+    return tmp
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    target: str | os.PathLike[str],
+    overwrite: bool = False,
+    *,
+    inputs: Iterable[Any] = (),
+    marker: tuple[str, str] | None = None,
+    checked: bool = True,
+    option: str = "--output",
+) -> Iterator[Path]:
+    """Yield a temporary directory beside ``target``; on success it becomes ``target``.
+
+    Args:
+        target: the final directory.
+        overwrite: replace an existing ``target`` (only one replaceme wrote, see
+            :func:`~replaceme.outputs.checks.check_output`).
+        inputs: paths the run reads; ``target`` may not touch them.
+        marker: ``(file name, kind)``: the JSON file (written by the caller in the
+            temporary directory) that receives the ownership record listing every
+            file written, so that a later ``--overwrite`` may replace it.
+        checked: apply ``check_output``; only replaceme's own caches pass False.
+        option: the option's name, for messages.
+
+    On any error the temporary directory is removed and ``target`` is untouched.
+    """
+    items = list(inputs)
+    target = Path(target).expanduser()
+    existed = True
+    kind = marker[1] if marker else None
+    if checked:
+        first = check_output(target, kind="dir", inputs=items, overwrite=overwrite, option=option, owner_kind=kind)
+        target, existed = first.path, first.exists
+    else:
+        target = resolve(target)
+    with output_lock(target, option=option):
+        clean_stale(target)
+        tmp = _make_temp_dir(target)
+        try:
+            yield tmp
+            (tmp / OWNER_FILE).unlink()
+            if marker is not None:
+                name, kind = marker
+                path = tmp / name
+                data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+                data.update(ownership_record(kind, [literal(f) for f in listing(tmp)]))
+                path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+            ordinary_permissions(tmp)
+            if checked:  # what is there may have changed while we worked
+                if not existed and os.path.lexists(target) and any(target.iterdir()):
+                    raise raced(target)
+                check_output(target, kind="dir", inputs=items, overwrite=overwrite, option=option, owner_kind=kind)
+            place_directory(tmp, target, replace=overwrite or not checked)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def discard_directory(target: Path) -> None:
+    """Delete a directory that ``check_output`` found to be replaceme's: moved
+    to a unique name first, re-checked there, then removed."""
+    backup = temp_name(target, ".old")
+    os.rename(target, backup)
+    own = read_ownership(backup)
+    foreign = own.foreign(backup) if own else ["(no ownership record)"]
+    if foreign:
+        rename_noreplace(backup, target)
+        raise ReplacemeError(f"{target} changed while checking it ({', '.join(foreign[:3])}); left as it was")
+    shutil.rmtree(backup, ignore_errors=True)
