@@ -45,7 +45,11 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module, _, attr = target.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        command = getattr(importlib.import_module(module), attr)
+        if not any(p.name == "verbose" for p in command.params):  # -v works after the command name too
+            command.params.append(click.Option(["-v", "--verbose"], count=True, expose_value=False, is_eager=True,
+                                               callback=_more_verbose, help="More log output (-vv for debug)."))
+        return command
 
     def invoke(self, ctx: click.Context):
         """Run the command. Under ``torchrun`` a rank > 0 that has delivered its share
@@ -137,6 +141,15 @@ def main() -> None:
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cli(prog_name="replaceme")
+
+
+def _more_verbose(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    """``replaceme COMMAND -v``: add to the verbosity given before the command."""
+    if value:
+        from replaceme.console import setup_logging
+
+        group = ctx.find_root().params.get("verbose") or 0
+        setup_logging(group + value)
 
 
 def _first_command(argv: list[str]) -> int:

@@ -177,3 +177,12 @@ class LimitType(click.ParamType):
 def parse_kv(pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
     """``-o key value`` pairs to a dict (keys may use - or _)."""
     return {k.replace("-", "_"): v for k, v in pairs}
+
+
+def format_option(f: F) -> F:
+    """``--format table|plain|markdown|csv`` for commands that print a table (see :mod:`replaceme.formats`)."""
+    from replaceme.formats import FORMATS
+
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+                        help="How the table prints: a terminal table that fits the width, plain aligned text "
+                             "(logs), markdown, or csv.")(f)

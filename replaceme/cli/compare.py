@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from replaceme.cli.common import LimitType, calibration_options, count, merge_file_settings, model_options
+from replaceme.cli.common import (
+    LimitType,
+    calibration_options,
+    count,
+    format_option,
+    merge_file_settings,
+    model_options,
+)
 
 
 @click.command()
@@ -38,10 +45,11 @@ from replaceme.cli.common import LimitType, calibration_options, count, merge_fi
 @click.option("--overwrite", is_flag=True, help="Replace an output directory that holds other results.")
 @click.option("--no-cache", is_flag=True, help="Recompute calibration statistics even if cached.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
+@format_option
 @click.pass_context
 def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl, context_length, stride, max_ppl_tokens, tasks,
             tasks_dir, task_data, num_fewshot, limit, eval_batch_size, device, dtype, trust_remote_code, plan_file,
-            output, overwrite, no_cache, as_json, **calib) -> None:
+            output, overwrite, no_cache, as_json, fmt, **calib) -> None:
     """Compare pruning methods on MODEL fairly: the same weights, the same
     calibration pass and the same evaluation for all, plus the unpruned baseline.
 
@@ -84,7 +92,7 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
     plan = _compare_plan(model, entries, budgets, spec, ppl_sources, include, values)
     out = output or settings.get("output")
     outcome = run_comparison(plan, Path(out) if out else None, overwrite=bool(values["overwrite"]), use_cache=not no_cache)
-    _report(outcome, model, out, as_json)
+    _report(outcome, model, out, as_json, fmt)
 
 
 def _demo_name() -> str:
@@ -171,10 +179,10 @@ def _compare_plan(model: str, entries: list, budgets: list[int], spec, ppl_sourc
                        trust_remote_code=bool(values["trust_remote_code"]), include=parse_include(include))
 
 
-def _report(outcome, model: str, out, as_json: bool) -> None:
+def _report(outcome, model: str, out, as_json: bool, fmt: str = "table") -> None:
     """Print the table (or JSON); a failed row makes the command fail after everything is written."""
-    from replaceme.compare.results import to_frame
-    from replaceme.console import stderr, stdout, table
+    from replaceme.compare.results import frame_cells, to_frame
+    from replaceme.console import print_rows, stderr
     from replaceme.errors import ReplacemeError
 
     frame = to_frame(outcome.rows)
@@ -183,10 +191,7 @@ def _report(outcome, model: str, out, as_json: bool) -> None:
     else:
         stats = outcome.provenance.get("statistics")
         caption = f"shared calibration pass: {stats['tokens']} tokens, {stats['seconds']:.1f} s" if stats else None
-        tbl = table(f"{model}: {outcome.provenance['layers_before']} layers", list(frame.columns),
-                    frame.astype(object).where(frame.notna(), None).values.tolist())
-        tbl.caption = caption
-        stdout.print(tbl)
+        print_rows(f"{model}: {outcome.provenance['layers_before']} layers", *frame_cells(frame), fmt=fmt, caption=caption)
         if out:
             stderr.print(f"results in {out}: " + ", ".join(p.name for p in outcome.written))
     if outcome.failed:

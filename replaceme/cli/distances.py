@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_spec, model_options
+from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_spec, format_option, model_options
 
 
 @click.command()
@@ -23,8 +23,9 @@ from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_s
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a heatmap PNG (start × block size).")
 @click.option("--overwrite", is_flag=True, help="Replace existing --csv/--plot files.")
 @click.option("--no-cache", is_flag=True, help="Recompute calibration statistics even if cached.")
+@format_option
 def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_path, overwrite, no_cache, device, dtype,
-              trust_remote_code, **calib) -> None:
+              trust_remote_code, fmt, **calib) -> None:
     """Show the angular distance of every block of 1..N layers of MODEL.
 
     The angular distance arccos(cos(x_s, x_e))/π between a block's input and
@@ -44,7 +45,7 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
       replaceme distances ./model -n 4 --calib data.txt --plot dist.png
       replaceme distances ./model -n 2 --calib data.txt --loss -m replaceme-lstsq --plot blocks.png
     """
-    from replaceme.console import stdout, table
+    from replaceme.console import print_rows
     from replaceme.distances import distance_frame
     from replaceme.loading import load_model
     from replaceme.checks import check_model_inputs, check_text_input
@@ -105,4 +106,4 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
     title = f"Block distances ({stats.sequences} sequences, {stats.tokens} tokens)"
     if loss:
         title += f"; loss after {resolved.compensator.name} on {stats.sample.holdout and sum(b.tokens for b in stats.sample.holdout)} held-out tokens"
-    stdout.print(table(title, columns, rows))
+    print_rows(title, columns, rows, fmt=fmt)

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from replaceme.cli.common import SEED, LimitType, count, model_options
+from replaceme.cli.common import SEED, LimitType, count, format_option, model_options
 
 
 def split_names(values: tuple[str, ...]) -> list[str]:
@@ -65,11 +65,12 @@ def _command(model_or_dir: str, spec) -> str:
 @click.option("--seed", type=SEED, default=1234, show_default=True, help="Seed for lm-eval and few-shot sampling.")
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of a table.")
+@format_option
 @click.option("--model-card", is_flag=True,
               help="Also put the results into the model card (README.md) of DIR, a model pruned by replaceme.")
 def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, ppl_batch_size, max_ppl_tokens,
              tasks, tasks_dir, task_data, num_fewshot, limit, batch_size, seed, device, dtype, trust_remote_code,
-             as_json, model_card) -> None:
+             as_json, fmt, model_card) -> None:
     """Evaluate MODEL_OR_DIR (a model directory or hub id): perplexity and lm-eval tasks.
 
     Perplexity uses non-overlapping windows of --context-length tokens, each
@@ -88,7 +89,7 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
       replaceme evaluate meta-llama/Llama-3.2-1B --ppl wikitext:wikitext-2-raw-v1 \\
           --context-length 2048 --tasks arc_easy,winogrande --json > scores.json
     """
-    from replaceme.console import stdout, table
+    from replaceme.console import print_rows
     from replaceme.errors import ReplacemeError
     from replaceme.evaluation import EvalSpec
     from replaceme.evaluation import evaluate as run_evaluation
@@ -129,6 +130,6 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
     for name, metric, value in result.rows():
         source = name.removeprefix("ppl:")
         count = result.tokens.get(name) if name.startswith("ppl:") else result.details.get(name, {}).get("samples")
-        rows.append([source, metric, value, count])
+        rows.append([source, metric, value, result.stderr.get(name), count])
     where = f"{result.provenance['device']}, {result.provenance['dtype']}, {result.seconds['total']:.1f} s"
-    stdout.print(table(f"{model_or_dir} ({where})", ["benchmark", "metric", "value", "tokens/docs"], rows))
+    print_rows(f"{model_or_dir} ({where})", ["benchmark", "metric", "value", "stderr", "tokens/docs"], rows, fmt=fmt)

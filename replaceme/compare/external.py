@@ -119,7 +119,7 @@ def evaluate_included(entry: IncludedModel, key: str, tokenizer: Any, evaluation
             t0 = time.perf_counter()
             result = evaluate(model, tokenizer, evaluation)
             row.eval_seconds = time.perf_counter() - t0
-        row.metrics = dict(result.metrics)
+        row.record(result)
         row.params = sum(p.numel() for p in model.parameters())
         row.num_layers = layers
         row.layers = base_layers - layers if isinstance(layers, int) else 0

@@ -1,11 +1,11 @@
 """Result rows of a comparison, the summary columns, and their exports.
 
-Summary columns (the ReplaceMe paper's Table 1 plus cost):
+Summary columns (the ReplaceMe paper's Table 1 plus honest health checks and cost):
 
 - ``avg``: mean of the lm-eval task scores (accuracies), when there are tasks;
-- ``retained %``: mean over every metric of the score kept relative to the
-  baseline row — ``score / baseline`` for accuracies, ``baseline / score`` for
-  perplexities (lower is better) — times 100.
+- ``retained %`` (the paper's), ``retained (cc) %`` (chance-corrected), ``ppl
+  ratio`` and the ``flag`` (``collapsed`` / ``best``): defined in
+  :mod:`replaceme.compare.summary`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: label of the unpruned model's row
-BASELINE = "baseline"
+from replaceme.compare.summary import (
+    BASELINE,
+    chance_corrected,
+    informative_tasks,
+    is_collapsed,
+    lower_is_better,
+    mark_best,
+    ppl_ratio,
+    retained,
+)
+
+__all__ = ["BASELINE", "Row", "lower_is_better", "summarise", "to_frame", "write_exports"]
 
 
 @dataclass
@@ -29,6 +39,8 @@ class Row:
     key: str
     blocks: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    stderr: dict[str, float] = field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)
     prune_seconds: float | None = None
     eval_seconds: float | None = None
     peak_rss_mb: float | None = None
@@ -40,6 +52,12 @@ class Row:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def record(self, result: Any) -> None:
+        """Take the metrics, standard errors and chance levels of an :class:`~replaceme.evaluation.EvalResult`."""
+        self.metrics = dict(result.metrics)
+        self.stderr = dict(result.stderr)
+        self.chance = dict(result.chance)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Row:
@@ -53,12 +71,8 @@ def short_metric(name: str) -> str:
     return "ppl " + Path(name[4:]).name if "/" in name[4:] else "ppl " + name[4:]
 
 
-def lower_is_better(metric: str) -> bool:
-    return metric.startswith("ppl") or metric.endswith("perplexity")
-
-
 def summarise(rows: list[Row]) -> list[dict[str, Any]]:
-    """Flat records with metrics, ``avg`` and ``retained %`` (vs the baseline row)."""
+    """Flat records with metrics, ``avg``, both retentions, ``ppl ratio``, ``collapsed`` and ``best``."""
     base = next((r for r in rows if r.method == BASELINE and not r.error), None)
     metric_names: list[str] = []
     for r in rows:
@@ -66,6 +80,7 @@ def summarise(rows: list[Row]) -> list[dict[str, Any]]:
             if name not in metric_names:
                 metric_names.append(name)
     tasks = [m for m in metric_names if not lower_is_better(m)]
+    informative = informative_tasks(base, tasks)
     records = []
     for r in rows:
         rec: dict[str, Any] = {"method": r.label, "layers": r.layers, "blocks": r.blocks}
@@ -73,83 +88,75 @@ def summarise(rows: list[Row]) -> list[dict[str, Any]]:
             rec[name] = r.metrics.get(name)
         scores = [r.metrics[t] for t in tasks if t in r.metrics]
         rec["avg"] = sum(scores) / len(scores) if tasks and len(scores) == len(tasks) else None
-        rec["retained %"] = _retained(r, base, metric_names)
+        rec["retained %"] = retained(r, base, metric_names)
+        rec["retained (cc) %"] = chance_corrected(r, base, informative)
+        rec["ppl ratio"] = ppl_ratio(r, base, metric_names)
+        rec["collapsed"] = is_collapsed(rec["ppl ratio"], rec["retained (cc) %"])
         rec.update({
             "prune s": r.prune_seconds, "eval s": r.eval_seconds, "peak RSS MB": r.peak_rss_mb,
             "peak CUDA MB": r.peak_cuda_mb, "params": r.params, "error": r.error,
         })
         records.append(rec)
+    mark_best(records)
     return records
 
 
-def _retained(row: Row, base: Row | None, metrics: list[str]) -> float | None:
-    if base is None or row.error:
-        return None
-    ratios = []
-    for m in metrics:
-        a, b = row.metrics.get(m), base.metrics.get(m)
-        if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or a <= 0 or b <= 0:
-            return None
-        ratios.append(b / a if lower_is_better(m) else a / b)
-    return 100.0 * sum(ratios) / len(ratios) if ratios else None
+def flag(rec: dict[str, Any]) -> str:
+    """The table's ``flag`` cell of a summary record."""
+    return "collapsed" if rec["collapsed"] else "best" if rec["best"] else ""
+
+
+#: summary columns left out of the table when every row leaves them empty
+_OPTIONAL = ("avg", "retained (cc) %", "ppl ratio", "flag", "peak CUDA MB", "error", "blocks")
 
 
 def to_frame(rows: list[Row]) -> Any:
-    """The summary as a pandas DataFrame (drops all-empty cost columns)."""
+    """The summary as a pandas DataFrame: ``collapsed``/``best`` as one ``flag`` column
+    after ``layers`` (so that it shows beside the label); all-empty optional columns dropped."""
     import pandas as pd
 
-    frame = pd.DataFrame(summarise(rows))
+    records = summarise(rows)
+    for rec in records:
+        rec["flag"] = flag(rec)
+        del rec["collapsed"], rec["best"]
+    frame = pd.DataFrame(records)
+    if "flag" in frame:
+        frame.insert(list(frame.columns).index("layers") + 1, "flag", frame.pop("flag"))
     frame = frame.rename(columns={c: short_metric(c) for c in frame.columns})
     if "params" in frame:
         frame["params"] = frame["params"].map(lambda v: None if v is None or v != v else f"{v / 1e6:.3f}M")
-    for col in ("avg", "peak CUDA MB", "error", "blocks"):
+    for col in _OPTIONAL:
         if col in frame and frame[col].isna().all() | (frame[col] == "").all():
             frame = frame.drop(columns=col)
     return frame
 
 
+def frame_cells(frame: Any) -> tuple[list[str], list[list[Any]]]:
+    """``(columns, rows)`` of a summary frame, missing values as None."""
+    return list(frame.columns), frame.astype(object).where(frame.notna(), None).values.tolist()
+
+
 def write_exports(rows: list[Row], out: Path, provenance: dict[str, Any]) -> list[Path]:
     """Write ``results.csv``, ``results.md``, ``results.json`` (atomically) and the plots."""
+    from replaceme.compare.figures import write_figures
+    from replaceme.formats import to_csv, to_markdown
     from replaceme.outputs import write_json_atomic, write_text_atomic
 
-    frame = to_frame(rows)
-    write_text_atomic(out / "results.csv", frame.to_csv(index=False))
-    write_text_atomic(out / "results.md", _markdown(frame) + "\n")
-    write_json_atomic(out / "results.json", {"rows": [r.to_dict() for r in rows], "summary": summarise(rows),
-                                              "provenance": provenance})
+    columns, cells = frame_cells(to_frame(rows))
+    write_text_atomic(out / "results.csv", to_csv(columns, cells))
+    write_text_atomic(out / "results.md", to_markdown(columns, cells))
+    write_json_atomic(out / "results.json", {"rows": [_finite(r.to_dict()) for r in rows],
+                                              "summary": _finite(summarise(rows)), "provenance": provenance})
     written = [out / "results.csv", out / "results.md", out / "results.json"]
-    return written + _plots(frame, out)
+    return written + write_figures(summarise(rows), out)
 
 
-def _markdown(frame: Any) -> str:
-    """A GitHub Markdown table (no extra dependency)."""
-    from replaceme.console import format_cell
-
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for rec in frame.to_dict("records"):
-        lines.append("| " + " | ".join(format_cell(_clean(rec[c])) for c in cols) + " |")
-    return "\n".join(lines)
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
+def _finite(value: Any) -> Any:
+    """A copy with infinite and NaN numbers as the strings ``"inf"``, ``"-inf"``, ``"nan"`` (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     return value
-
-
-def _plots(frame: Any, out: Path) -> list[Path]:
-    from replaceme.plots import bar_chart, line_chart
-
-    written = []
-    pruned = frame[frame["method"] != BASELINE].dropna(subset=["retained %"])
-    if len(pruned):
-        labels = [f"{m} (-{n})" for m, n in zip(pruned["method"], pruned["layers"])]
-        bar_chart(labels, list(pruned["retained %"]), out / "retained.png", "% of baseline retained",
-                  "Quality retained per method")
-        written.append(out / "retained.png")
-    if pruned["layers"].nunique() > 1:
-        series = {m: (list(g["layers"]), list(g["retained %"])) for m, g in pruned.groupby("method")}
-        line_chart(series, out / "sweep.png", "layers removed", "% of baseline retained", "Quality vs layers removed")
-        written.append(out / "sweep.png")
-    return written

@@ -285,7 +285,7 @@ def _method_row(model, tokenizer, adapter, plan: ComparePlan, label: str, method
             result = evaluate(pruned, tokenizer, plan.evaluation)
             row.eval_seconds = time.perf_counter() - t0
         row.blocks = " ".join(str(b) for b in outcome.plan.blocks)
-        row.metrics = dict(result.metrics)
+        row.record(result)
         row.prune_seconds = sum(outcome.usage[s].seconds for s in ("select", "compensate", "merge"))
         row.params = sum(p.numel() for p in pruned.parameters())
         row.num_layers = outcome.layers_after
@@ -315,10 +315,12 @@ def _baseline_row(model, tokenizer, plan: ComparePlan, num_layers: int) -> Row:
     log.info("baseline (unpruned)")
     with Meter() as meter:
         result = evaluate(model, tokenizer, plan.evaluation)
-    return Row(label=BASELINE, method=BASELINE, layers=0, key=plan.row_key(BASELINE, 0), metrics=dict(result.metrics),
-               eval_seconds=meter.usage.seconds, peak_rss_mb=meter.usage.peak_rss / 2**20,
-               peak_cuda_mb=_mb(meter.usage.peak_cuda), params=sum(p.numel() for p in model.parameters()),
-               num_layers=num_layers)
+    row = Row(label=BASELINE, method=BASELINE, layers=0, key=plan.row_key(BASELINE, 0),
+              eval_seconds=meter.usage.seconds, peak_rss_mb=meter.usage.peak_rss / 2**20,
+              peak_cuda_mb=_mb(meter.usage.peak_cuda), params=sum(p.numel() for p in model.parameters()),
+              num_layers=num_layers)
+    row.record(result)
+    return row
 
 
 def _mb(value: int | None) -> float | None:

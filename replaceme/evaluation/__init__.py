@@ -99,6 +99,8 @@ def evaluate(model: Any, tokenizer: Any, spec: EvalSpec) -> EvalResult:
         )
         result.metrics.update(tasks.metrics)
         result.task_metrics.update(tasks.metric_names)
+        result.stderr.update(tasks.stderr)
+        result.chance.update(tasks.chance)
         result.details.update(tasks.details)
         result.lm_eval = tasks.raw
         result.seconds["lm_eval"] = time.perf_counter() - t0

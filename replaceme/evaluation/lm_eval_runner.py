@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from replaceme.errors import ReplacemeError, did_you_mean
+from replaceme.evaluation.chance import known_chance, objects_by_name
 from replaceme.evaluation.tasks import DATA_ENV, PACK_DIR, PACK_TASKS, resolve_data_dir
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,15 @@ class TaskResults:
             ``samples`` (documents evaluated) and ``num_fewshot``.
         raw: lm-eval's results, JSON-able: ``results``, ``groups``,
             ``configs``, ``versions``, ``n-shot``, ``n-samples``.
+        stderr: task -> standard error of its primary metric (when lm-eval gave one).
+        chance: task -> chance level of its primary metric
+            (:mod:`replaceme.evaluation.chance`; absent when it cannot be known).
     """
 
     metrics: dict[str, float] = field(default_factory=dict)
     metric_names: dict[str, str] = field(default_factory=dict)
+    stderr: dict[str, float] = field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -150,7 +156,7 @@ def run_tasks(
     # lm-eval prints (bootstrap notices) on stdout, which carries our results.
     with contextlib.redirect_stdout(sys.stderr):
         results = evaluate(lm=lm, task_dict=task_dict, limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False)
-    return _collect(results, loaded)
+    return _collect(results, loaded, limit)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -282,8 +288,8 @@ def _quiet(logger_name: str) -> Iterator[None]:
 # ----------------------------------------------------------------------------- results
 
 
-def _collect(results: dict[str, Any], loaded: list[tuple[str, Any]]) -> TaskResults:
-    """Primary metrics for the requested names, details for everything lm-eval reported."""
+def _collect(results: dict[str, Any], loaded: list[tuple[str, Any]], limit: int | float | None = None) -> TaskResults:
+    """Primary metrics (with stderr and chance level) for the requested names, details for everything lm-eval reported."""
     per_task = {**results.get("results", {}), **results.get("groups", {})}
     reported: list[str] = []
     for name, obj in loaded:
@@ -292,6 +298,7 @@ def _collect(results: dict[str, Any], loaded: list[tuple[str, Any]]) -> TaskResu
         else:  # a tag, or a group without aggregation: its tasks
             leaves = obj.get_all_tasks() if hasattr(obj, "get_all_tasks") else [obj]
             reported.extend(t.task_name for t in leaves)
+    objects = objects_by_name(loaded)
     out = TaskResults()
     for name in dict.fromkeys(reported):
         values = _metrics_of(per_task.get(name, {}))
@@ -301,6 +308,12 @@ def _collect(results: dict[str, Any], loaded: list[tuple[str, Any]]) -> TaskResu
             continue
         out.metrics[name] = values[metric]
         out.metric_names[name] = metric
+        stderr = _stderrs_of(per_task.get(name, {})).get(f"{metric}_stderr")
+        if stderr is not None and math.isfinite(stderr):
+            out.stderr[name] = stderr
+        chance = known_chance(objects.get(name), limit)
+        if chance is not None:
+            out.chance[name] = chance
     for name, row in per_task.items():
         detail: dict[str, Any] = {**_metrics_of(row), **_stderrs_of(row)}
         samples = results.get("n-samples", {}).get(name)

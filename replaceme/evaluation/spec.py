@@ -129,6 +129,10 @@ class EvalResult:
         metrics: one number per measurement: ``"ppl:<source>"`` -> perplexity,
             ``"<task>"`` -> the task's primary metric (see ``task_metrics``).
         task_metrics: ``task -> name of its primary metric`` (``acc``, ``acc_norm``, ...).
+        stderr: standard error per measurement, when known (lm-eval's for a
+            task's primary metric; the bootstrap's for perplexity).
+        chance: task -> its chance level (the expected score of a uniform
+            guess among each document's choices; 0 for tasks without choices).
         tokens: ``"ppl:<source>" -> tokens scored``.
         details: per measurement, everything else: ``nll``/``tokens``/``windows``
             for perplexity; every metric and stderr lm-eval reported for a task.
@@ -140,6 +144,8 @@ class EvalResult:
 
     metrics: dict[str, float] = field(default_factory=dict)
     task_metrics: dict[str, str] = field(default_factory=dict)
+    stderr: dict[str, float] = field(default_factory=dict)
+    chance: dict[str, float] = field(default_factory=dict)
     tokens: dict[str, int] = field(default_factory=dict)
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)

@@ -9,6 +9,7 @@ computed here with plain torch, one (context, continuation) pair at a time.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,6 +227,20 @@ def test_all_pack_tasks_equal_direct_computation(tiny_run, tiny_llama, char_toke
     assert_scores_match(tiny_run, tiny_llama, char_tokenizer, PACK_TASKS, synthetic_task_data, limit=5)
     assert tiny_run.metric_names["hellaswag"] == "acc_norm" and tiny_run.metric_names["boolq"] == "acc"
     json.dumps(tiny_run.raw)  # provenance is JSON-able
+
+
+def test_chance_level_and_stderr_are_recorded_per_task(tiny_run, tiny_llama, char_tokenizer, synthetic_task_data):
+    for task in PACK_TASKS:
+        docs = expected_docs(task, synthetic_task_data)[:5]
+        expected = 0.0 if task == "lambada_openai" else float(np.mean([1 / len(d.pairs) for d in docs]))
+        assert tiny_run.chance[task] == pytest.approx(expected), task
+    assert tiny_run.chance["boolq"] == pytest.approx(0.5) and tiny_run.chance["hellaswag"] == pytest.approx(0.25)
+    assert tiny_run.stderr == {}  # bootstrap_iters=0: lm-eval computes no stderr
+    run = run_tasks(tiny_llama, char_tokenizer, ["boolq", "piqa"], task_data=str(synthetic_task_data), limit=5,
+                    batch_size=3, bootstrap_iters=10)
+    for task in ("boolq", "piqa"):  # accuracies: the sample standard error of the mean, in closed form
+        p = run.metrics[task]
+        assert run.stderr[task] == pytest.approx(math.sqrt(p * (1 - p) / 4))
 
 
 def test_tokenizer_is_left_untouched(tiny_run, char_tokenizer):
