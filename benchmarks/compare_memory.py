@@ -68,8 +68,10 @@ def worker(job: dict) -> dict:
 
         apply_method = pipeline.apply_method
 
-        def deepcopy_apply(model, adapter, method, layers, stats, *, variant=False, **kw):
-            pruned = copy.deepcopy(model) if variant else model
+        from replaceme.variant import VARIANT
+
+        def deepcopy_apply(model, adapter, method, layers, stats, *, target=None, **kw):
+            pruned = copy.deepcopy(model) if target is VARIANT else model
             outcome = apply_method(pruned, adapter, method, layers, stats, **kw)
             outcome.model = pruned
             return outcome

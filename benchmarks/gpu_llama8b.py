@@ -101,6 +101,7 @@ def main() -> None:
     from replaceme.registry import adapter_for
     from replaceme.methods import resolve_method
     from replaceme.pipeline import apply_method
+    from replaceme.variant import VARIANT
     from replaceme.stats.collect import collect_stats
     from replaceme.stats.spill import Spill
 
@@ -135,7 +136,7 @@ def main() -> None:
         print(f"{method}: Gram sums {memory['gram'] / 2**30:.2f} GiB, sample {memory['sample'] / 2**30:.2f} GiB", flush=True)
         with Stage(rows, method, "select+compensate+fold", cosine_tokens if method == "cosine" else tokens,
                    method == "cosine", device):
-            outcome = apply_method(model, adapter, resolved, args.layers, stats, seed=args.seed, variant=True)
+            outcome = apply_method(model, adapter, resolved, args.layers, stats, seed=args.seed, target=VARIANT)
         del outcome, stats
         if device.startswith("cuda"):
             torch.cuda.empty_cache()

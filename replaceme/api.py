@@ -180,8 +180,10 @@ def prune(
                                   trust_remote_code=trust_remote_code)
         usage["load_full_precision"] = m.usage
     if offloaded is not None:
+        from replaceme.variant import OnDemandTarget
+
         outcome = apply_method(model, adapter, resolved, layers, prepared.stats, seed=seed, device=offloaded.device,
-                               materialise=offloaded.load_layers)
+                               target=OnDemandTarget(offloaded.load_layers))
     else:
         outcome = apply_method(model, adapter, resolved, layers, prepared.stats, seed=seed)
     usage.update(outcome.usage)

@@ -101,7 +101,7 @@ class MethodOutcome:
         compensations: one per block.
         usage: ``select``/``compensate``/``merge`` -> time and peak memory.
         layers_before, layers_after: decoder layer counts.
-        model: the pruned model (the input model, or its variant with ``variant=True``).
+        model: the pruned model (the input model, or its variant with ``target=VARIANT``).
     """
 
     plan: Plan
@@ -276,23 +276,25 @@ def apply_method(
     *,
     device: Any = None,
     seed: int = 0,
-    variant: bool = False,
-    materialise: Any = None,
+    target: Any = None,
 ) -> MethodOutcome:
     """Select, compensate and merge ``method`` on ``model``.
 
-    By default ``model`` is pruned in place. With ``variant=True`` it is left
-    untouched: the merge goes into a variant (:func:`replaceme.variant.make_variant`)
-    that shares every tensor the merger does not write, returned as ``outcome.model``.
-    The pruned model has exactly ``layers`` fewer decoder layers, whatever the method.
-    ``materialise(layers)``, if given, is called with the (unpruned) indices of the
-    decoder layers the compensator reads (a replacement layer is initialised from
-    each block's first layer) and then with those the merger writes
-    (``Merger.modifies``): ``--offload`` loads only these from the checkpoint.
+    ``target`` (a :class:`replaceme.variant.MergeTarget`) says where the merge goes:
+    by default (``IN_PLACE``) ``model`` is pruned in place; with ``VARIANT`` it is left
+    untouched and the merge goes into a variant (:func:`replaceme.variant.make_variant`)
+    that shares every tensor the merger does not write; with an ``OnDemandTarget``
+    (``--offload``) the decoder layers the compensator reads (a replacement layer is
+    initialised from each block's first layer) and those the merger writes
+    (``Merger.modifies``) are loaded from the checkpoint first. The pruned model,
+    ``outcome.model``, has exactly ``layers`` fewer decoder layers, whatever the method.
     """
     import dataclasses
 
     from replaceme.scoring import PlanScorer
+    from replaceme.variant import IN_PLACE
+
+    target = target or IN_PLACE
 
     num_layers = adapter.num_layers(model)
     check_layers(layers, num_layers)
@@ -311,25 +313,17 @@ def apply_method(
             f"which with compensator '{method.compensator.name}' removes {plan.layers_in_blocks - added}, not {layers}"
         )
     log.info("%s: blocks %s", method.label, ", ".join(map(str, plan.blocks)))
-    if materialise is not None:
-        materialise({b.start for b in plan.blocks} if method.compensator.layers_added_per_block else set())
+    target.reading({b.start for b in plan.blocks} if method.compensator.layers_added_per_block else set())
     with Meter() as m:  # a selector that scored this plan already compensated it
         compensations = scorer.compensations(plan)
     usage["compensate"] = m.usage
     for comp in compensations:
         if not isinstance(comp, method.merger.accepts):
             raise ReplacemeError(f"merger '{method.merger.name}' cannot write a '{comp.kind}' compensation")
-    if materialise is not None:
-        written = method.merger.modifies(plan, compensations)
-        if written is None:
-            raise ReplacemeError(f"merger '{method.merger.name}' does not declare the layers it writes (Merger.modifies), "
-                                 "which --offload needs")
-        materialise(written)
+    written = method.merger.modifies(plan, compensations)
+    target.writing(written, method.merger.name)
     with Meter() as m:
-        if variant:
-            from replaceme.variant import make_variant
-
-            model = make_variant(model, adapter, method.merger.modifies(plan, compensations))
+        model = target.model_for(model, adapter, written)
         method.merger.merge(model, adapter, plan, compensations)
     usage["merge"] = m.usage
     after = adapter.num_layers(model)

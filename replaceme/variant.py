@@ -96,3 +96,58 @@ class VersionGuard:
     def modified(self) -> list[str]:
         """Names of the tensors written in place since the guard was made."""
         return [name for name, t in self._named(self.model) if self.versions.get(name, t._version) != t._version]
+
+
+class MergeTarget:
+    """How :func:`replaceme.pipeline.apply_method` treats the model it prunes: the default
+    prunes it in place. A strategy differs only in what it does before the compensator
+    reads layers (:meth:`reading`) and before the merger writes (:meth:`writing`), and in
+    which model the merger writes into (:meth:`model_for`).
+    """
+
+    name = "in-place"
+
+    def reading(self, layers: set[int]) -> None:
+        """The compensator is about to read these (unpruned) decoder layers."""
+
+    def writing(self, layers: set[int] | None, merger: str) -> None:
+        """Merger ``merger`` is about to write these layers in place (``Merger.modifies``; None: undeclared)."""
+
+    def model_for(self, model: nn.Module, adapter: ModelAdapter, layers: set[int] | None) -> nn.Module:
+        """The model the merger writes into (``layers``: as in :meth:`writing`)."""
+        return model
+
+
+class VariantTarget(MergeTarget):
+    """``compare``: leave the model untouched; merge into a variant that owns only the layers
+    the merger writes (:func:`make_variant`), returned as ``outcome.model``."""
+
+    name = "variant"
+
+    def model_for(self, model: nn.Module, adapter: ModelAdapter, layers: set[int] | None) -> nn.Module:
+        return make_variant(model, adapter, layers)
+
+
+class OnDemandTarget(MergeTarget):
+    """``--offload``: the skeleton holds no decoder weights until asked; ``load(layers)``
+    loads the layers the compensator reads and those the merger writes, which must be declared."""
+
+    name = "offloaded"
+
+    def __init__(self, load: Any):
+        self.load = load
+
+    def reading(self, layers: set[int]) -> None:
+        self.load(layers)
+
+    def writing(self, layers: set[int] | None, merger: str) -> None:
+        if layers is None:
+            from replaceme.errors import ReplacemeError
+
+            raise ReplacemeError(f"merger '{merger}' does not declare the layers it writes (Merger.modifies), "
+                                 "which --offload needs")
+        self.load(layers)
+
+
+#: the default strategy (prune in place) and compare's (a variant per method)
+IN_PLACE, VARIANT = MergeTarget(), VariantTarget()

@@ -15,7 +15,7 @@ from replaceme.registry import adapter_for
 from replaceme.calibration import CalibrationSpec, build_calibration
 from replaceme.methods import resolve_method
 from replaceme.pipeline import apply_method, gather_stats
-from replaceme.variant import VersionGuard, make_variant, private_bytes
+from replaceme.variant import VARIANT, VersionGuard, make_variant, private_bytes
 
 METHODS = ["block-removal", "uidl", "replaceme-lstsq", "replaceme-cosine", "llm-streamline"]
 OPTIONS = {"replaceme-cosine": {"epochs": 2}, "llm-streamline": {"epochs": 1}}
@@ -61,7 +61,7 @@ def test_variant_equals_deepcopy_and_leaves_the_base_intact(method, setting, tmp
     reference = copy.deepcopy(model)
     apply_method(reference, adapter, resolved[method], 2, stats, seed=0)
     torch.manual_seed(0)
-    outcome = apply_method(model, adapter, resolved[method], 2, stats, seed=0, variant=True)
+    outcome = apply_method(model, adapter, resolved[method], 2, stats, seed=0, target=VARIANT)
     pruned = outcome.model
 
     assert digest(model) == before, "the base model changed"
