@@ -102,6 +102,39 @@ def device_name(device: str) -> str:
     return f"cuda:{w.local_rank}"
 
 
+def join(device: str) -> str:
+    """Where this process runs (:func:`device_name`); under ``torchrun`` it joins the
+    process group now, so that a write on rank 0 (:func:`on_root`) can stop every rank."""
+    name = device_name(device)
+    if world().active:
+        from replaceme.loading import resolve_device
+
+        init(resolve_device(name))
+    return name
+
+
+@contextlib.contextmanager
+def writer_lock(target: Any) -> Iterator[None]:
+    """The output lock of ``target`` (:func:`replaceme.outputs.output_lock`) on the process
+    that writes (rank 0 under ``torchrun``); nothing elsewhere or without a target."""
+    if target is None or not world().is_root:
+        yield
+        return
+    from replaceme.outputs import output_lock
+
+    with output_lock(target):
+        yield
+
+
+def skip_pass() -> None:
+    """No statistics pass in this run: under ``torchrun`` the ranks other than 0 have
+    nothing to contribute and end here (:class:`RankDone`); rank 0 goes on alone."""
+    if joined():
+        leave()
+    elif not world().is_root:
+        raise RankDone
+
+
 def init(device: Any) -> None:
     """Join the process group (once): NCCL when ``device`` is CUDA, else gloo."""
     import torch

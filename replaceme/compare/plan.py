@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,19 +85,6 @@ class ComparePlan:
             "dtype": self.dtype,
             "include": [asdict(e) for e in self.include],
         }
-
-    def row_key(self, label: str, layers: int) -> str:
-        """Identity of one row: everything that shapes its numbers.
-
-        A finished row is reused on resume only when its key matches, so editing
-        a method's options, the data or the evaluation recomputes what changed.
-        """
-        entry = next((asdict(m) for m in self.methods if m.label == label), None)
-        if entry is None:
-            entry = next(({"included": asdict(e)} for e in self.include if e.label == label), None)
-        shared = {k: v for k, v in self.to_dict().items() if k not in ("methods", "layers", "include")}
-        blob = json.dumps({"shared": shared, "method": entry, "layers": layers}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def parse_layers(text: str) -> list[int]:

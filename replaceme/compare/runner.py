@@ -1,31 +1,29 @@
 """Run a comparison: one model load, one calibration pass, one evaluation spec for
-all, rows saved as they finish. Each method prunes a variant of the loaded model
-(:mod:`replaceme.variant`) that shares every tensor its merge does not write, so
-memory stays about one model whatever the number of methods."""
+all, rows saved as they finish.
+
+Three parts: the :class:`~replaceme.compare.store.RowStore` keeps rows, manifest and
+exports; the :class:`~replaceme.compare.schedule.Schedule` says which rows are left
+and in what order; this module executes them. Each method prunes a variant of the
+loaded model (:mod:`replaceme.variant`) that shares every tensor its merge does not
+write, so memory stays about one model whatever the number of methods."""
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from replaceme.compare.external import check_tokenizers, evaluate_included
 from replaceme.compare.plan import ComparePlan
-from replaceme.compare.results import BASELINE, Row, write_exports
-from replaceme.data.texts import TextSource
+from replaceme.compare.results import BASELINE, Row
+from replaceme.compare.schedule import METHOD, Schedule, Slot, shared_identity
+from replaceme.compare.store import RowStore
 from replaceme.errors import ReplacemeError
 
-if TYPE_CHECKING:
-    from replaceme.stats.store import ActivationStats
-
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -41,114 +39,12 @@ class Comparison:
         return [r for r in self.rows if r.error]
 
 
-def _shared_hash(plan: ComparePlan) -> str:
-    """Identity of what all rows share (model, calibration, evaluation, seed)."""
-    shared = {k: v for k, v in plan.to_dict().items() if k not in ("methods", "layers", "include")}
-    return hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).hexdigest()[:20]
+def comparison_inputs(plan: ComparePlan) -> list[Any]:
+    """Every path the comparison reads (an output must not be one of them, nor inside one)."""
+    from replaceme.data.texts import TextSource
 
-
-#: what a comparison writes in its output directory (glob patterns); its ownership record
-#: lists them, so that ``--overwrite`` may later replace the directory. Extend it when
-#: compare writes something new there.
-COMPARE_FILES = ["manifest.json", "rows/*.json", "results.*", "*.png", "distances.csv"]
-
-
-def check_comparison_output(out: Path, plan: ComparePlan, overwrite: bool) -> bool:
-    """Before any work: may ``out`` hold this comparison? Returns True to resume it.
-
-    An existing directory is resumed when it is a comparison of the same model,
-    calibration and evaluation; another replaceme comparison needs ``overwrite``;
-    anything replaceme did not write is refused (see :func:`replaceme.outputs.check_output`).
-    Nothing is created.
-    """
-    from replaceme.outputs import check_output
-
-    inputs = [plan.model, plan.calibration.text_source.base, *(TextSource(p).base for p in plan.evaluation.ppl),
-              *(e.path for e in plan.include)]
-    status = check_output(out, inputs=inputs, overwrite=overwrite, allow_existing=True, owner_kind="comparison")
-    if not status.exists or status.empty:
-        return False
-    same = _read_manifest(out).get("shared_hash") == _shared_hash(plan)
-    if not same and not overwrite:
-        raise ReplacemeError(f"output directory {out} holds other results (use --overwrite to replace them)")
-    return same
-
-
-def _read_manifest(out: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def prepare_output(out: Path, plan: ComparePlan, overwrite: bool) -> None:
-    """Create ``out``, or resume (or extend with more methods/budgets) a comparison of
-    the same model, calibration and evaluation in it; another comparison there is
-    replaced only with ``overwrite``; anything else is refused."""
-    from replaceme.outputs import discard_directory, ordinary_permissions, ownership_record, write_json_atomic
-
-    resume = check_comparison_output(out, plan, overwrite)
-    if out.exists() and any(out.iterdir()) and not resume:
-        discard_directory(out)
-    created = not out.exists()
-    (out / "rows").mkdir(parents=True, exist_ok=True)
-    if created:
-        ordinary_permissions(out)
-    write_json_atomic(out / MANIFEST, {"shared_hash": _shared_hash(plan), "plan": plan.to_dict(),
-                                        **ownership_record("comparison", COMPARE_FILES)})
-
-
-def _load_row(out: Path | None, key: str) -> Row | None:
-    if out is None:
-        return None
-    path = out / "rows" / f"{key}.json"
-    if not path.exists():
-        return None
-    try:
-        return Row.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError) as exc:
-        log.warning("ignoring unreadable row %s: %s", path, exc)
-        return None
-
-
-def _save_row(out: Path | None, row: Row) -> None:
-    if out is not None:
-        from replaceme.outputs import write_json_atomic
-
-        write_json_atomic(out / "rows" / f"{row.key}.json", row.to_dict())
-
-
-def _release() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: bool = False, use_cache: bool = True) -> Comparison:
-    """Run ``plan``; with ``output``, rows are saved as they finish and reused on a re-run.
-
-    Any exception a method raises (refusal, selection, compensation, merge,
-    evaluation) becomes that row's error and the others go on; a
-    failed row is saved as failed and retried by the next run. Everything that
-    can be checked (methods and options, model, device, data, tasks, the output
-    directory) is checked before the model is loaded, and ``output`` is created
-    only once the model has loaded.
-    """
-    from replaceme.methods import resolve_method
-    from replaceme.outputs import output_lock
-
-    resolved = {m.label: resolve_method(m.name, m.options, selector=m.selector, compensator=m.compensator) for m in plan.methods}
-    check_comparison_inputs(plan)
-    if output is None:
-        return _run(plan, resolved, None, overwrite, use_cache)
-    check_comparison_output(output, plan, overwrite)
-    from replaceme.distributed import world
-
-    with output_lock(output) if world().is_root else contextlib.nullcontext():  # rank 0 alone writes
-        return _run(plan, resolved, output, overwrite, use_cache)
+    return [plan.model, plan.calibration.text_source.base, *(TextSource(p).base for p in plan.evaluation.ppl),
+            *(e.path for e in plan.include)]
 
 
 def check_comparison_inputs(plan: ComparePlan) -> None:
@@ -162,59 +58,71 @@ def check_comparison_inputs(plan: ComparePlan) -> None:
     check_evaluation_inputs(plan.evaluation)
 
 
-def _run(plan: ComparePlan, resolved: dict[str, Any], output: Path | None, overwrite: bool, use_cache: bool) -> Comparison:
-    """Load the model, share one calibration pass, then one row per method and budget,
+def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: bool = False, use_cache: bool = True) -> Comparison:
+    """Run ``plan``; with ``output``, rows are saved as they finish and reused on a re-run.
+
+    Any exception a method raises (refusal, selection, compensation, merge,
+    evaluation) becomes that row's error and the others go on; a
+    failed row is saved as failed and retried by the next run. Everything that
+    can be checked (methods and options, model, device, data, tasks, the output
+    directory) is checked before the model is loaded, and ``output`` is created
+    only once the model has loaded.
+    """
+    from replaceme import distributed
+    from replaceme.methods import resolve_method
+
+    resolved = {m.label: resolve_method(m.name, m.options, selector=m.selector, compensator=m.compensator) for m in plan.methods}
+    check_comparison_inputs(plan)
+    store = RowStore(output)
+    store.check(shared_identity(plan), comparison_inputs(plan), overwrite)
+    with distributed.writer_lock(output):  # under torchrun rank 0 alone writes
+        return _run(plan, resolved, store, overwrite, use_cache)
+
+
+def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, overwrite: bool, use_cache: bool) -> Comparison:
+    """Load the model, share one calibration pass, then the pending rows: methods,
     included models and the baseline; rows are saved as they finish."""
     from replaceme import distributed
     from replaceme.loading import load_model
     from replaceme.pipeline import check_layers
     from replaceme.registry import adapter_for
+    from replaceme.stats.cache import model_fingerprint
 
-    device = distributed.device_name(plan.device)
-    if distributed.world().active:  # torchrun: rank 0 alone writes; its errors stop every rank
-        from replaceme.loading import resolve_device
-
-        distributed.init(resolve_device(device))
+    device = distributed.join(plan.device)  # torchrun: rank 0 alone writes; its errors stop every rank
     model, tokenizer = load_model(plan.model, device=device, dtype=plan.dtype, trust_remote_code=plan.trust_remote_code)
     adapter = adapter_for(model)
     num_layers = adapter.num_layers(model)
     for n in plan.layers:
         check_layers(n, num_layers)
     check_tokenizers(plan.include, tokenizer, plan.model, trust_remote_code=plan.trust_remote_code)
-    if output is not None:  # created only now: the plan, the inputs and the model are good
-        distributed.on_root(lambda: prepare_output(output, plan, overwrite))
-
-    included = {e.label: e for e in plan.include}
-    order = [(BASELINE, 0)] + [(m.label, n) for n in plan.layers for m in plan.methods] + [(e, 0) for e in included]
-    rows = _finished_rows(plan, output, order)
-    pending = [(label, n) for label, n in order if (label, n) not in rows and label != BASELINE and label not in included]
+    schedule = Schedule.build(plan, model_fingerprint(model))
+    # created only now: the plan, the inputs and the model are good
+    distributed.on_root(lambda: store.open(shared_identity(plan), plan.to_dict(), comparison_inputs(plan), overwrite))
+    rows = store.finished(schedule.keys)
+    pending = schedule.pending(rows)
+    methods = [s for s in pending if s.kind == METHOD]
     provenance: dict[str, Any] = {"plan": plan.to_dict(), "options": {label: r.options() for label, r in resolved.items()},
                                   "layers_before": num_layers, **_environment()}
-    if not pending:
-        distributed.leave()  # torchrun: ranks > 0 end here (the shared pass does it otherwise)
-    prepared = _shared_pass(model, tokenizer, adapter, plan, resolved, pending, use_cache, provenance, output) if pending else None
+    prepared = _shared_pass(model, tokenizer, adapter, plan, resolved, methods, use_cache, provenance, store)
 
     def finish() -> Comparison:
-        table_rows = [rows[k] for k in order if k in rows]
-        written = write_exports(table_rows, output, provenance) if output is not None else []
-        return Comparison(table_rows, provenance, written)
+        table = schedule.table(rows)
+        return Comparison(table, provenance, store.export(table, provenance))
 
-    for i, (label, n) in enumerate(pending, 1):
-        log.info("[%d/%d] %s, %d layer(s) removed", i, len(pending), label, n)
-        rows[(label, n)] = _method_row(model, tokenizer, adapter, plan, label, resolved[label], n, prepared)
-        _save_row(output, rows[(label, n)])
-        finish()
-    for label, entry in included.items():
-        if (label, 0) not in rows:
-            log.info("included model %s: %s", label, entry.path)
-            rows[(label, 0)] = evaluate_included(
-                entry, plan.row_key(label, 0), tokenizer, plan.evaluation, num_layers,
-                device=plan.device, dtype=plan.dtype, trust_remote_code=plan.trust_remote_code)
-            _save_row(output, rows[(label, 0)])
+    for i, slot in enumerate(pending, 1):
+        log.info("[%d/%d] %s, %d layer(s) removed", i, len(pending), slot.label, slot.layers)
+        if slot.kind == METHOD:
+            row = _method_row(model, tokenizer, adapter, resolved[slot.label], slot, prepared, plan.evaluation, plan.seed)
+        elif slot.kind == BASELINE:  # last, in place: evaluation may cast the model
+            row = _baseline_row(model, tokenizer, slot, plan.evaluation, num_layers)
+        else:
+            entry = next(e for e in plan.include if e.label == slot.label)
+            row = evaluate_included(entry, slot.key, tokenizer, plan.evaluation, num_layers, device=plan.device,
+                                    dtype=plan.dtype, trust_remote_code=plan.trust_remote_code)
+        rows[slot.key] = row
+        store.save(row)
+        if slot.kind != BASELINE:
             finish()
-    if (BASELINE, 0) not in rows:  # last, in place: evaluation may cast the model
-        rows[(BASELINE, 0)] = _baseline_row(model, tokenizer, plan, num_layers)
-        _save_row(output, rows[(BASELINE, 0)])
     return finish()
 
 
@@ -224,31 +132,32 @@ def _environment() -> dict[str, Any]:
     return {"versions": versions(), "device": device_info()}
 
 
-def _finished_rows(plan: ComparePlan, output: Path | None, order: list[tuple[str, int]]) -> dict[tuple[str, int], Row]:
-    """Rows saved by an earlier run of the same comparison (resume)."""
-    rows = {}
-    for label, n in order:
-        done = _load_row(output, plan.row_key(label, n))
-        if done is not None and not done.error:  # a failed row is retried
-            rows[(label, n)] = done
-    if rows:
-        log.info("resuming: %d of %d rows already done", len(rows), len(order))
-    return rows
-
-
-def _shared_pass(model, tokenizer, adapter, plan: ComparePlan, resolved: dict[str, Any], pending: list[tuple[str, int]],
-                 use_cache: bool, provenance: dict[str, Any], output: Path | None) -> Any:
-    """One calibration pass and every pending run's plan (through :func:`replaceme.pipeline.prepare`);
-    the distance tables of every block size up to the largest budget + 1 come along for distances.csv."""
+def _release() -> None:
     import torch
 
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _shared_pass(model, tokenizer, adapter, plan: ComparePlan, resolved: dict[str, Any], methods: list[Slot],
+                 use_cache: bool, provenance: dict[str, Any], store: RowStore) -> Any:
+    """One calibration pass and every pending method's plan (through :func:`replaceme.pipeline.prepare`);
+    the distance tables of every block size up to the largest budget + 1 come along for distances.csv.
+    With no method left, nothing is computed (None)."""
+    import torch
+
+    from replaceme import distributed
     from replaceme.pipeline import Run, prepare
     from replaceme.stats.request import StatsRequest
 
+    if not methods:
+        distributed.skip_pass()  # torchrun: the other ranks have nothing to share and end here
+        return None
     torch.manual_seed(plan.seed)
     num_layers = adapter.num_layers(model)
     extra = StatsRequest(block_sizes=set(range(1, min(max(plan.layers) + 1, num_layers - 1) + 1)))
-    runs = [Run(resolved[label], n, label) for label, n in pending]
+    runs = [Run(resolved[s.label], s.layers, s.label) for s in methods]
     prepared = prepare(model, adapter, runs, plan.calibration, tokenizer, extra=extra, use_cache=use_cache,
                        seed=plan.seed, strict=False)
     stats, usage = prepared.stats, prepared.usage.get("statistics")
@@ -256,21 +165,22 @@ def _shared_pass(model, tokenizer, adapter, plan: ComparePlan, resolved: dict[st
         provenance["statistics"] = {"seconds": usage.seconds, "peak_rss_mb": usage.peak_rss / 2**20,
                                     "tokens": stats.tokens, "sequences": stats.sequences,
                                     "memory_bytes": stats.memory_bytes(), "request": prepared.request.to_dict()}
-    if output is not None:
-        _write_distances(stats, max(plan.layers), output)
+    if store.out is not None:
+        _write_distances(stats, max(plan.layers), store.out)
     return prepared
 
 
-def _method_row(model, tokenizer, adapter, plan: ComparePlan, label: str, method: Any, n: int, prepared: Any) -> Row:
+def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: Any, evaluation: Any, seed: int) -> Row:
     """Prune a variant of ``model`` (sharing every tensor its merge does not write) with one
-    method (row ``label``) and evaluate it; any exception is the row's error. A merger that
+    method (row ``slot``) and evaluate it; any exception is the row's error. A merger that
     wrote into the shared weights stops the comparison, since later rows would start from them."""
     from replaceme.evaluation import evaluate
     from replaceme.pipeline import apply_method, one_line
     from replaceme.resources import Meter
-    from replaceme.variant import VersionGuard
+    from replaceme.variant import VARIANT, VersionGuard
 
-    row = Row(label=label, method=method.method.name, layers=n, key=plan.row_key(label, n))
+    label, n = slot.label, slot.layers
+    row = Row(label=label, method=method.method.name, layers=n, key=slot.key)
     if (label, n) in prepared.errors:
         row.error = prepared.errors[(label, n)]
         log.error("%s at %d layers failed: %s", label, n, row.error)
@@ -279,10 +189,10 @@ def _method_row(model, tokenizer, adapter, plan: ComparePlan, label: str, method
     guard = VersionGuard(model)
     try:
         with Meter() as meter:
-            outcome = apply_method(model, adapter, method, n, prepared.stats, seed=plan.seed, variant=True)
+            outcome = apply_method(model, adapter, method, n, prepared.stats, seed=seed, target=VARIANT)
             pruned = outcome.model
             t0 = time.perf_counter()
-            result = evaluate(pruned, tokenizer, plan.evaluation)
+            result = evaluate(pruned, tokenizer, evaluation)
             row.eval_seconds = time.perf_counter() - t0
         row.blocks = " ".join(str(b) for b in outcome.plan.blocks)
         row.record(result)
@@ -308,17 +218,16 @@ def _method_row(model, tokenizer, adapter, plan: ComparePlan, label: str, method
     return row
 
 
-def _baseline_row(model, tokenizer, plan: ComparePlan, num_layers: int) -> Row:
+def _baseline_row(model, tokenizer, slot: Slot, evaluation: Any, num_layers: int) -> Row:
     from replaceme.evaluation import evaluate
     from replaceme.resources import Meter
 
     log.info("baseline (unpruned)")
     with Meter() as meter:
-        result = evaluate(model, tokenizer, plan.evaluation)
-    row = Row(label=BASELINE, method=BASELINE, layers=0, key=plan.row_key(BASELINE, 0),
-              eval_seconds=meter.usage.seconds, peak_rss_mb=meter.usage.peak_rss / 2**20,
-              peak_cuda_mb=_mb(meter.usage.peak_cuda), params=sum(p.numel() for p in model.parameters()),
-              num_layers=num_layers)
+        result = evaluate(model, tokenizer, evaluation)
+    row = Row(label=BASELINE, method=BASELINE, layers=0, key=slot.key, eval_seconds=meter.usage.seconds,
+              peak_rss_mb=meter.usage.peak_rss / 2**20, peak_cuda_mb=_mb(meter.usage.peak_cuda),
+              params=sum(p.numel() for p in model.parameters()), num_layers=num_layers)
     row.record(result)
     return row
 
@@ -327,7 +236,7 @@ def _mb(value: int | None) -> float | None:
     return None if value is None else value / 2**20
 
 
-def _write_distances(stats: ActivationStats, max_size: int, out: Path) -> None:
+def _write_distances(stats: Any, max_size: int, out: Path) -> None:
     from replaceme.distances import distance_frame
     from replaceme.outputs import write_text_atomic
     from replaceme.plots import distance_heatmap

@@ -62,11 +62,9 @@ class TextSource:
         if not self.is_local:
             out["split"] = self.split
         else:
-            path = Path(self.base).expanduser()
-            if path.exists():
-                stat = path.stat()
-                out["size"] = stat.st_size
-                out["mtime_ns"] = stat.st_mtime_ns
+            from replaceme.provenance import file_fingerprint
+
+            out.update(file_fingerprint(Path(self.base).expanduser()) or {})  # size, mtime and a hash of the head
         return out
 
 
@@ -174,13 +172,15 @@ def _read_local(path: Path, column: str) -> list[Any]:
     return _column(path, rows, column)
 
 
-#: records already read in this process, by (path, column, size, mtime): a pre-check and the run read once
-_READ: dict[tuple[str, str, int, int], list[Any]] = {}
+#: records already read in this process, by (path, column, size, mtime, hash of the head): a pre-check
+#: and the run read once, and a file rewritten in place (even with its old size and time) is read again
+_READ: dict[tuple[str, str, str], list[Any]] = {}
 
 
 def _read_local_cached(path: Path, column: str) -> list[Any]:
-    stat = path.stat()
-    key = (str(path.resolve()), column, stat.st_size, stat.st_mtime_ns)
+    from replaceme.provenance import file_fingerprint
+
+    key = (str(path.resolve()), column, repr(sorted((file_fingerprint(path) or {}).items())))
     if key not in _READ:
         if len(_READ) > 8:
             _READ.clear()
