@@ -113,6 +113,13 @@ def model_options(f: F) -> F:
     return f
 
 
+def offload_option(what: str) -> Callable[[F], F]:
+    """``--offload`` for a command that runs the model (``what``: what it does layer by layer)."""
+    return click.option("--offload", is_flag=True,
+                        help="Never hold the whole model: read a local safetensors checkpoint one decoder layer at a "
+                             f"time ({what}); peak memory ≈ one layer + the LM head + one batch's activations.")
+
+
 def calibration_spec(calib: str | None, *, calib_column: str, calib_split: str, calib_samples: int,
                      max_length: int, batch_size: int, chat_template: str, seed: int, order: str = "shuffle",
                      holdout_fraction: float = 0.1, drop_last: bool = False) -> Any:

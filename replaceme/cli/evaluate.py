@@ -6,7 +6,7 @@ import json
 
 import click
 
-from replaceme.cli.common import SEED, LimitType, count, format_option, model_options
+from replaceme.cli.common import SEED, LimitType, count, format_option, model_options, offload_option
 
 
 def split_names(values: tuple[str, ...]) -> list[str]:
@@ -64,13 +64,14 @@ def _command(model_or_dir: str, spec) -> str:
               help="lm-eval requests per forward pass.")
 @click.option("--seed", type=SEED, default=1234, show_default=True, help="Seed for lm-eval and few-shot sampling.")
 @model_options
+@offload_option("perplexity and lm-eval log-likelihoods for all batches, layer by layer")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of a table.")
 @format_option
 @click.option("--model-card", is_flag=True,
               help="Also put the results into the model card (README.md) of DIR, a model pruned by replaceme.")
 def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, ppl_batch_size, max_ppl_tokens,
              tasks, tasks_dir, task_data, num_fewshot, limit, batch_size, seed, device, dtype, trust_remote_code,
-             as_json, fmt, model_card) -> None:
+             offload, as_json, fmt, model_card) -> None:
     """Evaluate MODEL_OR_DIR (a model directory or hub id): perplexity and lm-eval tasks.
 
     Perplexity uses non-overlapping windows of --context-length tokens, each
@@ -86,6 +87,7 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
     Examples:
       replaceme evaluate ./pruned --ppl data/tinystories/valid.txt --max-ppl-tokens 20000
       replaceme evaluate ./pruned --tasks boolq,piqa,hellaswag --task-data data/ --limit 200
+      replaceme evaluate ./llama-70b --ppl data/valid.txt --offload
       replaceme evaluate meta-llama/Llama-3.2-1B --ppl wikitext:wikitext-2-raw-v1 \\
           --context-length 2048 --tasks arc_easy,winogrande --json > scores.json
     """
@@ -113,8 +115,16 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
 
     check_model_inputs(model_or_dir, device)
     check_evaluation_inputs(spec)
-    model, tokenizer = load_model(model_or_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    result = run_evaluation(model, tokenizer, spec)
+    offloaded = None
+    if offload:
+        from replaceme.offload import load_offloaded
+
+        offloaded, tokenizer = load_offloaded(model_or_dir, device=device, dtype=dtype,
+                                              trust_remote_code=trust_remote_code)
+        model = offloaded.model
+    else:
+        model, tokenizer = load_model(model_or_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    result = run_evaluation(model, tokenizer, spec, offloaded=offloaded)
     if model_card:
         from replaceme import model_card as card
 

@@ -31,7 +31,7 @@ def ppl_key(source: str) -> str:
     return f"ppl:{source}"
 
 
-def evaluate(model: Any, tokenizer: Any, spec: EvalSpec) -> EvalResult:
+def evaluate(model: Any, tokenizer: Any, spec: EvalSpec, *, offloaded: Any = None) -> EvalResult:
     """Evaluate ``model`` as ``spec`` says: perplexity per source, then lm-eval tasks.
 
     The model is first moved and cast **in place** to ``spec.device`` /
@@ -44,6 +44,9 @@ def evaluate(model: Any, tokenizer: Any, spec: EvalSpec) -> EvalResult:
         model: a Hugging Face causal LM (any ``*ForCausalLM``).
         tokenizer: its tokenizer.
         spec: what to measure.
+        offloaded: with ``--offload``, the :class:`~replaceme.offload.OffloadedModel` whose
+            skeleton (or a variant of it) ``model`` is: it runs layer by layer on the
+            device and in the dtype it was loaded with (:mod:`replaceme.evaluation.offloaded`).
 
     Returns:
         An :class:`EvalResult`; ``metrics`` holds ``"ppl:<source>"`` and one
@@ -58,7 +61,13 @@ def evaluate(model: Any, tokenizer: Any, spec: EvalSpec) -> EvalResult:
 
     spec.validate()
     started = time.perf_counter()
-    device, dtype = place_model(model, spec.device, spec.dtype)
+    scorer = None
+    if offloaded is not None:
+        from replaceme.evaluation.offloaded import offloaded_scorer
+
+        device, dtype, scorer = offloaded.device, offloaded.dtype, offloaded_scorer(offloaded, model)
+    else:
+        device, dtype = place_model(model, spec.device, spec.dtype)
     log.info("evaluating on %s in %s", device, str(dtype).removeprefix("torch."))
     result = EvalResult(provenance=_provenance(model, spec, device, dtype))
 
@@ -75,6 +84,7 @@ def evaluate(model: Any, tokenizer: Any, spec: EvalSpec) -> EvalResult:
             batch_size=spec.ppl_batch_size,
             max_tokens=spec.max_ppl_tokens,
             description=f"perplexity {source}",
+            scorer=scorer,
         )
         result.metrics[key] = ppl.ppl
         result.tokens[key] = ppl.tokens
@@ -96,6 +106,7 @@ def evaluate(model: Any, tokenizer: Any, spec: EvalSpec) -> EvalResult:
             batch_size=spec.batch_size,
             seed=spec.seed,
             bootstrap_iters=spec.bootstrap_iters,
+            offloaded=offloaded,
         )
         result.metrics.update(tasks.metrics)
         result.task_metrics.update(tasks.metric_names)

@@ -107,6 +107,7 @@ def run_tasks(
     seed: int = 1234,
     bootstrap_iters: int = 100,
     max_length: int | None = None,
+    offloaded: Any = None,
 ) -> TaskResults:
     """Evaluate ``model`` on lm-eval ``tasks`` in memory.
 
@@ -123,6 +124,9 @@ def run_tasks(
         seed: seed for python/numpy/torch and the few-shot samplers.
         bootstrap_iters: resamples for stderr of non-mean metrics; 0 = no stderr.
         max_length: truncate prompts to this many tokens (default: the model's maximum).
+        offloaded: with ``--offload``, the :class:`~replaceme.offload.OffloadedModel`
+            whose skeleton (or a variant of it) ``model`` is: log-likelihoods then go
+            layer by layer (:mod:`replaceme.evaluation.offloaded_lm`).
 
     Raises:
         ReplacemeError: unknown task name, missing task data, or a task whose
@@ -139,10 +143,16 @@ def run_tasks(
     task_dict = TaskManager(include_defaults=False).load(objects)
     for task in task_dict["tasks"].values():
         _configure(task, num_fewshot, seed)
+    lm_class = HFLM
+    if offloaded is not None:
+        from replaceme.evaluation.offloaded_lm import OffloadedLM, check_offload_tasks
+
+        check_offload_tasks(task_dict["tasks"])
+        lm_class = OffloadedLM
 
     half = getattr(model, "dtype", None) is not None and str(model.dtype) != "torch.float32"
     with _quiet("lm_eval.models.huggingface"):
-        lm = HFLM(
+        lm = lm_class(
             pretrained=model,
             tokenizer=copy.deepcopy(tokenizer),
             batch_size=batch_size,
@@ -152,6 +162,8 @@ def run_tasks(
             # often differ by less than bfloat16's resolution
             softmax_dtype="float32" if half else None,
         )
+    if offloaded is not None:
+        lm.attach(offloaded, model)
     _seed_everything(seed)
     # lm-eval prints (bootstrap notices) on stdout, which carries our results.
     with contextlib.redirect_stdout(sys.stderr):

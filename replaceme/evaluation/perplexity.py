@@ -26,7 +26,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,9 +176,14 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
 LOGITS_BYTES = {"cpu": 64 * 2**20, "cuda": 1024 * 2**20}
 
 
+#: ``forward(rows, **kwargs) -> logits`` of a slice of a batch's rows (see :func:`batch_nll`)
+Forward = Callable[..., torch.Tensor]
+
+
 @torch.no_grad()
 def batch_nll(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
+    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
+    forward: Forward | None = None,
 ) -> tuple[float, int]:
     """Summed NLL (float64) and count of the target tokens of one batch.
 
@@ -188,15 +193,22 @@ def batch_nll(
     Args:
         input_ids, attention_mask, targets: ``[B, T]`` as from :func:`batch_windows`,
             on the model's device. ``targets[:, 0]`` must be False.
+        forward: ``forward(rows: slice, **kwargs)`` gives the logits of those rows
+            (default: ``model``'s forward on them; ``--offload`` gives the engine's).
 
     Returns:
         ``(sum of -log p(token | prefix) over targets, number of targets)``.
     """
+    if forward is None:
+        def forward(rows: slice, **kwargs: Any) -> torch.Tensor:
+            return model(input_ids=input_ids[rows], attention_mask=attention_mask[rows], use_cache=False,
+                         **kwargs).logits
+
     vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 1
     row_bytes = input_ids.shape[1] * int(vocab) * 4
     budget = LOGITS_BYTES["cuda" if input_ids.device.type == "cuda" else "cpu"]
     rows = max(1, budget // max(row_bytes, 1))
-    parts = [_token_nll(model, input_ids[i : i + rows], attention_mask[i : i + rows], targets[i : i + rows])
+    parts = [_token_nll(model, input_ids[i : i + rows], targets[i : i + rows], forward, slice(i, i + rows))
              for i in range(0, input_ids.shape[0], rows)]
     nll = torch.cat(parts)
     total = nll.double().sum()
@@ -205,9 +217,8 @@ def batch_nll(
     return float(total), int(nll.numel())
 
 
-def _token_nll(
-    model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
-) -> torch.Tensor:
+def _token_nll(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, forward: Forward,
+               rows: slice) -> torch.Tensor:
     """``-log p(token | prefix)`` of every target token of ``[b, T]`` rows, row-major: ``[n]``."""
     if not bool(targets.any()):
         return torch.zeros(0, device=input_ids.device)
@@ -219,7 +230,7 @@ def _token_nll(
         kwargs["logits_to_keep"] = length - first
     else:
         first = 0
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
+    logits = forward(rows, **kwargs)
     # logits[:, i] predicts input_ids[:, first + i + 1]
     logits = logits[:, : length - 1 - first]  # [B, T-1-first, V]
     mask = targets[:, first + 1 :]  # [B, T-1-first]
@@ -250,6 +261,7 @@ def perplexity(
     max_tokens: int | None = None,
     add_bos: bool | None = None,
     description: str = "perplexity",
+    scorer: Callable[[Sequence[WindowBatch], str], Iterator[tuple[float, int] | None]] | None = None,
 ) -> PerplexityResult:
     """Perplexity of ``model`` on the concatenation of ``texts`` (see the module docstring).
 
@@ -266,6 +278,8 @@ def perplexity(
         max_tokens: use only the first ``max_tokens`` corpus tokens.
         add_bos: prepend BOS to every window; ``None`` = when the tokenizer has one.
         description: progress bar label.
+        scorer: scores the batches instead of :func:`score_batches` (``--offload``
+            passes the layer-by-layer engine's, which needs all of them at once).
 
     Raises:
         ReplacemeError: corpus too short, or a NaN/Inf loss.
@@ -288,24 +302,37 @@ def perplexity(
     if not windows:
         raise ReplacemeError(f"{description}: the text has {len(ids)} token(s), too few to score")
 
-    device = model_device(model)
     tokens = torch.tensor(ids, dtype=torch.long)
+    batches = [batch_windows(tokens, batch, bos) for batch in _chunks(windows, batch_size)]
     total, count = 0.0, 0
-    batches = list(_chunks(windows, batch_size))
-    for number, batch in enumerate(track(batches, description)):
-        input_ids, attention_mask, targets = batch_windows(tokens, batch, bos)
-        try:
-            nll, n = batch_nll(model, input_ids.to(device), attention_mask.to(device), targets.to(device))
-        except FloatingPointError:
+    scores = score_batches(model, batches, description) if scorer is None else scorer(batches, description)
+    for number, scored in enumerate(scores):
+        if scored is None:
             raise ReplacemeError(
                 f"{description}: NaN/Inf loss in batch {number + 1} of {len(batches)} "
                 "(the model's logits overflow; try --dtype float32)"
-            ) from None
-        total += nll
-        count += n
+            )
+        total += scored[0]
+        count += scored[1]
     mean = total / count
     ppl = math.exp(mean) if mean < 709.0 else math.inf
     return PerplexityResult(ppl=ppl, nll=mean, tokens=count, windows=len(windows))
+
+
+#: one batch of windows: ``(input_ids, attention_mask, targets)``, each ``[B, T]`` (see :func:`batch_windows`)
+WindowBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def score_batches(model: torch.nn.Module, batches: Sequence[WindowBatch],
+                  description: str) -> Iterator[tuple[float, int] | None]:
+    """``(summed NLL, tokens)`` of each batch through ``model``'s own forward, in
+    order (None for a batch whose loss is not finite)."""
+    device = model_device(model)
+    for input_ids, attention_mask, targets in track(batches, description):
+        try:
+            yield batch_nll(model, input_ids.to(device), attention_mask.to(device), targets.to(device))
+        except FloatingPointError:
+            yield None
 
 
 def _chunks(items: Sequence[Window], size: int) -> Iterator[list[Window]]:

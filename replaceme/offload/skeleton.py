@@ -71,6 +71,22 @@ def free_parameters(module: nn.Module) -> None:
                 sub._parameters[name] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
 
 
+def _renamed(model: Any, stored: str) -> str:
+    """The parameter name transformers loads checkpoint tensor ``stored`` into (its
+    renamings for the model class, e.g. GPT-NeoX's ``embed_out.`` -> ``lm_head.``)."""
+    import re
+
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    rules = get_checkpoint_conversion_mapping(type(model).__name__) or \
+        get_checkpoint_conversion_mapping(model.config.model_type) or []
+    for rule in rules:
+        sources, targets = getattr(rule, "source_patterns", None), getattr(rule, "target_patterns", None)
+        if type(rule).__name__ == "WeightRenaming" and len(sources or []) == 1 and len(targets or []) == 1:
+            stored = re.sub(sources[0], targets[0], stored)
+    return stored
+
+
 class OffloadedModel:
     """A skeleton model whose weights stay in ``checkpoint`` until asked for.
 
@@ -221,10 +237,21 @@ class OffloadedModel:
 
     @functools.cached_property
     def head_name(self) -> str:
-        """The checkpoint tensor of the LM head (the input embedding's when tied or absent)."""
+        """The checkpoint tensor of the LM head: stored under the module's name, or a name
+        transformers renames on loading (GPT-NeoX's ``embed_out``), or the input
+        embedding's when the two are tied."""
         output = self.model.get_output_embeddings()
-        name = self._name_of(output.weight) if output is not None else self.embedding_name
-        return name if name in self.checkpoint else self.embedding_name
+        if output is None or output.weight is self.model.get_input_embeddings().weight:
+            return self.embedding_name
+        name = self._name_of(output.weight)
+        if name in self.checkpoint:
+            return name
+        for stored in self.checkpoint.names():
+            if _renamed(self.model, stored) == name:
+                return stored
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            return self.embedding_name
+        raise ReplacemeError(f"--offload: the checkpoint has no LM head '{name}'")
 
     def _by_origin(self, index: int) -> nn.Module:
         for layer in self.adapter.layers(self.model):
