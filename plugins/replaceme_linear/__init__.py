@@ -161,9 +161,15 @@ class CosineOptions:
         "tokens of the activation sample kept from the shared pass; memory ≈ tokens × hidden × "
         "(stored layers) × dtype bytes, reported in pruning.json",
     )
+    chunk_tokens: int = option(
+        65536,
+        "tokens of the sample on the compute device at once during the fit (float32: chunk × hidden × 4 bytes "
+        "per matrix, 2 or 3 matrices); a larger sample is read back chunk by chunk (from RAM or the --spill-dir "
+        "files), Adam shuffling within chunks, L-BFGS summing loss and gradient over all of them")
     accurate: bool = option(False, "minimise 1 − cos(XT + z, x_e) with z = x_s − m_{s-1} (the paper's accurate variant)")
     init: Literal["identity", "lstsq"] | None = option(
-        None, "start from T = I (reference) or from the LSTSQ solution (unset: the preset's)")
+        None, "start from T = I (reference) or from the least-squares map of the fit's own token sample "
+        "(float64, so the start depends on the sample alone: one process and torchrun agree; unset: the preset's)")
     refit: bool = option(
         False,
         "with several blocks, fit each on the model with the earlier blocks already replaced (as the reference "
@@ -174,7 +180,7 @@ class CosineOptions:
         for name, value in COSINE_PRESETS[self.preset].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        for name in ("epochs", "batch_tokens", "lbfgs_steps", "token_budget"):
+        for name in ("epochs", "batch_tokens", "lbfgs_steps", "token_budget", "chunk_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.lr <= 0:
@@ -198,14 +204,12 @@ class CosineCompensator(Compensator):
 
     def stats_request(self, candidates: list[Block]) -> StatsRequest:
         _check_starts(candidates)
-        request = _block_request(candidates, self.options.token_budget)
-        if self.options.init == "lstsq":
-            request.gram_blocks = {(b.start, b.end) for b in candidates}
-        return request
+        return _block_request(candidates, self.options.token_budget)
 
     def compensate(self, plan: Plan, ctx: CompensationContext) -> list[LinearMap]:
         from replaceme.variant import make_variant
         from replaceme_linear.diagnostics import block_tokens, heldout_diagnostics, rerun_block_tokens
+        from replaceme_linear.token_stream import block_stream
 
         o = self.options
         train, holdout = ctx.stats.sample.take(o.token_budget), ctx.stats.sample.holdout
@@ -219,12 +223,13 @@ class CosineCompensator(Compensator):
                 _apply(working, ctx.adapter, out[-1], shift)
                 shift += out[-1].block.size
                 s, e = block.start - shift, block.end - shift
-                acts = rerun_block_tokens(working, ctx.adapter, train, s, e)
+                source = self._rows(rerun_block_tokens(working, ctx.adapter, train, s, e), ctx)
                 held = rerun_block_tokens(working, ctx.adapter, holdout, s, e) if holdout else None
             else:
-                acts = block_tokens(train, block.start, block.end)
+                source = block_stream(train, block.start, block.end, accurate=o.accurate, device=ctx.device,
+                                      chunk_tokens=o.chunk_tokens)
                 held = block_tokens(holdout, block.start, block.end) if holdout else None
-            transform, diagnostics = self._fit(block, acts, ctx)
+            transform, diagnostics = self._fit(block, source, ctx)
             diagnostics.update(heldout_diagnostics(*held, transform) if held else {"heldout_tokens": 0})
             diagnostics["refit"] = bool(o.refit and k > 0)
             diagnostics["sample_bytes"] = ctx.stats.sample.nbytes()
@@ -232,36 +237,44 @@ class CosineCompensator(Compensator):
         del working
         return out
 
-    def _fit(self, block: Block, acts: tuple, ctx: CompensationContext) -> tuple:
-        """Fit T for one block from ``(m_{s-1}, x_s, x_e)`` token activations."""
+    def _rows(self, acts: tuple, ctx: CompensationContext):
+        """``(m_{s-1}, x_s, x_e)`` tensors in memory as the fit's chunked rows."""
+        import torch
+
+        from replaceme_linear.token_stream import ChunkedTokens
+
+        m, xs, xe = (a.to(ctx.device, torch.float32) for a in acts)
+        x, target, offset = (m, xe, xs - m) if self.options.accurate else (m, xe - xs + m, None)
+        return ChunkedTokens.of_tensors(x, target, offset, chunk_tokens=self.options.chunk_tokens)
+
+    def _fit(self, block: Block, source, ctx: CompensationContext) -> tuple:
+        """Fit T for one block from its chunked token rows (:class:`ChunkedTokens`)."""
         import time
 
         import torch
 
         from replaceme.console import LossBar
-        from replaceme_linear.cosine_solve import fit_transform
+        from replaceme_linear.cosine_solve import adam_steps, fit_stream
         from replaceme_linear.lstsq_solve import solve_lstsq
 
         o = self.options
         t0 = time.perf_counter()
-        m, xs, xe = (a.to(ctx.device, torch.float32) for a in acts)
-        x, target, offset = (m, xe, xs - m) if o.accurate else (m, xe - xs + m, None)
         init = None
-        if o.init == "lstsq":
-            gram = ctx.stats.gram_for(block)
-            init = solve_lstsq(gram.xtx, gram.xty).transform.to(torch.float32)
-        steps = o.epochs * math.ceil(x.shape[0] / o.batch_tokens) if o.solver == "adam" else o.lbfgs_steps
+        if o.init == "lstsq":  # from the fit's own sample: the same under torchrun as in one process
+            init = solve_lstsq(*source.normal_equations()).transform.to(torch.float32)
+        steps = adam_steps(source, o.batch_tokens, o.epochs) if o.solver == "adam" else o.lbfgs_steps
         with LossBar(f"cosine fit {block}", total=steps) as bar:
-            fit = fit_transform(
-                x, target, offset=offset, init=init, loss=o.loss, solver=o.solver, epochs=o.epochs, lr=o.lr,
+            fit = fit_stream(
+                source, init=init, loss=o.loss, solver=o.solver, epochs=o.epochs, lr=o.lr,
                 batch_tokens=o.batch_tokens, lbfgs_steps=o.lbfgs_steps, seed=ctx.seed,
                 on_step=lambda adv, loss: bar.update(adv, loss=loss),
             )
         if not torch.isfinite(fit.transform).all():
             raise ReplacemeError(f"cosine fit of block {block} diverged (NaN/Inf); try a smaller lr or solver lbfgs")
         diagnostics = {
-            "tokens": int(x.shape[0]),
-            "activation_bytes": int(sum(a.numel() * a.element_size() for a in (m, xs, xe))),
+            "tokens": source.tokens,
+            "chunks": len(source),
+            "activation_bytes": source.peak_bytes,
             "loss_first": fit.history[0] if fit.history else None,
             "loss_last": fit.history[-1] if fit.history else None,
             "steps": fit.steps,
