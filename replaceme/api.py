@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from replaceme.calibration import CalibrationSpec
+from replaceme.distributed import root_result
 from replaceme.errors import ReplacemeError
 from replaceme.pipeline import MethodOutcome
 from replaceme.resources import Usage
@@ -78,6 +79,7 @@ class PruneResult:
         }
 
 
+@root_result
 def prune(
     model_or_path: Any,
     method: str = "replaceme-lstsq",
@@ -98,7 +100,7 @@ def prune(
     calib_4bit: bool = False,
     gram_device: str | None = None,
     **method_options: Any,
-) -> PruneResult:
+) -> PruneResult | None:
     """Prune ``layers`` decoder layers with ``method``.
 
     Args:
@@ -139,10 +141,11 @@ def prune(
 
     Under ``torchrun`` the calibration pass is split over the processes
     (:mod:`replaceme.distributed`); rank 0 returns the result, and the other ranks
-    raise :class:`replaceme.distributed.RankDone` once their share is delivered.
+    return ``None`` once their share of the pass is delivered (they write nothing).
 
     Returns:
-        A :class:`PruneResult` with the pruned model, the plan and the timings.
+        A :class:`PruneResult` with the pruned model, the plan and the timings;
+        ``None`` on a ``torchrun`` rank other than 0.
     """
     import torch
 
@@ -164,6 +167,7 @@ def prune(
         if offload or not isinstance(model_or_path, (str, Path)):
             raise ReplacemeError("calib_4bit needs a model path and cannot be combined with offload")
         check_4bit(device)
+    device = distributed.device_name(device)  # under torchrun: this process's GPU
     model, tokenizer, source, offloaded, usage = _load(model_or_path, tokenizer, device, dtype, trust_remote_code,
                                                        offload, calib_4bit)
     adapter = adapter_for(model)
@@ -176,8 +180,7 @@ def prune(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         with Meter() as m:
-            model, _ = load_model(source, device=distributed.device_name(device), dtype=dtype,
-                                  trust_remote_code=trust_remote_code)
+            model, _ = load_model(source, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         usage["load_full_precision"] = m.usage
     if offloaded is not None:
         from replaceme.variant import OnDemandTarget
@@ -216,7 +219,6 @@ def _load(model_or_path: Any, tokenizer: Any, device: str, dtype: str, trust_rem
           calib_4bit: bool):
     """Load a model path (a 4-bit copy for the pass, or an offloaded skeleton), or take a
     model object: ``(model, tokenizer, source, offloaded, usage)``."""
-    from replaceme import distributed
     from replaceme.loading import load_model
     from replaceme.resources import Meter
 
@@ -227,7 +229,7 @@ def _load(model_or_path: Any, tokenizer: Any, device: str, dtype: str, trust_rem
             from replaceme.loading import load_model_4bit
 
             source = str(model_or_path)
-            model, tokenizer = load_model_4bit(source, device=distributed.device_name(device), dtype=dtype,
+            model, tokenizer = load_model_4bit(source, device=device, dtype=dtype,
                                                trust_remote_code=trust_remote_code)
         elif offload:
             from replaceme.offload import load_offloaded
@@ -235,12 +237,12 @@ def _load(model_or_path: Any, tokenizer: Any, device: str, dtype: str, trust_rem
             if not isinstance(model_or_path, (str, Path)):
                 raise ReplacemeError("offload=True needs a model directory, not a loaded model")
             source = str(model_or_path)
-            offloaded, tokenizer = load_offloaded(source, device=distributed.device_name(device), dtype=dtype,
+            offloaded, tokenizer = load_offloaded(source, device=device, dtype=dtype,
                                                   trust_remote_code=trust_remote_code)
             model = offloaded.model
         elif isinstance(model_or_path, (str, Path)):
             source = str(model_or_path)
-            model, tokenizer = load_model(source, device=distributed.device_name(device), dtype=dtype,
+            model, tokenizer = load_model(source, device=device, dtype=dtype,
                                           trust_remote_code=trust_remote_code)
         else:
             model = model_or_path

@@ -8,7 +8,7 @@ every process loads the model and tokenises the calibration set, then:
    are the same on every rank);
 2. every additive statistic (distance-table sums, float64 Gram sums ``XᵀX``/``XᵀY``,
    ``tr YᵀY``, sequence and token counts) is all-reduced in float64
-   (:func:`all_reduce_sums`) — the result equals one process's up to the order of the
+   (:func:`all_reduce_stats`) — the result equals one process's up to the order of the
    float64 additions;
 3. the kept activation batches (the token sample of the cosine fit and LLM-Streamline's
    training pairs, and the held-out batches) are gathered to rank 0 in the one-process
@@ -19,6 +19,12 @@ every process loads the model and tokenises the calibration set, then:
    write nothing, no cache entry, no comparison row. Rank 0 selects, solves, merges,
    evaluates and writes as a single process would.
 
+All of it is one wrapper, :func:`shared_pass`, around the statistics pass (which itself
+knows nothing of processes: it runs the batches it is given); orchestration calls it and
+:func:`writer_lock`, :func:`on_root`, :func:`skip_pass`, and never asks for a rank. The
+Python API (:func:`replaceme.prune`, :func:`replaceme.compare.runner.run_comparison`)
+returns ``None`` on ranks other than 0 (:func:`root_result`); the CLI exits 0 there.
+
 Backends: gloo for a CPU model, NCCL for CUDA (each rank on ``cuda:LOCAL_RANK``). An
 error on any rank during the pass is exchanged before the next collective, so every
 rank stops with the same one-line error instead of waiting forever; a rank that dies
@@ -28,16 +34,17 @@ outright is torn down with the others by ``torchrun``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from replaceme.errors import ReplacemeError
 
 if TYPE_CHECKING:
-    from replaceme.stats.store import ActivationStats
+    from replaceme.stats.store import ActivationSample, ActivationStats
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -150,15 +157,6 @@ def init(device: Any) -> None:
     log.debug("rank %d of %d joined the %s process group", dist.get_rank(), dist.get_world_size(), backend)
 
 
-def finish() -> None:
-    """Barrier, then leave the process group (every rank calls it once the collectives are done)."""
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def check(error: BaseException | None) -> None:
     """Exchange errors before a collective: if any rank failed, every rank raises.
 
@@ -216,29 +214,6 @@ def joined() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def local_batches(count: int) -> Any:
-    """The calibration batches this process runs: its shard in a joined job, else all."""
-    return world().shard(count) if joined() else range(count)
-
-
-@contextlib.contextmanager
-def session(device: Any) -> Iterator[None]:
-    """The collective part of a run (the statistics pass): join the group on entry
-    (NCCL for a CUDA ``device``, else gloo); on exit, barrier and leave, and ranks
-    other than 0 raise :class:`RankDone`. On an error the group is left at once.
-    Nothing happens outside a multi-process job."""
-    if not world().active:
-        yield
-        return
-    init(device)
-    try:
-        yield
-    except BaseException:
-        abort()
-        raise
-    leave()
-
-
 def leave() -> None:
     """End of the collective part: barrier and leave the group; ranks other than 0
     then raise :class:`RankDone` (they have nothing left to do)."""
@@ -247,7 +222,8 @@ def leave() -> None:
     import torch.distributed as dist
 
     root = dist.get_rank() == 0
-    finish()
+    dist.barrier()
+    dist.destroy_process_group()
     if not root:
         raise RankDone
 
@@ -292,8 +268,8 @@ def all_reduce_stats(stats: ActivationStats) -> None:
     - ``gram``: ``XᵀX``, ``XᵀY`` (float64; a ``XᵀX`` shared by several blocks is
       reduced once), ``tr YᵀY`` and the token counts are summed;
     - ``sequences`` and ``tokens`` are summed, ``seconds`` is the slowest rank's;
-    - ``sample`` is not reduced: :func:`gather_to_root` brings the kept batches to
-      rank 0 before the store is built.
+    - ``sample`` is not reduced: :func:`gather_sample` brings the kept batches to
+      rank 0 in the one-process order.
 
     ``num_layers`` and ``hidden_size`` are the same on every rank.
     """
@@ -339,17 +315,81 @@ REDUCED_FIELDS = {
 }
 
 
-def gather_to_root(items: dict[Any, Any]) -> dict[Any, Any]:
-    """Merge every rank's ``items`` dict on rank 0 (others get ``{}``); tensors travel pickled."""
+def gather_sample(sample: ActivationSample) -> ActivationSample:
+    """Every rank's kept batches on rank 0, in the one-process order (by their recorded
+    positions); the other ranks get an empty sample. Tensors travel pickled."""
     import torch.distributed as dist
 
+    from replaceme.stats.store import ActivationSample
+
     if not dist.is_initialized():
-        return items
-    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(items, out, dst=0)
-    if out is None:
-        return {}
-    merged: dict[Any, Any] = {}
-    for part in out:
-        merged.update(part)
-    return merged
+        return sample
+    mine = (sample.train_positions, sample.train, sample.holdout_positions, sample.holdout)
+    parts: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(mine, parts, dst=0)
+    if parts is None:
+        return ActivationSample()
+    train = sorted(((p, b) for part in parts for p, b in zip(part[0], part[1])), key=lambda pb: pb[0])
+    held = sorted(((p, b) for part in parts for p, b in zip(part[2], part[3])), key=lambda pb: pb[0])
+    return ActivationSample(train=[b for _, b in train], holdout=[b for _, b in held],
+                            train_positions=[p for p, _ in train], holdout_positions=[p for p, _ in held])
+
+
+def shared_pass(device: Any, num_batches: int, run: Callable[[Sequence[int] | None], ActivationStats], *,
+                load: Callable[[], ActivationStats | None] | None = None,
+                save: Callable[[ActivationStats], None] | None = None) -> ActivationStats:
+    """The shared statistics pass, in one process or across a ``torchrun`` job.
+
+    ``run(batches)`` runs the pass on the given calibration batches (None: all of
+    them); ``load()`` returns cached statistics or None; ``save(stats)`` stores them.
+
+    One process: ``load()``, else ``run(None)`` then ``save``. Under ``torchrun``: the
+    process group is joined (NCCL for a CUDA ``device``, else gloo); rank 0 alone tries
+    ``load()`` and tells the others; on a miss every rank runs its shard of
+    ``num_batches`` (batch ``b`` on rank ``b % K``); an error on any rank stops every
+    rank with the same one-line message; the kept batches are gathered to rank 0 in
+    the one-process order and every sum is all-reduced in float64
+    (:func:`all_reduce_stats`); after a barrier the group is left and ranks other than
+    0 raise :class:`RankDone`. Rank 0 alone saves and returns the statistics.
+    """
+    w = world()
+    if not w.active:
+        cached = load() if load is not None else None
+        if cached is not None:
+            return cached
+        stats = run(None)
+        if save is not None:
+            save(stats)
+        return stats
+    init(device)
+    try:
+        cached = load() if load is not None and w.is_root else None
+        hit = load is not None and broadcast(cached is not None)  # on a hit, ranks > 0 have nothing to add
+        if hit:
+            stats = cached
+        else:
+            stats = run_checked(lambda: run(w.shard(num_batches)))
+            stats.sample = gather_sample(stats.sample)
+            all_reduce_stats(stats)  # sums and counts over the ranks
+    except BaseException:
+        abort()
+        raise
+    leave()
+    if not hit and save is not None:
+        save(stats)
+    return stats
+
+
+def root_result(fn: Callable[..., T]) -> Callable[..., T | None]:
+    """For a public entry point (``replaceme.prune``, ``run_comparison``): on a rank other
+    than 0 of a ``torchrun`` job, which has delivered its share and writes nothing,
+    return None instead of raising :class:`RankDone`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T | None:
+        try:
+            return fn(*args, **kwargs)
+        except RankDone:
+            return None
+
+    return wrapper

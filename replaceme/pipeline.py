@@ -49,28 +49,15 @@ def gather_stats(
     kept in memory-mapped files, and the cache is not used (it would copy the
     sample back into one file).
 
-    Under ``torchrun`` (:mod:`replaceme.distributed`) every rank runs its shard of the
-    batches; rank 0 alone reads and writes the cache and gets the combined statistics,
-    and the other ranks raise :class:`~replaceme.distributed.RankDone` once they
-    have contributed.
+    Under ``torchrun`` every rank runs its shard of the batches and rank 0 alone reads
+    and writes the cache (:func:`replaceme.distributed.shared_pass`).
     """
-    from replaceme import distributed
-
-    with distributed.session(next(model.parameters()).device):  # torchrun: ranks > 0 end here
-        stats = _gather_stats(model, adapter, calib, request, use_cache=use_cache and spill is None,
-                              holdout_tokens=holdout_tokens, spill=spill, stats_device=stats_device)
-    return stats
-
-
-def _gather_stats(model: Any, adapter: ModelAdapter, calib: CalibrationData, request: StatsRequest, *,
-                  use_cache: bool, holdout_tokens: int, spill: Any = None, stats_device: Any = None) -> Any:
     from replaceme import distributed
     from replaceme.stats.cache import cache_key, load_cached, model_fingerprint, save_cached
     from replaceme.stats.collect import collect_stats
 
-    root = distributed.world().is_root
     key = None
-    if use_cache:
+    if use_cache and spill is None:
         key = cache_key(
             {
                 "model": model_fingerprint(model),
@@ -80,16 +67,19 @@ def _gather_stats(model: Any, adapter: ModelAdapter, calib: CalibrationData, req
                 "holdout_tokens": holdout_tokens,
             }
         )
-        shape = (len(adapter.layers(model)), int(model.config.hidden_size))
-        cached = load_cached(key, shape, request) if root else None
-        if distributed.broadcast(cached is not None):  # ranks > 0 have nothing to add
+
+    def load() -> Any:
+        cached = load_cached(key, (len(adapter.layers(model)), int(model.config.hidden_size)), request)
+        if cached is not None:
             log.info("statistics loaded from cache (key %s)", key[:12])
-            return cached
-    stats = collect_stats(model, adapter, calib, request, holdout_tokens=holdout_tokens, spill=spill,
-                          stats_device=stats_device)
-    if key is not None and root:
-        save_cached(key, stats)
-    return stats
+        return cached
+
+    def run(batches: Any) -> Any:
+        return collect_stats(model, adapter, calib, request, holdout_tokens=holdout_tokens, spill=spill,
+                             stats_device=stats_device, batches=batches)
+
+    return distributed.shared_pass(next(model.parameters()).device, calib.num_batches, run,
+                                   load=load if key else None, save=(lambda stats: save_cached(key, stats)) if key else None)
 
 
 @dataclass
@@ -229,10 +219,7 @@ def _statistics(model, adapter, request, calibration, tokenizer, live, use_cache
 
     usage: dict[str, Usage] = {}
     if request.is_empty:  # e.g. block-removal of a fixed range: no data needed
-        if distributed.joined():  # under torchrun: nothing to share, rank 0 does it all
-            distributed.leave()
-        elif not distributed.world().is_root:
-            raise distributed.RankDone
+        distributed.skip_pass()  # under torchrun: nothing to share, rank 0 does it all
         return ActivationStats(num_layers=adapter.num_layers(model), hidden_size=int(model.config.hidden_size)), None, usage, {}
     if calibration is None:
         labels = ", ".join(sorted({run.key[0] for run, _ in live})) or "this command"
@@ -251,8 +238,8 @@ def _statistics(model, adapter, request, calibration, tokenizer, live, use_cache
             if offloaded is not None:
                 from replaceme.stats.layerwise import collect_stats_layerwise
 
-                with distributed.session(offloaded.device):  # torchrun: ranks > 0 end here
-                    stats = collect_stats_layerwise(offloaded, calib, request, spill=spill, stats_device=gram_device)
+                stats = distributed.shared_pass(offloaded.device, calib.num_batches, lambda batches: collect_stats_layerwise(
+                    offloaded, calib, request, spill=spill, stats_device=gram_device, batches=batches))
             else:
                 stats = gather_stats(model, adapter, calib, request, use_cache=use_cache, spill=spill,
                                      stats_device=gram_device)

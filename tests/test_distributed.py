@@ -68,6 +68,9 @@ def _worker(rank: int, jobs: list[tuple[str, list[str]]], ports: list[int], repo
         if name == "nan-on-rank-1":  # a model that overflows on rank 1 only (through the Python API)
             out[name] = _nan_job(rank, args)
             continue
+        if name == "python-api":
+            out[name] = _api_job(args)
+            continue
         logging.getLogger("replaceme").handlers.clear()
         result = CliRunner().invoke(cli, args)
         out[name] = {"code": result.exit_code, "stdout": result.stdout, "output": result.output}
@@ -91,6 +94,17 @@ def _nan_job(rank: int, args: list[str]) -> dict:
     except Exception as exc:  # noqa: BLE001 - the test looks at what each rank raised
         return {"error": type(exc).__name__, "message": str(exc)}
     return {"error": None}
+
+
+def _api_job(args: list[str]) -> dict:
+    """``replaceme.prune`` on every rank: what each returns."""
+    import replaceme
+    from replaceme.calibration import CalibrationSpec
+
+    model_dir, calib = args
+    result = replaceme.prune(model_dir, method="replaceme-lstsq", layers=1, use_cache=False,
+                             calibration=CalibrationSpec(calib, samples=16, max_length=32, batch_size=4))
+    return {"type": type(result).__name__, "blocks": None if result is None else [[b.start, b.end] for b in result.plan.blocks]}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +134,7 @@ def two_ranks(tmp_path_factory):
         single[name] = result.stdout
     report = base / "report"
     report.mkdir()
-    jobs = job_args("two") + [("nan-on-rank-1", [str(model_dir), str(calib)])]
+    jobs = job_args("two") + [("nan-on-rank-1", [str(model_dir), str(calib)]), ("python-api", [str(model_dir), str(calib)])]
     ports = [_free_port() for _ in jobs]
     mp.spawn(_worker, args=(jobs, ports, str(report)), nprocs=2, join=True)
     ranks = [json.loads((report / f"rank{r}.json").read_text()) for r in range(2)]
@@ -171,6 +185,14 @@ def test_an_error_on_one_rank_ends_both(two_ranks):
     own, peer = ranks[1]["nan-on-rank-1"], ranks[0]["nan-on-rank-1"]
     assert own["error"] == "ReplacemeError" and "non-finite" in own["message"]
     assert peer["error"] == "PeerFailed" and peer["message"] == "rank 1: " + own["message"]
+
+
+@pytest.mark.slow
+def test_python_api_returns_none_on_other_ranks(two_ranks):
+    """``replaceme.prune`` under torchrun: rank 0 gets the result, the others None (documented), no exception."""
+    _, _, ranks = two_ranks
+    assert ranks[0]["python-api"]["type"] == "PruneResult" and ranks[0]["python-api"]["blocks"]
+    assert ranks[1]["python-api"] == {"type": "NoneType", "blocks": None}
 
 
 @pytest.mark.slow

@@ -92,6 +92,8 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
     plan = _compare_plan(model, entries, budgets, spec, ppl_sources, include, values)
     out = output or settings.get("output")
     outcome = run_comparison(plan, Path(out) if out else None, overwrite=bool(values["overwrite"]), use_cache=not no_cache)
+    if outcome is None:  # a torchrun rank other than 0: rank 0 writes and reports
+        return
     _report(outcome, model, out, as_json, fmt)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -79,7 +78,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     if missing:
         raise ReplacemeError(f"missing {', '.join(missing)} (see 'replaceme prune --help')")
     from replaceme.checks import check_model_inputs, check_text_input
-    from replaceme.outputs import check_output, output_lock
+    from replaceme.outputs import check_output
 
     out = Path(output)
     spec = calibration_spec(**calib) if calib["calib"] else None
@@ -89,13 +88,15 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
         check_text_input(spec.text_source, "--calib")
     check_output(out, inputs=[model, spec.text_source.base if spec else None], overwrite=overwrite,
                  owner_kind="pruned-model")
-    from replaceme.distributed import world
+    from replaceme.distributed import writer_lock
 
-    with output_lock(out) if world().is_root else contextlib.nullcontext():  # under torchrun rank 0 alone writes
+    with writer_lock(out):  # under torchrun rank 0 alone writes
         result = replaceme.prune(model, method=method, layers=int(layers), calibration=spec, selector=selector,
                                  compensator=compensator, device=device, dtype=dtype, seed=calib["seed"],
                                  use_cache=not no_cache, trust_remote_code=trust_remote_code, offload=offload,
                                  spill_dir=spill_dir, calib_4bit=calib_4bit, gram_device=gram_device, options=opts)
+        if result is None:  # a torchrun rank other than 0: its share is delivered, rank 0 writes and reports
+            return
         replaceme.save_pruned(result, out, overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(json.loads((out / "pruning.json").read_text()), indent=2))

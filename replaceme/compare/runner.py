@@ -21,6 +21,7 @@ from replaceme.compare.plan import ComparePlan
 from replaceme.compare.results import BASELINE, Row
 from replaceme.compare.schedule import METHOD, Schedule, Slot, shared_identity
 from replaceme.compare.store import RowStore
+from replaceme.distributed import root_result
 from replaceme.errors import ReplacemeError
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ def check_comparison_inputs(plan: ComparePlan) -> None:
     check_evaluation_inputs(plan.evaluation)
 
 
-def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: bool = False, use_cache: bool = True) -> Comparison:
+@root_result
+def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: bool = False,
+                   use_cache: bool = True) -> Comparison | None:
     """Run ``plan``; with ``output``, rows are saved as they finish and reused on a re-run.
 
     Any exception a method raises (refusal, selection, compensation, merge,
@@ -66,7 +69,8 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     failed row is saved as failed and retried by the next run. Everything that
     can be checked (methods and options, model, device, data, tasks, the output
     directory) is checked before the model is loaded, and ``output`` is created
-    only once the model has loaded.
+    only once the model has loaded. Under ``torchrun`` rank 0 returns the comparison
+    and writes it; the other ranks share the calibration pass and return ``None``.
     """
     from replaceme import distributed
     from replaceme.methods import resolve_method

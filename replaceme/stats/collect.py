@@ -12,8 +12,8 @@ of calibration tokens. From the window we accumulate, per batch:
 - the ReplaceMe normal equations ``XᵀX``, ``XᵀY`` in float64 for requested blocks,
 - a bounded sample of whole batches of activations for iterative solvers.
 
-Under ``torchrun`` each rank runs its shard of the batches and the sums are combined
-in float64 (:mod:`replaceme.distributed`).
+A data-parallel job runs a shard of the batches in each process (``batches=``) and
+combines the results afterwards; this module knows nothing of processes.
 
 The forward pass stops after the last decoder layer (no final norm, no LM head):
 ``x_L`` is the last layer's output *before* the final norm. Note that the
@@ -28,13 +28,12 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from replaceme import distributed
 from replaceme.adapters import ModelAdapter
 from replaceme.calibration import CalibrationData
 from replaceme.console import track
@@ -336,6 +335,7 @@ def collect_stats(
     holdout_tokens: int = 8192,
     stats_device: str | torch.device | None = None,
     spill: Any = None,
+    batches: Sequence[int] | None = None,
 ) -> ActivationStats:
     """Run the shared statistics pass.
 
@@ -348,6 +348,10 @@ def collect_stats(
         stats_device: where float64 Gram sums live (default: the model's device).
         spill: a :class:`~replaceme.stats.spill.Spill` to keep the activation sample
             in memory-mapped files instead of RAM.
+        batches: the calibration batches to run (default: all). A data-parallel job
+            gives each process its shard and combines the results
+            (:func:`replaceme.distributed.shared_pass`); the sample then holds this
+            shard's kept batches, with their positions in the whole pass's order.
 
     Returns:
         The :class:`ActivationStats`.
@@ -393,9 +397,8 @@ def collect_stats(
     handles.append(layers[L - 1].register_forward_hook(last_hook))
     handles += [adapter.mlp_residual(model, i).register_forward_hook(mlp_hook(i)) for i in sorted(acc.mlp_needed) if 0 <= i < L]
     holdout_set, kept_batches = set(holdout), set(holdout) | set(sample)
-    error = None
     try:
-        for b in track(distributed.local_batches(calib.num_batches), "calibration pass"):
+        for b in track(range(calib.num_batches) if batches is None else batches, "calibration pass"):
             mask = calib.masks[b].to(device)
             keep = batch_keep(calib, b, request, kept_batches)
             current[:] = [acc.begin(mask, use_for_gram=b not in holdout_set, keep=keep)]
@@ -406,27 +409,22 @@ def collect_stats(
             acc.check_finite(current[0])
             if keep is not None:
                 kept[b] = keep
-    except Exception as exc:  # shared with the other ranks of a torchrun job, then re-raised
-        error = exc
     finally:
         for h in handles:
             h.remove()
         current.clear()
-    return complete_pass(acc, stats, kept, holdout, sample, error, start_time)
+    return complete_pass(acc, stats, kept, holdout, sample, start_time)
 
 
 def complete_pass(acc: Accumulator, stats: ActivationStats, kept: dict[int, BatchActivations], holdout: list[int],
-                  sample: list[int], error: Exception | None, start_time: float) -> ActivationStats:
+                  sample: list[int], start_time: float) -> ActivationStats:
     """End a statistics pass (hooked or layer by layer): fill ``stats`` from the accumulator
-    and the kept batches, in the sample's order.
-
-    Under ``torchrun`` an error of any rank stops every rank here, the kept batches are
-    gathered to rank 0 and every sum is all-reduced (:mod:`replaceme.distributed`).
-    """
-    distributed.check(error)
-    kept = distributed.gather_to_root(kept)  # rank 0 gets every kept batch (one process's sample)
+    and the kept batches, in the sample's order (with each batch's position in that order,
+    so that the shards of a data-parallel pass can be put back in it)."""
     acc.finish(stats)
-    stats.sample = ActivationSample(train=[kept[b] for b in sample if b in kept], holdout=[kept[b] for b in holdout if b in kept])
+    train = [i for i, b in enumerate(sample) if b in kept]
+    held = [i for i, b in enumerate(holdout) if b in kept]
+    stats.sample = ActivationSample(train=[kept[sample[i]] for i in train], holdout=[kept[holdout[i]] for i in held],
+                                    train_positions=train, holdout_positions=held)
     stats.seconds = time.perf_counter() - start_time
-    distributed.all_reduce_stats(stats)  # sums and counts over the ranks of a torchrun job
     return stats

@@ -27,11 +27,11 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from replaceme import distributed
 from replaceme.calibration import CalibrationData
 from replaceme.offload.engine import Feed, hidden_argument, stream
 from replaceme.offload.skeleton import OffloadedModel
@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 
 def collect_stats_layerwise(offloaded: OffloadedModel, calib: CalibrationData, request: StatsRequest, *,
                             holdout_tokens: int = 8192, spill: Any = None,
-                            stats_device: str | torch.device | None = None) -> ActivationStats:
+                            stats_device: str | torch.device | None = None,
+                            batches: Sequence[int] | None = None) -> ActivationStats:
     """Run the shared statistics pass layer by layer over an offloaded model.
 
     Args:
@@ -64,6 +65,8 @@ def collect_stats_layerwise(offloaded: OffloadedModel, calib: CalibrationData, r
         spill: a :class:`~replaceme.stats.spill.Spill`: the activation sample goes to
             memory-mapped files under its directory (default: CPU memory).
         stats_device: where the float64 Gram sums live (default: the compute device).
+        batches: the calibration batches to run (default: all; a data-parallel job
+            passes each process its shard, see :func:`~replaceme.stats.collect.collect_stats`).
 
     The activations of every calibration token that wait between layers (a few
     boundaries) always go to files (:class:`~replaceme.offload.window.DiskStore`, in the
@@ -77,7 +80,8 @@ def collect_stats_layerwise(offloaded: OffloadedModel, calib: CalibrationData, r
 
     with DiskStore(spill.path.parent if spill is not None else None) as window:
         return _collect_layerwise(offloaded, calib, request, holdout_tokens=holdout_tokens, spill=spill,
-                                  stats_device=stats_device, window=window)
+                                  stats_device=stats_device, window=window,
+                                  batches=range(calib.num_batches) if batches is None else batches)
 
 
 @torch.no_grad()
@@ -90,6 +94,7 @@ def _collect_layerwise(
     spill: Any = None,
     stats_device: str | torch.device | None = None,
     window: Any = None,
+    batches: Sequence[int] = (),
 ) -> ActivationStats:
     """The body of :func:`collect_stats_layerwise` (``window``: where activations
     wait between layers)."""
@@ -107,7 +112,6 @@ def _collect_layerwise(
 
     states: dict[int, BatchState] = {}
     keeps: dict[int, BatchActivations] = {}
-    batches = distributed.local_batches(calib.num_batches)  # under torchrun: this rank's shard
     for b in batches:
         mask = calib.masks[b].to(device)
         keep = batch_keep(calib, b, request, kept_batches)
@@ -116,13 +120,9 @@ def _collect_layerwise(
         states[b] = acc.begin(mask, use_for_gram=b not in holdout_set, keep=keep, store=store)
 
     feed = _StatsFeed(acc, states, set(request.layer_kwargs), model, adapter)
-    error = None
-    try:
-        stream(offloaded, model, [(calib.input_ids[b], calib.masks[b]) for b in batches], feed,
-               description="calibration pass (layer by layer)", indices=list(batches))
-    except Exception as exc:  # shared with the other ranks of a torchrun job, then re-raised
-        error = exc
-    return complete_pass(acc, stats, keeps, holdout, sample, error, start_time)
+    stream(offloaded, model, [(calib.input_ids[b], calib.masks[b]) for b in batches], feed,
+           description="calibration pass (layer by layer)", indices=list(batches))
+    return complete_pass(acc, stats, keeps, holdout, sample, start_time)
 
 
 class _StatsFeed(Feed):

@@ -52,10 +52,15 @@ class ActivationSample:
         train: batches in a seeded order; a method with a smaller budget takes a prefix.
         holdout: held-out batches, never used to fit anything (they are also
             excluded from the Gram sums); for validation and diagnostics.
+        train_positions, holdout_positions: the position of each batch in the whole
+            pass's order, so that the shards of a data-parallel pass are put back in it
+            (:func:`replaceme.distributed.gather_sample`); empty when not recorded.
     """
 
     train: list[BatchActivations] = field(default_factory=list)
     holdout: list[BatchActivations] = field(default_factory=list)
+    train_positions: list[int] = field(default_factory=list)
+    holdout_positions: list[int] = field(default_factory=list)
 
     def take(self, token_budget: int) -> list[BatchActivations]:
         """The prefix of ``train`` holding at most ``token_budget`` tokens (at least one batch)."""
