@@ -125,3 +125,19 @@ def test_non_finite_activations_are_reported(tokenizer, calib_file):
     calib = build_calibration(CalibrationSpec(str(calib_file), samples=4, max_length=16, batch_size=4), tokenizer)
     with pytest.raises(ReplacemeError, match=r"layer 1 produced non-finite hidden states \(NaN/Inf\)"):
         collect_stats(model, adapter_for(model), calib, StatsRequest(block_sizes={1}))
+
+
+@pytest.mark.parametrize("hidden, block", [(40, 16), (48, 16), (10, 16)])
+def test_upper_block_gram_equals_the_full_product(hidden, block):
+    """XᵀX from the blocks on and above the diagonal, mirrored once at the end, equals
+    the full float64 product (a few uneven batches; a last block narrower than the rest)."""
+    from replaceme.stats.collect import add_upper_gram, mirror_upper_gram
+
+    gen = torch.Generator().manual_seed(hidden)
+    batches = [torch.randn(rows, hidden, generator=gen, dtype=torch.float64) for rows in (7, 30, 1)]
+    xtx = torch.zeros(hidden, hidden, dtype=torch.float64)
+    for X in batches:
+        add_upper_gram(xtx, X, block)
+    mirror_upper_gram(xtx, block)
+    full = sum(X.T @ X for X in batches)
+    torch.testing.assert_close(xtx, full, rtol=1e-13, atol=1e-12)
