@@ -233,12 +233,13 @@ def _load(model_or_path: Any, tokenizer: Any, device: str, dtype: str, trust_rem
                                                trust_remote_code=trust_remote_code)
         elif offload:
             from replaceme.offload import load_offloaded
+            from replaceme.registry import adapter_for
 
             if not isinstance(model_or_path, (str, Path)):
                 raise ReplacemeError("offload=True needs a model directory, not a loaded model")
             source = str(model_or_path)
             offloaded, tokenizer = load_offloaded(source, device=device, dtype=dtype,
-                                                  trust_remote_code=trust_remote_code)
+                                                  trust_remote_code=trust_remote_code, adapter_for=adapter_for)
             model = offloaded.model
         elif isinstance(model_or_path, (str, Path)):
             source = str(model_or_path)

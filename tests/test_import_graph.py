@@ -121,3 +121,69 @@ def test_no_import_cycle():
 def test_adapters_know_nothing_of_plugins():
     graph = import_graph()
     assert not graph["replaceme.adapters"] & {"replaceme.registry", "replaceme.components", "replaceme.hookspecs"}
+
+
+#: the layers, lowest first; a module may import its own layer and those below, never above
+#: (not even inside a function). The first matching entry (module or package prefix) wins.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("base", ("replaceme.errors", "replaceme.schema", "replaceme.options", "replaceme.console", "replaceme.resources",
+              "replaceme.provenance", "replaceme.outputs", "replaceme.paths", "replaceme.cache_location",
+              "replaceme.escaping", "replaceme.formats", "replaceme.plots", "replaceme.hookspecs",
+              # plain data (blocks and plans): statistics are keyed by blocks
+              "replaceme.plan")),
+    ("model", ("replaceme.adapters", "replaceme.loading", "replaceme.surgery", "replaceme.checkpoint",
+               "replaceme.calibration", "replaceme.data", "replaceme.offload", "replaceme.demo")),
+    ("stats", ("replaceme.stats",)),
+    ("methods", ("replaceme.components", "replaceme.registry", "replaceme.methods", "replaceme.scoring",
+                 "replaceme.variant", "replaceme.distances", "replaceme_")),
+    ("evaluation", ("replaceme.evaluation",)),
+    # what runs the stages: pipeline, API, compare, torchrun, the checks made before any work
+    ("orchestration", ("replaceme.pipeline", "replaceme.api", "replaceme.compare", "replaceme.distributed",
+                       "replaceme.checks", "replaceme.model_card", "replaceme.config_file", "replaceme.testing",
+                       "replaceme.plugin", "replaceme.heal")),
+    ("cli", ("replaceme.cli",)),
+]
+
+
+def layer_of(module: str) -> int:
+    """The index of ``module``'s layer in :data:`LAYERS` (the package ``replaceme`` itself
+    is the public entry point, at the orchestration layer)."""
+    if module == "replaceme":
+        return next(i for i, (name, _) in enumerate(LAYERS) if name == "orchestration")
+    for index, (_, prefixes) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p if p.endswith("_") else p + ".") for p in prefixes):
+            return index
+    raise AssertionError(f"module {module} has no layer: add it to LAYERS in tests/test_import_graph.py")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import from a lower layer to a higher one, as ``a (layer) -> b (layer)``."""
+    names = [name for name, _ in LAYERS]
+    return sorted(f"{a} ({names[layer_of(a)]}) -> {b} ({names[layer_of(b)]})"
+                  for a, targets in graph.items() for b in targets if layer_of(b) > layer_of(a))
+
+
+def test_upward_imports_are_found():
+    assert upward_imports({"replaceme.stats.collect": {"replaceme.distributed", "replaceme.errors"}}) == [
+        "replaceme.stats.collect (stats) -> replaceme.distributed (orchestration)"]
+    assert upward_imports({"replaceme.cli.prune": {"replaceme.api"}, "replaceme_uidl": {"replaceme.components"}}) == []
+
+
+def test_every_module_has_a_layer():
+    for module in import_graph():
+        layer_of(module)
+
+
+def test_no_import_points_up_a_layer():
+    """base < model < stats < methods < evaluation < orchestration < cli (see CONTRIBUTING)."""
+    upward = upward_imports(import_graph())
+    assert not upward, "imports from a lower layer to a higher one:\n" + "\n".join(upward)
+
+
+def test_statistics_know_nothing_of_processes():
+    """torch.distributed lives in replaceme.distributed (and the CLI's exit decision) only."""
+    for path in (ROOT / "replaceme").rglob("*.py"):
+        name = _module_name(path)
+        if name in ("replaceme.distributed",) or name.startswith("replaceme.cli"):
+            continue
+        assert "torch.distributed" not in path.read_text(), f"{name} uses torch.distributed"

@@ -16,6 +16,7 @@ from replaceme.calibration import CalibrationSpec, build_calibration
 from replaceme.checkpoint import Checkpoint, PlannedTensor, stored_blocks, write_checkpoint
 from replaceme.errors import ReplacemeError
 from replaceme.offload import load_offloaded
+from replaceme.registry import adapter_for
 
 METHODS = [
     ("block-removal", {}),
@@ -90,7 +91,7 @@ def test_sharded_checkpoint_in_and_out(tmp_path):
     tiny_model("qwen2").save_pretrained(src, max_shard_size="20KB")
     make_tokenizer().save_pretrained(src)
     assert (src / "model.safetensors.index.json").is_file()
-    offloaded, _ = load_offloaded(str(src), device="cpu", dtype="auto", trust_remote_code=False)
+    offloaded, _ = load_offloaded(str(src), device="cpu", dtype="auto", trust_remote_code=False, adapter_for=adapter_for)
     tensors = offloaded.output_tensors()
     (tmp_path / "out").mkdir()
     write_checkpoint(tmp_path / "out", tensors, max_shard_bytes=30_000)
@@ -131,7 +132,6 @@ def test_offload_needs_a_local_safetensors_directory(tmp_path, calib_file):
 
 
 def test_spilled_sample_equals_the_in_memory_one(tmp_path, tokenizer, calib_file):
-    from replaceme.registry import adapter_for
     from replaceme.stats import StatsRequest, collect_stats
     from replaceme.stats.spill import Spill
     from replaceme.stats.store import GramKey

@@ -7,6 +7,7 @@ from tiny import tiny_model
 
 from replaceme.loading import load_model, stored_dtype
 from replaceme.offload import load_offloaded
+from replaceme.registry import adapter_for
 
 
 def _save(path, tokenizer, dtype):
@@ -39,5 +40,5 @@ def test_a_bf16_checkpoint_stays_bf16_by_default(tmp_path, tokenizer):
         assert torch.equal(a, b), name  # the stored values, not a round trip through float32
     asked, _ = load_model(str(path), device="cpu", dtype="float32")
     assert {p.dtype for p in asked.parameters()} == {torch.float32}
-    offloaded, _ = load_offloaded(str(path), device="cpu", dtype="auto", trust_remote_code=False)
+    offloaded, _ = load_offloaded(str(path), device="cpu", dtype="auto", trust_remote_code=False, adapter_for=adapter_for)
     assert offloaded.dtype == torch.bfloat16

@@ -118,9 +118,10 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
     offloaded = None
     if offload:
         from replaceme.offload import load_offloaded
+        from replaceme.registry import adapter_for
 
         offloaded, tokenizer = load_offloaded(model_or_dir, device=device, dtype=dtype,
-                                              trust_remote_code=trust_remote_code)
+                                              trust_remote_code=trust_remote_code, adapter_for=adapter_for)
         model = offloaded.model
     else:
         model, tokenizer = load_model(model_or_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -350,8 +351,11 @@ class OffloadedModel:
             generation.save_pretrained(directory)
 
 
-def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: bool) -> tuple[OffloadedModel, Any]:
-    """Build the skeleton of the model at ``path`` and its tokenizer (no weights read yet)."""
+def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: bool,
+                   adapter_for: Callable[[Any], ModelAdapter]) -> tuple[OffloadedModel, Any]:
+    """Build the skeleton of the model at ``path`` and its tokenizer (no weights read yet);
+    ``adapter_for(model)`` finds its :class:`~replaceme.adapters.ModelAdapter` (the caller
+    passes :func:`replaceme.registry.adapter_for`: plugins live above this layer)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -363,8 +367,6 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
         resolve_model_path,
         use_device,
     )
-    from replaceme.registry import adapter_for
-
     from replaceme.resources import return_large_allocations
 
     quiet_transformers()

@@ -11,6 +11,7 @@ from tiny import ARCHS, calibration_text, make_tokenizer, tiny_model
 from replaceme.evaluation import EvalSpec, evaluate
 from replaceme.loading import load_model
 from replaceme.offload import load_offloaded
+from replaceme.registry import adapter_for
 
 
 def _saved(tmp_path, arch):
@@ -22,7 +23,7 @@ def _saved(tmp_path, arch):
 
 def _both(path):
     model, tokenizer = load_model(str(path), device="cpu", dtype="float32")
-    offloaded, _ = load_offloaded(str(path), device="cpu", dtype="float32", trust_remote_code=False)
+    offloaded, _ = load_offloaded(str(path), device="cpu", dtype="float32", trust_remote_code=False, adapter_for=adapter_for)
     return model, offloaded, tokenizer
 
 
