@@ -34,6 +34,11 @@ class PruneResult:
         offloaded: with ``offload``, the skeleton over its checkpoint (saving streams it).
         stats_memory: bytes of Gram sums and activation sample, and whether the
             sample was on disk (recorded in ``pruning.json``).
+        base_model: the Hub id of the source (:mod:`replaceme.hub_ids`), None when it has none.
+        recipe: how the method was asked for (:meth:`ResolvedMethod.recipe`).
+        stages: each stage's component and the distribution that provides it.
+        holdout: the calibration actually held out of every fit (batches, tokens, fraction of tokens).
+        dtype: the ``dtype`` asked for.
     """
 
     model: Any
@@ -49,6 +54,11 @@ class PruneResult:
     offloaded: Any = None
     stats_memory: dict[str, Any] = field(default_factory=dict)
     calib_4bit: bool = False
+    base_model: str | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, Any] = field(default_factory=dict)
+    holdout: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "auto"
 
     @property
     def plan(self):
@@ -60,16 +70,22 @@ class PruneResult:
 
     def metadata(self) -> dict[str, Any]:
         """The content of ``pruning.json``."""
-        from replaceme.provenance import versions
+        from replaceme.provenance import project, versions
 
         return {
             "method": self.method,
             "source_model": self.source,
+            "base_model": self.base_model,
             "layers_removed": self.layers,
             **self.outcome.to_dict(),
+            "recipe": self.recipe,
             "options": self.options,
+            "stages": self.stages,
             "calibration": self.calibration.to_dict() if self.calibration else None,
+            "holdout": self.holdout,
+            "dtype": self.dtype,
             "seed": self.seed,
+            "project": project(),
             "versions": versions(),
             "usage": {k: u.to_dict() for k, u in self.usage.items()},
             "statistics_memory": self.stats_memory,
@@ -99,6 +115,8 @@ def prune(
     spill_dir: str | Path | None = None,
     calib_4bit: bool = False,
     gram_device: str | None = None,
+    base_model: str | None = None,
+    strict: bool = False,
     **method_options: Any,
 ) -> PruneResult | None:
     """Prune ``layers`` decoder layers with ``method``.
@@ -136,6 +154,9 @@ def prune(
         gram_device: where the float64 Gram sums live during the pass (default:
             the compute device); ``"cpu"`` frees (L − n) · 2 · h² · 8 bytes of GPU
             memory at the cost of host float64 arithmetic.
+        base_model: the Hub id the model card names as ``base_model`` (for a local copy of
+            a Hub model; by default the source's own id when it is one, see :mod:`replaceme.hub_ids`).
+        strict: refuse options that the configuration in effect ignores (otherwise a warning).
         **method_options: shorthand for ``options`` where the name is unambiguous
             (``prune(..., alpha=1e-3)``); a key given both ways is an error.
 
@@ -156,7 +177,11 @@ def prune(
     from replaceme.registry import adapter_for
     from replaceme.resources import Meter
 
-    resolved = resolve_method(method, _merge_options(options, method_options), selector=selector, compensator=compensator)
+    from replaceme.hub_ids import base_model_id
+
+    resolved = resolve_method(method, _merge_options(options, method_options), selector=selector, compensator=compensator,
+                              strict=strict)
+    hub_id = base_model_id(str(model_or_path), base_model) if isinstance(model_or_path, (str, Path)) else base_model
     if gram_device is not None:
         from replaceme.loading import resolve_device
 
@@ -204,7 +229,20 @@ def prune(
         offloaded=offloaded,
         stats_memory=prepared.memory,
         calib_4bit=calib_4bit,
+        base_model=hub_id,
+        recipe=resolved.recipe(),
+        stages=resolved.stages(),
+        holdout=_holdout(prepared.stats),
+        dtype=dtype,
     )
+
+
+def _holdout(stats: Any) -> dict[str, Any]:
+    """What the statistics pass held out of every fit: batches, tokens and their fraction of all tokens."""
+    held = list(getattr(getattr(stats, "sample", None), "holdout", None) or [])
+    tokens = sum(int(b.tokens) for b in held)
+    total = int(getattr(stats, "tokens", 0) or 0)
+    return {"batches": len(held), "tokens": tokens, "fraction": tokens / total if total else 0.0}
 
 
 def _merge_options(options: dict[str, Any] | None, method_options: dict[str, Any]) -> dict[str, Any]:
@@ -300,6 +338,9 @@ def save_pruned(result: PruneResult, output: str | Path, *, overwrite: bool = Fa
             result.tokenizer.save_pretrained(tmp)
         copy_tokenizer_files(source_dir, tmp)
         meta = {**result.metadata(), **(extra or {})}
+        meta.setdefault("source_license", model_card.source_license(result.source))
+        meta.setdefault("output", str(output))
+        meta.setdefault("output_name", output.name)
         write_json_atomic(tmp / "pruning.json", meta)
-        model_card.write(tmp, meta, output_name=output)
+        model_card.write(tmp, meta)
     return output

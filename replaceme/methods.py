@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from replaceme.components import Compensator, Merger, Method, SelectionContext, Selector
 from replaceme.errors import ReplacemeError, did_you_mean
-from replaceme.options import option_fields, options_to_dict, parse_options
+from replaceme.options import ignored_options, option_fields, options_to_dict, parse_options
 from replaceme.plan import Block
 from replaceme.registry import Registry, check_compatible, registry, stage_classes
 from replaceme.stats.request import StatsRequest
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -22,6 +25,9 @@ class ResolvedMethod:
         method: the recipe it came from.
         selector, compensator, merger: configured component instances.
         user_options: the options the user gave (before defaults), for provenance.
+        swapped: stage -> the component name that replaced the recipe's (``--selector``,
+            ``--compensator``), None for the recipe's own.
+        ignored: option -> why the configuration in effect does not read it.
     """
 
     label: str
@@ -30,6 +36,31 @@ class ResolvedMethod:
     compensator: Compensator
     merger: Merger
     user_options: dict[str, Any] = field(default_factory=dict)
+    swapped: dict[str, str | None] = field(default_factory=dict)
+    ignored: dict[str, str] = field(default_factory=dict)
+
+    def recipe(self) -> dict[str, Any]:
+        """How the method was asked for, for ``pruning.json``: the recipe's name, the swapped
+        stages, the options as the user gave them, the recipe's defaults that applied, and the
+        given options that do nothing here."""
+        return {
+            "method": self.method.name,
+            "selector": self.swapped.get("selector"),
+            "compensator": self.swapped.get("compensator"),
+            "merger": self.swapped.get("merger"),
+            "options_given": dict(self.user_options),
+            "defaults": {stage: dict(values) for stage, values in self.method.defaults.items()
+                         if not self.swapped.get(stage) and values},
+            "ignored_options": dict(self.ignored),
+        }
+
+    def stages(self) -> dict[str, dict[str, Any]]:
+        """Each stage's component and the installed distribution (and version) that provides it."""
+        from replaceme.provenance import distribution_of
+
+        return {stage: {"name": comp.name, **distribution_of(comp)}
+                for stage, comp in (("selector", self.selector), ("compensator", self.compensator),
+                                    ("merger", self.merger))}
 
     def selection_context(self, num_layers: int, layers: int) -> SelectionContext:
         comp = self.compensator
@@ -63,6 +94,7 @@ def resolve_method(
     compensator: str | None = None,
     merger: str | None = None,
     reg: Registry | None = None,
+    strict: bool = False,
 ) -> ResolvedMethod:
     """Instantiate method ``name``, optionally with stages swapped, with ``options``.
 
@@ -70,6 +102,8 @@ def resolve_method(
     declares is an error with a did-you-mean. The recipe's defaults apply first,
     each only to the stage it was written for, and not at all to a swapped stage.
     A compensator whose compensation the merger cannot write is a one-line error.
+    A given option that the configuration in effect does not read (see
+    :func:`replaceme.options.ignored_options`) is a warning, or with ``strict`` an error.
     """
     reg = reg or registry()
     method = reg.method(name)
@@ -85,15 +119,23 @@ def resolve_method(
             )
     check_compatible(classes["compensator"], classes["merger"])
     swapped = {"selector": selector, "compensator": compensator, "merger": merger if merger else compensator}
-    instances = {}
+    instances, ignored = {}, {}
     for stage, cls in classes.items():
         values = {} if swapped[stage] else dict(method.defaults.get(stage, {}))
         values.update({k: v for k, v in options.items() if k in fields[stage]})
         instances[stage] = cls(parse_options(cls.Options, values, f"{stage} '{cls.name}'"))
+        ignored.update(ignored_options(instances[stage].options, values))  # the recipe's defaults too
+    for key, reason in ignored.items():
+        given = "option" if key in options else "recipe default"
+        message = f"method '{name}': {given} '{key}' does nothing here: it is {reason}"
+        if strict:
+            raise ReplacemeError(message + " (--strict)")
+        log.warning("%s; recorded as ignored", message)
     label = name
     if selector or compensator or merger:
         label = f"{instances['selector'].name}+{instances['compensator'].name}"
-    return ResolvedMethod(label, method, instances["selector"], instances["compensator"], instances["merger"], options)
+    return ResolvedMethod(label, method, instances["selector"], instances["compensator"], instances["merger"], options,
+                          {stage: swapped[stage] if stage != "merger" else merger for stage in swapped}, ignored)
 
 
 def declares_option(name: str, key: str, *, selector: str | None = None, compensator: str | None = None) -> bool:

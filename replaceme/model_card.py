@@ -1,30 +1,36 @@
 """The model card (``README.md``) written into every pruned model directory.
 
 Hugging Face Hub model cards are Markdown with YAML front matter
-(https://huggingface.co/docs/hub/model-cards). Ours carries::
+(https://huggingface.co/docs/hub/model-cards). Ours is built with
+``huggingface_hub``'s own :class:`~huggingface_hub.ModelCard` and
+:class:`~huggingface_hub.ModelCardData`, so the Hub parses it as it parses its own:
 
-    ---
-    base_model: <the model that was pruned>
-    tags: [replaceme, depth-pruning, pruned]
-    library_name: transformers
-    license: <the source's, when known>
-    pipeline_tag: text-generation
-    ---
+- ``base_model``: the source's Hub id (:mod:`replaceme.hub_ids`; omitted for a
+  local model that did not come from the Hub: ``pruning.json`` keeps its path);
+- ``tags`` (``replaceme``, ``depth-pruning``, ``pruned``), ``library_name:
+  transformers``, ``pipeline_tag: text-generation``, the source's ``license`` when known;
+- ``model-index`` (``eval_results``) once there are evaluation results.
 
-and then how the model was made (method, stages, blocks, options,
-calibration), the command that reproduces it, and evaluation results when
-there are any (``replaceme evaluate DIR --model-card`` adds them later).
-Everything comes from ``pruning.json``'s content, so the card never disagrees
-with it.
+The body says how the model was pruned (method, stages and the plugin
+distribution of each, blocks, calibration, the held-out part actually used),
+the ``replaceme prune`` command that makes it again, and evaluation results
+(metric, value, standard error, the unpruned model's value and the chance level)
+when ``replaceme evaluate DIR --model-card`` adds them.
+
+Everything is rendered from ``pruning.json``'s content alone (no registry
+lookups), so the card never disagrees with it; every user-given text is escaped
+(:mod:`replaceme.escaping`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shlex
 from pathlib import Path
 from typing import Any
+
+from replaceme.escaping import md_code, md_fence, md_table_code, md_text
+from replaceme.reproduce import PATH_NOTE, reproduce_command
 
 log = logging.getLogger(__name__)
 
@@ -32,21 +38,18 @@ CARD_FILE = "README.md"
 TAGS = ["replaceme", "depth-pruning", "pruned"]
 _RESULTS_HEADING = "## Evaluation"
 
+__all__ = ["CARD_FILE", "add_results", "render", "reproduce_command", "source_license", "split_front_matter", "write"]
+
 
 def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     """``(front matter, body)`` of a Markdown file with optional ``---`` YAML front matter."""
-    import yaml
+    from huggingface_hub import ModelCard
 
-    if text.startswith("---"):
-        lines = text.splitlines(keepends=True)
-        for i in range(1, len(lines)):
-            if lines[i].strip() == "---":
-                try:
-                    data = yaml.safe_load("".join(lines[1:i])) or {}
-                except yaml.YAMLError:
-                    return {}, text
-                return (data if isinstance(data, dict) else {}), "".join(lines[i + 1 :])
-    return {}, text
+    try:
+        card = ModelCard(text, ignore_metadata_errors=True)
+    except ValueError:
+        return {}, text
+    return card.data.to_dict(), card.text
 
 
 def source_license(source: str | None) -> str | None:
@@ -55,6 +58,7 @@ def source_license(source: str | None) -> str | None:
     A local directory: its ``README.md`` front matter ``license`` (or a
     ``license`` field in ``config.json``). A hub id: the same front matter from
     the hub's ``README.md`` when it can be fetched (silently nothing offline).
+    Called when the model is saved; the result is recorded in ``pruning.json``.
     """
     if not source:
         return None
@@ -84,158 +88,144 @@ def source_license(source: str | None) -> str | None:
     return str(value) if value else None
 
 
-def _q(value: Any) -> str:
-    return shlex.quote(str(value))
-
-
-def reproduce_command(meta: dict[str, Any], output: str | Path) -> str:
-    """The ``replaceme prune`` command that makes this model again, from ``pruning.json``'s content.
-
-    Every option whose value differs from the method's default is given with
-    ``-o``; the calibration is spelled out in full, seed included.
-    """
-    from replaceme.methods import resolve_method
-
-    stages = {key.split(":", 1)[0]: key.split(":", 1)[1] for key in meta.get("options", {})}
-    parts = ["replaceme", "prune", _q(meta.get("source_model") or "MODEL"), "-m", _q(meta["method"]),
-             "-n", str(meta["layers_removed"])]
-    try:
-        recipe = resolve_method(meta["method"], {})
-        defaults = recipe.options()
-        if stages.get("selector") and stages["selector"] != recipe.selector.name:
-            parts += ["--selector", _q(stages["selector"])]
-        if stages.get("compensator") and stages["compensator"] != recipe.compensator.name:
-            parts += ["--compensator", _q(stages["compensator"])]
-        defaults = resolve_method(meta["method"], {}, selector=stages.get("selector"),
-                                  compensator=stages.get("compensator")).options()
-    except Exception:  # a method label that is no registered name (e.g. from a plan file)
-        defaults = {}
-    for component, values in meta.get("options", {}).items():
-        for key, value in values.items():
-            if defaults.get(component, {}).get(key, object()) != value:
-                parts += ["-o", key, _q(json.dumps(value) if not isinstance(value, str) else value)]
-    calib = meta.get("calibration")
-    if calib:
-        parts += ["--calib", _q(calib["source"])]
-        flags = (("column", "--calib-column", "text"), ("split", "--calib-split", "train"),
-                 ("samples", "--calib-samples", None), ("max_length", "--max-length", None),
-                 ("batch_size", "--batch-size", None), ("order", "--calib-order", "shuffle"),
-                 ("holdout_fraction", "--holdout-fraction", None), ("chat_template", "--chat-template", "auto"))
-        for key, flag, default in flags:
-            if key in calib and calib[key] != default:
-                parts += [flag, _q(calib[key])]
-        if calib.get("drop_last"):
-            parts.append("--calib-drop-last")
-    parts += ["--seed", str(meta.get("seed", 0)), "--output", _q(output)]
-    return " ".join(parts)
-
-
-def _table(rows: list[tuple[str, Any]]) -> str:
-    lines = ["| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in rows]
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return md_text(value)
+
+
+def _metric_name(name: str, metric: str | None) -> str:
+    return "perplexity" if name.startswith("ppl:") else (metric or "score")
 
 
 def results_section(results: dict[str, Any]) -> str:
-    """Markdown for evaluation results: ``{"metrics": {name: value}, "spec": ...}`` or plain metrics."""
-    metrics = results.get("metrics", results)
-    lines = [_RESULTS_HEADING, "", "| benchmark | value |", "|---|---|"]
-    lines += [f"| {name} | {_fmt(value)} |" for name, value in metrics.items() if isinstance(value, (int, float))]
+    """Markdown for evaluation results: ``{"metrics", "stderr", "task_metrics", "chance", "baseline", "command"}``."""
+    metrics = results.get("metrics", {})
+    stderr, names = results.get("stderr", {}), results.get("task_metrics", {})
+    chance, baseline = results.get("chance", {}), results.get("baseline") or {}
+    rows = []
+    for name, value in metrics.items():
+        if not isinstance(value, (int, float)):
+            continue
+        rows.append([md_table_code(name.removeprefix("ppl:")), md_text(_metric_name(name, names.get(name))), _fmt(value),
+                     _fmt(stderr.get(name)), _fmt(baseline.get(name)), _fmt(chance.get(name))])
+    lines = [_RESULTS_HEADING, "", _table(["benchmark", "metric", "value", "stderr", "unpruned model", "chance"], rows)]
+    if not baseline:
+        lines += ["", "The unpruned model was not evaluated with these settings."]
     if results.get("command"):
-        lines += ["", "Measured with:", "", "```bash", results["command"], "```"]
+        lines += ["", "Measured with:", "", md_fence(results["command"], "bash")]
     return "\n".join(lines) + "\n"
 
 
-def render(meta: dict[str, Any], output: str | Path, *, license: str | None = None,
-           results: dict[str, Any] | None = None) -> str:
-    """The whole model card for a pruned model described by ``meta`` (``pruning.json``)."""
-    import yaml
+def eval_results(meta: dict[str, Any], results: dict[str, Any] | None) -> list[Any]:
+    """``model-index`` entries (``huggingface_hub.EvalResult``) of the evaluation results."""
+    from huggingface_hub import EvalResult
 
-    base = meta.get("source_model") or "unknown"
-    front: dict[str, Any] = {"base_model": base, "tags": list(TAGS), "library_name": "transformers"}
-    if license:
-        front["license"] = license
-    front["pipeline_tag"] = "text-generation"
+    out = []
+    for name, value in ((results or {}).get("metrics") or {}).items():
+        if not isinstance(value, (int, float)):
+            continue
+        source = name.removeprefix("ppl:")
+        dataset, _, config = source.partition(":") if name.startswith("ppl:") else (source, "", "")
+        metric = _metric_name(name, (results or {}).get("task_metrics", {}).get(name))
+        out.append(EvalResult(task_type="text-generation", dataset_type=Path(dataset).name or dataset,
+                              dataset_name=source, dataset_config=config or None, metric_type=metric,
+                              metric_name=metric, metric_value=float(value)))
+    return out
+
+
+def card_data(meta: dict[str, Any], results: dict[str, Any] | None = None) -> Any:
+    """The front matter as ``huggingface_hub.ModelCardData``."""
+    from huggingface_hub import ModelCardData
+
+    evals = eval_results(meta, results)
+    return ModelCardData(
+        base_model=meta.get("base_model") or None, tags=list(TAGS), library_name="transformers",
+        license=meta.get("source_license") or None, pipeline_tag="text-generation",
+        model_name=meta.get("output_name") or "pruned-model" if evals else None, eval_results=evals or None,
+    )
+
+
+def _how(meta: dict[str, Any]) -> list[list[str]]:
+    """The rows of "How it was pruned"."""
     blocks = [tuple(c["block"]) for c in meta.get("compensations", [])] or [tuple(b) for b in meta.get("plan", {}).get("blocks", [])]
     kinds = sorted({c["kind"] for c in meta.get("compensations", [])})
-    stages = ", ".join(f"{k.split(':', 1)[0]} `{k.split(':', 1)[1]}`" for k in meta.get("options", {}))
-    calib = meta.get("calibration") or {}
-    versions = meta.get("versions", {})
-    how = [
-        ("method", f"`{meta['method']}` ({stages})" if stages else f"`{meta['method']}`"),
-        ("decoder layers", f"{meta.get('layers_before', '?')} → {meta.get('layers_after', '?')} "
-                           f"({meta['layers_removed']} removed)"),
-        ("blocks removed", ", ".join(f"[{s}, {e})" for s, e in blocks) or "none"),
-        ("compensation", ", ".join(kinds) or "none"),
+    stages = "; ".join(f"{stage} {md_table_code(info.get('name'))} from {md_table_code(info.get('distribution') or 'an unpackaged module')}"
+                       + (f" {md_text(info['version'])}" if info.get("version") else "")
+                       for stage, info in meta.get("stages", {}).items())
+    calib, held = meta.get("calibration") or {}, meta.get("holdout") or {}
+    rows = [
+        ["method", md_table_code(meta["method"]) + (f" ({stages})" if stages else "")],
+        ["decoder layers", f"{meta.get('layers_before', '?')} → {meta.get('layers_after', '?')} ({meta['layers_removed']} removed)"],
+        ["blocks removed", ", ".join(f"[{s}, {e})" for s, e in blocks) or "none"],
+        ["compensation", md_text(", ".join(kinds) or "none")],
     ]
     if calib:
-        how += [
-            ("calibration data", f"`{calib['source']}`" + (f" (column `{calib['column']}`)" if calib.get("column") not in (None, "text") else "")),
-            ("calibration records", f"{calib.get('samples')} ({'first, in file order' if calib.get('order') == 'file' else 'seeded random choice'}), "
-                                    f"max length {calib.get('max_length')}, batch size {calib.get('batch_size')}"),
-            ("held out", f"{calib.get('holdout_fraction', 0.1):g} of the calibration batches"),
+        order = "first, in file order" if calib.get("order") == "file" else "seeded random choice"
+        rows += [
+            ["calibration data", md_table_code(calib["source"]) + (f" (column {md_table_code(calib['column'])})"
+                                                                  if calib.get("column") not in (None, "text") else "")],
+            ["calibration records", f"{_fmt(calib.get('samples'))} ({order}), max length {_fmt(calib.get('max_length'))}, "
+                                    f"batch size {_fmt(calib.get('batch_size'))}"],
+            ["held out of every fit", f"{held.get('fraction', 0.0):.3g} of the calibration tokens ({held.get('batches', 0)} "
+                                      f"batches, {held.get('tokens', 0)} tokens)" if held.get("batches") else "nothing (0)"],
         ]
-    how += [("seed", meta.get("seed", 0)), ("made with", ", ".join(f"{k} {v}" for k, v in versions.items()) or "replaceme")]
+    project = meta.get("project") or {}
+    made = [f"replaceme {project.get('version')}" + (f" (git {project['git_revision'][:12]}"
+                                                     f"{', modified' if project.get('git_dirty') else ''})"
+                                                     if project.get("git_revision") else "")]
+    made += [f"{k} {v}" for k, v in (meta.get("versions") or {}).items() if k != "replaceme" and v]
+    rows += [["seed", _fmt(meta.get("seed", 0))], ["made with", md_text(", ".join(made))]]
+    return rows
+
+
+def render(meta: dict[str, Any], output: str | Path | None = None, *, results: dict[str, Any] | None = None) -> str:
+    """The whole model card for a pruned model described by ``meta`` (``pruning.json``'s content)."""
+    from huggingface_hub import ModelCard
+
+    name = Path(output).name if output else meta.get("output_name") or "pruned model"
+    base = meta.get("base_model")
+    source = md_code(base) if base else "A local model"
+    recipe = meta.get("recipe") or {}
+    ignored = recipe.get("ignored_options") or {}
     options = {k: v for k, v in meta.get("options", {}).items() if v}
     body = [
-        f"# {Path(output).name}",
-        "",
-        f"`{base}` with {meta['layers_removed']} of its {meta.get('layers_before', '?')} decoder layers removed "
-        f"(depth pruning) by replaceme with the `{meta['method']}` method. It is a standard "
-        "Hugging Face model: `AutoModelForCausalLM.from_pretrained` loads it without custom code.",
-        "",
-        "## How it was pruned",
-        "",
-        _table([(k, _fmt(v)) for k, v in how]),
-        "",
-        "Options in effect (by stage):",
-        "",
-        "```json",
-        json.dumps(options, indent=2, default=str),
-        "```",
-        "",
-        "`pruning.json` in this folder has everything above plus per-block diagnostics, timings and memory.",
-        "",
-        "## Reproduce",
-        "",
-        "```bash",
-        reproduce_command(meta, output),
-        "```",
-        "",
+        f"# {md_text(name)}", "",
+        f"{source} with {meta['layers_removed']} of its {meta.get('layers_before', '?')} decoder layers removed "
+        f"(depth pruning) by replaceme with the {md_code(meta['method'])} method. It is a standard "
+        "Hugging Face model: `AutoModelForCausalLM.from_pretrained` loads it without custom code.", "",
+        "## How it was pruned", "", _table(["", ""], _how(meta)), "",
+        "Options in effect (by stage):", "", md_fence(json.dumps(options, indent=2, default=str), "json"), "",
     ]
+    if ignored:
+        body += ["Options given that this configuration does not read (they did nothing):", "",
+                 *(f"- {md_code(k)}: {md_text(v)}" for k, v in ignored.items()), ""]
+    body += ["`pruning.json` in this folder has everything above plus per-block diagnostics, timings and memory.", "",
+             "## Reproduce", "", md_fence(reproduce_command(meta), "bash"), "", PATH_NOTE, ""]
     if results:
         body.append(results_section(results))
-    return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + "\n".join(body)
+    content = "---\n" + card_data(meta, results).to_yaml() + "\n---\n\n" + "\n".join(body)
+    return str(ModelCard(content))
 
 
-def write(directory: str | Path, meta: dict[str, Any], *, output_name: str | Path | None = None,
-          results: dict[str, Any] | None = None) -> Path:
+def write(directory: str | Path, meta: dict[str, Any], *, results: dict[str, Any] | None = None) -> Path:
     """Write ``README.md`` into ``directory`` (a pruned model being saved)."""
     from replaceme.outputs import write_text_atomic
 
-    directory = Path(directory)
-    text = render(meta, output_name or directory, license=source_license(meta.get("source_model")), results=results)
-    path = directory / CARD_FILE
-    write_text_atomic(path, text)
+    path = Path(directory) / CARD_FILE
+    write_text_atomic(path, render(meta, results=results))
     return path
 
 
 def add_results(directory: str | Path, results: dict[str, Any]) -> Path:
-    """Put evaluation results into an existing replaceme model card (replacing earlier ones)."""
-    from replaceme.outputs import write_text_atomic
-
-    path = Path(directory) / CARD_FILE
-    if not path.is_file():  # pruned before model cards existed: write one from pruning.json
-        meta = json.loads((Path(directory) / "pruning.json").read_text(encoding="utf-8"))
-        write(directory, meta)
-    text = path.read_text(encoding="utf-8")
-    head, sep, _ = text.partition("\n" + _RESULTS_HEADING + "\n")
-    text = head.rstrip("\n") + "\n\n" + results_section(results)
-    write_text_atomic(path, text)
-    return path
+    """Render the card of ``directory`` again from its ``pruning.json``, with evaluation ``results``."""
+    meta = json.loads((Path(directory) / "pruning.json").read_text(encoding="utf-8"))
+    return write(directory, meta, results=results)

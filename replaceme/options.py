@@ -4,6 +4,15 @@ Each component declares its options as a dataclass whose fields carry a help
 text in ``metadata["help"]``. Values arrive as strings (CLI ``-o key value``,
 YAML) or Python objects (API) and are coerced to the field types here; unknown
 keys are rejected with a did-you-mean.
+
+An option that matters only in one mode of its component declares it with
+``applies_when``: a mapping from another option's name to the value (or tuple
+of values) under which this one is read, checked on the parsed options (after
+``__post_init__`` fills in what a preset implies). An option the user gave while
+its condition does not hold does nothing: :func:`ignored_options` names it, and
+the run warns (or, with ``--strict``, refuses) and records it as ignored::
+
+    lr: float = option(1e-4, "Adam learning rate", applies_when={"solver": "adam"})
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Iterable
 from typing import Any, Literal, Union, get_args, get_origin
 
 from replaceme.errors import ReplacemeError, did_you_mean
@@ -27,6 +37,7 @@ def option(
     minimum: float | None = None,
     maximum: float | None = None,
     nonfinite: bool = False,
+    applies_when: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> Any:
     """Declare an option field with a default and a help text.
@@ -34,8 +45,11 @@ def option(
     Args:
         minimum, maximum: inclusive bounds checked for numbers (any source: CLI, YAML, API).
         nonfinite: allow NaN and ±Inf for a float option (refused by default).
+        applies_when: ``{other option: value or tuple of values}`` under which this
+            option is read; otherwise a value given for it is reported as ignored.
     """
-    metadata = {"help": help, "minimum": minimum, "maximum": maximum, "nonfinite": nonfinite}
+    metadata = {"help": help, "minimum": minimum, "maximum": maximum, "nonfinite": nonfinite,
+                "applies_when": dict(applies_when or {})}
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
@@ -179,8 +193,38 @@ def parse_options(cls: type, values: dict[str, Any], owner: str) -> Any:
     return obj
 
 
+def _allowed(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, (tuple, list, set, frozenset)) else (value,)
+
+
+def condition_text(conditions: dict[str, Any]) -> str:
+    """``solver = adam`` / ``solver in adam, lbfgs`` for messages and listings."""
+    parts = []
+    for name, value in conditions.items():
+        allowed = _allowed(value)
+        parts.append(f"{name} = {allowed[0]}" if len(allowed) == 1 else f"{name} in {', '.join(map(str, allowed))}")
+    return " and ".join(parts)
+
+
+def ignored_options(obj: Any, given: Iterable[str]) -> dict[str, str]:
+    """Options in ``given`` that the parsed options ``obj`` do not read, each with the reason.
+
+    An option is ignored when its ``applies_when`` condition does not hold on
+    ``obj`` (e.g. ``lr`` of an Adam fit when the solver in effect is L-BFGS).
+    """
+    fields = option_fields(type(obj))
+    out = {}
+    for name in given:
+        conditions = fields[name].metadata.get("applies_when") if name in fields else None
+        failed = {k: v for k, v in (conditions or {}).items() if getattr(obj, k) not in _allowed(v)}
+        if failed:
+            actual = ", ".join(f"{k} = {getattr(obj, k)}" for k in failed)
+            out[name] = f"read only when {condition_text(failed)} (here {actual})"
+    return out
+
+
 def describe_options(cls: type) -> list[dict[str, Any]]:
-    """The options of ``cls`` as JSON-able rows: name, type, default, help."""
+    """The options of ``cls`` as JSON-able rows: name, type, default, help (and when it applies)."""
     hints = _type_hints(cls)
     rows = []
     for f in dataclasses.fields(cls):
@@ -191,6 +235,7 @@ def describe_options(cls: type) -> list[dict[str, Any]]:
                 "type": describe_type(hints[f.name]),
                 "default": default,
                 "help": f.metadata.get("help", ""),
+                "applies_when": condition_text(f.metadata.get("applies_when") or {}) or None,
             }
         )
     return rows

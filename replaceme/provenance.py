@@ -1,13 +1,28 @@
-"""Versions and environment recorded with every result."""
+"""Versions, code origin and environment recorded with every result.
+
+- :func:`versions`: the installed versions of the packages that shape results;
+- :func:`project`: replaceme's own version and, when it runs from a git
+  checkout, the commit (and whether the checkout had uncommitted changes);
+- :func:`distribution_of`: the installed distribution (name and version) that
+  provides a plugin component, found through the ``replaceme`` entry points
+  (then through ``importlib.metadata.packages_distributions``), so that every
+  artifact can name the third-party code that produced it;
+- :func:`device_info`: where it ran.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
+import subprocess
+from pathlib import Path
 from typing import Any
 
 _PACKAGES = ("replaceme", "torch", "transformers", "datasets", "lm-eval", "pluggy", "safetensors", "accelerate")
+#: entry point group of replaceme plugins
+ENTRY_POINT_GROUP = "replaceme"
 
 
 def versions() -> dict[str, Any]:
@@ -19,6 +34,60 @@ def versions() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def project() -> dict[str, Any]:
+    """``{"version": ..., "git_revision": ..., "git_dirty": ...}`` of replaceme itself.
+
+    The revision is known only when the package is imported from a git checkout
+    (an editable install); otherwise it is None.
+    """
+    try:
+        version = importlib.metadata.version("replaceme")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    root = Path(__file__).resolve().parents[1]
+    revision = dirty = None
+    if (root / ".git").exists():
+        try:
+            revision = _git(root, "rev-parse", "HEAD") or None
+            dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no")) if revision else None
+        except (OSError, subprocess.SubprocessError):
+            revision = dirty = None
+    return {"version": version, "git_revision": revision, "git_dirty": dirty}
+
+
+def _git(root: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True)
+    return done.stdout.strip()
+
+
+@functools.lru_cache(maxsize=1)
+def _plugin_distributions() -> dict[str, tuple[str, str]]:
+    """Top-level module of every ``replaceme`` entry point -> (distribution, version)."""
+    out: dict[str, tuple[str, str]] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.dist is not None:
+            out[ep.module.split(".")[0]] = (ep.dist.name, ep.dist.version)
+    return out
+
+
+def distribution_of(obj: Any) -> dict[str, Any]:
+    """``{"distribution": name, "version": version}`` of the installed package that defines
+    ``obj`` (a component instance or class); both None when no installed distribution does
+    (a component registered from a script or a test)."""
+    module = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", "")
+    top = module.split(".")[0]
+    found = _plugin_distributions().get(top)
+    if found is None:
+        names = importlib.metadata.packages_distributions().get(top) or []
+        if names:
+            try:
+                found = (names[0], importlib.metadata.version(names[0]))
+            except importlib.metadata.PackageNotFoundError:
+                found = None
+    return {"distribution": found[0], "version": found[1]} if found else {"distribution": None, "version": None}
 
 
 def device_info() -> dict[str, Any]:

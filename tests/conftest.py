@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,16 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("REPLACEME_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("REPLACEME_NO_PROGRESS", "1")
     torch.set_num_threads(1)  # tiny tensors: one thread is faster, and robust on a busy machine
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored():
+    """A command run in-process sets up replaceme's logger (its own handler, no propagation);
+    restore it after each test so that later tests' ``caplog`` sees replaceme's records."""
+    logger = logging.getLogger("replaceme")
+    saved = logger.handlers[:], logger.propagate, logger.level
+    yield
+    logger.handlers, logger.propagate, logger.level = list(saved[0]), saved[1], saved[2]
 
 
 @pytest.fixture(scope="session")

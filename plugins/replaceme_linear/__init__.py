@@ -152,10 +152,10 @@ class CosineOptions:
     loss: Literal["cosine", "mse"] = option("cosine", "objective: 1 − cos(XT, Y), or relative squared error")
     solver: Literal["adam", "lbfgs"] | None = option(
         None, "adam: mini-batches as the reference; lbfgs: full batch, strong Wolfe (unset: the preset's)")
-    epochs: int = option(10, "Adam passes over the token sample (reference: 10)")
-    lr: float = option(1e-4, "Adam learning rate (reference: 1e-4)")
-    batch_tokens: int = option(1024, "tokens per Adam step (reference: 1024)")
-    lbfgs_steps: int = option(100, "L-BFGS iterations")
+    epochs: int = option(10, "Adam passes over the token sample (reference: 10)", applies_when={"solver": "adam"})
+    lr: float = option(1e-4, "Adam learning rate (reference: 1e-4)", applies_when={"solver": "adam"})
+    batch_tokens: int = option(1024, "tokens per Adam step (reference: 1024)", applies_when={"solver": "adam"})
+    lbfgs_steps: int = option(100, "L-BFGS iterations", applies_when={"solver": "lbfgs"})
     token_budget: int = option(
         65536,
         "tokens of the activation sample kept from the shared pass; memory ≈ tokens × hidden × "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -67,11 +68,14 @@ def _command(model_or_dir: str, spec) -> str:
 @offload_option("perplexity and lm-eval log-likelihoods for all batches, layer by layer")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of a table.")
 @format_option
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="With --model-card: also evaluate the unpruned source model (pruning.json's source_model) with "
+                   "the same settings, so the card shows what pruning kept.")
 @click.option("--model-card", is_flag=True,
               help="Also put the results into the model card (README.md) of DIR, a model pruned by replaceme.")
 def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, ppl_batch_size, max_ppl_tokens,
              tasks, tasks_dir, task_data, num_fewshot, limit, batch_size, seed, device, dtype, trust_remote_code,
-             offload, as_json, fmt, model_card) -> None:
+             offload, as_json, fmt, baseline, model_card) -> None:
     """Evaluate MODEL_OR_DIR (a model directory or hub id): perplexity and lm-eval tasks.
 
     Perplexity uses non-overlapping windows of --context-length tokens, each
@@ -94,8 +98,6 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
     from replaceme.console import print_rows
     from replaceme.errors import ReplacemeError
     from replaceme.evaluation import EvalSpec
-    from replaceme.evaluation import evaluate as run_evaluation
-    from replaceme.loading import load_model
 
     spec = EvalSpec(
         ppl=list(ppl), ppl_split=ppl_split, ppl_column=ppl_column, context_length=context_length, stride=stride,
@@ -115,23 +117,16 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
 
     check_model_inputs(model_or_dir, device)
     check_evaluation_inputs(spec)
-    offloaded = None
-    if offload:
-        from replaceme.offload import load_offloaded
-        from replaceme.registry import adapter_for
-
-        offloaded, tokenizer = load_offloaded(model_or_dir, device=device, dtype=dtype,
-                                              trust_remote_code=trust_remote_code, adapter_for=adapter_for)
-        model = offloaded.model
-    else:
-        model, tokenizer = load_model(model_or_dir, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    result = run_evaluation(model, tokenizer, spec, offloaded=offloaded)
+    result = _load_and_evaluate(model_or_dir, spec, device, dtype, trust_remote_code, offload)
     if model_card:
         from replaceme import model_card as card
 
         from replaceme.outputs import claim
 
-        card.add_results(model_or_dir, {"metrics": result.metrics, "command": _command(model_or_dir, spec)})
+        base = _baseline(model_or_dir, spec, device, dtype, trust_remote_code, offload) if baseline else None
+        card.add_results(model_or_dir, {"metrics": result.metrics, "stderr": result.stderr, "chance": result.chance,
+                                        "task_metrics": result.task_metrics, "baseline": base,
+                                        "command": _command(model_or_dir, spec)})
         claim(model_or_dir, [CARD_FILE])
 
     if as_json:
@@ -144,3 +139,45 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
         rows.append([source, metric, value, result.stderr.get(name), count])
     where = f"{result.provenance['device']}, {result.provenance['dtype']}, {result.seconds['total']:.1f} s"
     print_rows(f"{model_or_dir} ({where})", ["benchmark", "metric", "value", "stderr", "tokens/docs"], rows, fmt=fmt)
+
+
+def _load_and_evaluate(path: str, spec, device: str, dtype: str, trust_remote_code: bool, offload: bool):
+    """Load ``path`` (layer by layer with ``offload``) and evaluate it under ``spec``; the model is freed after."""
+    from replaceme.evaluation import evaluate as run_evaluation
+    from replaceme.loading import load_model
+
+    offloaded = None
+    if offload:
+        from replaceme.offload import load_offloaded
+        from replaceme.registry import adapter_for
+
+        offloaded, tokenizer = load_offloaded(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                              adapter_for=adapter_for)
+        model = offloaded.model
+    else:
+        model, tokenizer = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    return run_evaluation(model, tokenizer, spec, offloaded=offloaded)
+
+
+def _baseline(directory: str, spec, device: str, dtype: str, trust_remote_code: bool, offload: bool) -> dict | None:
+    """The unpruned source model's metrics under ``spec``, or None (with a warning) when it cannot be loaded."""
+    import logging
+
+    from replaceme.checks import check_model_inputs
+    from replaceme.errors import ReplacemeError
+
+    log = logging.getLogger("replaceme.cli.evaluate")
+    try:
+        source = json.loads((Path(directory) / "pruning.json").read_text(encoding="utf-8")).get("source_model")
+    except (OSError, ValueError):
+        source = None
+    if not source:
+        log.warning("no source model recorded in %s/pruning.json: the card shows no unpruned values", directory)
+        return None
+    try:
+        check_model_inputs(source, device)
+    except ReplacemeError as exc:
+        log.warning("the unpruned model cannot be evaluated (%s): the card shows no unpruned values", exc)
+        return None
+    log.info("evaluating the unpruned model %s with the same settings", source)
+    return dict(_load_and_evaluate(source, spec, device, dtype, trust_remote_code, offload).metrics)

@@ -37,10 +37,16 @@ from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_s
 @click.option("--spill-dir", type=click.Path(file_okay=False),
               help="Keep the activation sample (and --offload's activations between layers) in memory-mapped "
                    "files in a temporary directory under this one instead of RAM, so -o token_budget can exceed RAM.")
+@click.option("--base-model", metavar="HUB_ID",
+              help="The Hub id the model card names as base_model, for a local copy of a Hub model "
+                   "(default: MODEL's own id when it is one or lies in the Hub's cache; none for other local models).")
+@click.option("--strict", is_flag=True, help="Refuse -o options that the chosen configuration does not read "
+                                             "(otherwise a warning, and pruning.json records them as ignored).")
 @click.option("--json", "as_json", is_flag=True, help="Print pruning.json to stdout.")
 @click.pass_context
 def prune(ctx: click.Context, model, method, layers, selector, compensator, options, output, overwrite,
-          config_file, no_cache, offload, calib_4bit, gram_device, spill_dir, as_json, device, dtype, trust_remote_code, **calib) -> None:
+          config_file, no_cache, offload, calib_4bit, gram_device, spill_dir, base_model, strict, as_json, device, dtype,
+          trust_remote_code, **calib) -> None:
     """Prune MODEL (directory, hub id, or 'demo') and save a standard model directory.
 
     --layers N always means the result has N fewer decoder layers. The output
@@ -81,6 +87,10 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     from replaceme.outputs import check_output
 
     out = Path(output)
+    if base_model is not None:
+        from replaceme.hub_ids import check_repo_id
+
+        check_repo_id(base_model)
     spec = calibration_spec(**calib) if calib["calib"] else None
     # everything that can fail fast does, before the model is loaded
     check_model_inputs(model, device)
@@ -94,7 +104,8 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
         result = replaceme.prune(model, method=method, layers=int(layers), calibration=spec, selector=selector,
                                  compensator=compensator, device=device, dtype=dtype, seed=calib["seed"],
                                  use_cache=not no_cache, trust_remote_code=trust_remote_code, offload=offload,
-                                 spill_dir=spill_dir, calib_4bit=calib_4bit, gram_device=gram_device, options=opts)
+                                 spill_dir=spill_dir, calib_4bit=calib_4bit, gram_device=gram_device, options=opts,
+                                 base_model=base_model, strict=strict)
         if result is None:  # a torchrun rank other than 0: its share is delivered, rank 0 writes and reports
             return
         replaceme.save_pruned(result, out, overwrite=overwrite)

@@ -106,6 +106,7 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, overwrite
     pending = schedule.pending(rows)
     methods = [s for s in pending if s.kind == METHOD]
     provenance: dict[str, Any] = {"plan": plan.to_dict(), "options": {label: r.options() for label, r in resolved.items()},
+                                  "stages": {label: r.stages() for label, r in resolved.items()},
                                   "layers_before": num_layers, **_environment()}
     prepared = _shared_pass(model, tokenizer, adapter, plan, resolved, methods, use_cache, provenance, store)
 
@@ -131,9 +132,9 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, overwrite
 
 
 def _environment() -> dict[str, Any]:
-    from replaceme.provenance import device_info, versions
+    from replaceme.provenance import device_info, project, versions
 
-    return {"versions": versions(), "device": device_info()}
+    return {"project": project(), "versions": versions(), "device": device_info()}
 
 
 def _release() -> None:
