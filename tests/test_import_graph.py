@@ -128,7 +128,7 @@ def test_adapters_know_nothing_of_plugins():
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("replaceme.errors", "replaceme.schema", "replaceme.options", "replaceme.console", "replaceme.resources",
               "replaceme.provenance", "replaceme.outputs", "replaceme.paths", "replaceme.cache_location",
-              "replaceme.escaping", "replaceme.formats", "replaceme.plots", "replaceme.hookspecs",
+              "replaceme.escaping", "replaceme.formats", "replaceme.plots", "replaceme.hookspecs", "replaceme.hub_ids",
               # plain data (blocks and plans): statistics are keyed by blocks
               "replaceme.plan")),
     ("model", ("replaceme.adapters", "replaceme.loading", "replaceme.surgery", "replaceme.checkpoint",
@@ -139,7 +139,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluation", ("replaceme.evaluation",)),
     # what runs the stages: pipeline, API, compare, torchrun, the checks made before any work
     ("orchestration", ("replaceme.pipeline", "replaceme.api", "replaceme.compare", "replaceme.distributed",
-                       "replaceme.checks", "replaceme.model_card", "replaceme.config_file", "replaceme.testing",
+                       "replaceme.checks", "replaceme.model_card", "replaceme.reproduce", "replaceme.config_file", "replaceme.testing",
                        "replaceme.plugin", "replaceme.heal")),
     ("cli", ("replaceme.cli",)),
 ]
