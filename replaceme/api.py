@@ -311,9 +311,12 @@ def copy_tokenizer_files(source: str | Path | None, target: Path) -> list[str]:
     return copied
 
 
-def save_pruned(result: PruneResult, output: str | Path, *, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
+def save_pruned(result: PruneResult, output: str | Path, *, overwrite: bool = False, extra: dict[str, Any] | None = None,
+                save_transforms: bool = False) -> Path:
     """Write the pruned model as a standard model directory plus ``pruning.json`` and a
-    model card (``README.md``, see :mod:`replaceme.model_card`).
+    model card (``README.md``, see :mod:`replaceme.model_card`); with ``save_transforms``
+    also the estimated maps and removed blocks as ``transforms.safetensors``
+    (layout in :mod:`replaceme.transforms`).
 
     The directory appears only once complete (written beside it under a name
     unique to the run, then renamed). An existing one is replaced only with
@@ -337,7 +340,13 @@ def save_pruned(result: PruneResult, output: str | Path, *, overwrite: bool = Fa
         if result.tokenizer is not None:
             result.tokenizer.save_pretrained(tmp)
         copy_tokenizer_files(source_dir, tmp)
+        if save_transforms:
+            from replaceme.transforms import TRANSFORMS_FILE, write_transforms
+
+            write_transforms(tmp, result.plan.blocks, result.outcome.compensations)
         meta = {**result.metadata(), **(extra or {})}
+        if save_transforms:
+            meta["transforms_file"] = TRANSFORMS_FILE
         meta.setdefault("source_license", model_card.source_license(result.source))
         meta.setdefault("output", str(output))
         meta.setdefault("output_name", output.name)

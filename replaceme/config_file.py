@@ -64,7 +64,7 @@ REFERENCE_KEYS: dict[str, str] = {
     "use_4bit": "`true`: `--calib-4bit` (the pass on an NF4 copy, the fold on the full weights, as there) on a "
     "CUDA GPU; without one, warned, the pass runs in `--dtype`",
     "token": "warned: use `HF_TOKEN` or `hf auth login`",
-    "save_transform_only": "warned: T is always folded into the saved model (pruning.json records the blocks)",
+    "save_transform_only": "`--save-transforms`: T and the removed blocks also written as `transforms.safetensors` beside the model (which keeps T folded in)",
     "min_distance_layer": "warned: the reference does not use it either (selection scans every block)",
     "activations_save_path": "warned: unused by the reference too",
     "thri": "`false`: nothing to do; `true` (lower-triangular T) is rejected",
@@ -90,14 +90,13 @@ _RENAME = {"model_path": "model", "model": "model", "dataset": "calib", "dataset
 PRUNE_KEYS = {
     "method", "model", "layers", "calib", "calib_column", "calib_split", "calib_samples", "max_length",
     "batch_size", "seed", "output", "overwrite", "selector", "compensator", "device", "dtype", "chat_template",
-    "order", "holdout_fraction", "drop_last", "calib_4bit",
+    "order", "holdout_fraction", "drop_last", "calib_4bit", "save_transforms",
 }
 _OPTION_KEYS = {"num_blocks", "merge_consecutive", "alpha", "diag", "loss", "solver", "mask_padding", "accurate",
                 "refit", "token_budget", "epochs", "lr", "batch_tokens", "init", "lbfgs_steps", "start", "max_condition",
                 "preset"}
 _WARN = {
     "token": "use HF_TOKEN or `hf auth login` for gated models",
-    "save_transform_only": "T is always folded into the saved model; pruning.json records the blocks",
     "min_distance_layer": "the reference does not use it either",
     "activations_save_path": "the reference does not use it either",
     "start_id": "it is the reference pipeline's own bookkeeping",
@@ -130,7 +129,7 @@ def _prune_schema() -> dict[str, Any]:
         "dtype": Key(("str",), choices=("auto", "float32", "bfloat16", "float16")),
         "chat_template": Key(("str",), choices=("auto", "on", "off")),
         "order": STR, "holdout_fraction": Key(("float",), minimum=0, maximum=1), "drop_last": BOOL,
-        "calib_4bit": BOOL,
+        "calib_4bit": BOOL, "save_transforms": BOOL,
     }
 
 
@@ -196,6 +195,8 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
             raise reject(key, "a diagonal T is available for lstsq only")
         elif key == "diag" and reference and cosine:
             pass  # false: the default
+        elif key == "save_transform_only":
+            params["save_transforms"] = value  # type-checked with the prune keys below
         elif key == "dataset" and reference:
             params["calib"] = _HUB_SHORTCUTS.get(str(value), value)
             if value == "Open-Orca/SlimOrca":

@@ -139,7 +139,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("evaluation", ("replaceme.evaluation",)),
     # what runs the stages: pipeline, API, compare, torchrun, the checks made before any work
     ("orchestration", ("replaceme.pipeline", "replaceme.api", "replaceme.compare", "replaceme.distributed",
-                       "replaceme.checks", "replaceme.model_card", "replaceme.reproduce", "replaceme.config_file", "replaceme.testing",
+                       "replaceme.checks", "replaceme.model_card", "replaceme.reproduce", "replaceme.transforms", "replaceme.config_file", "replaceme.testing",
                        "replaceme.plugin", "replaceme.heal")),
     ("cli", ("replaceme.cli",)),
 ]

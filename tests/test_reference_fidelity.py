@@ -194,6 +194,12 @@ def test_reference_lstsq_yaml_reproduces_the_reference_T(shared, tmp_path, layer
     assert block[1] < model.config.num_hidden_layers  # the last layer is where the references differ on purpose
     ours = _folded_T(model_dir, tmp_path / "out", block[0])
     assert _rel(ours, reference) < 1e-5
+    # save_transform_only: T itself beside the model (transforms.safetensors)
+    from replaceme.transforms import read_transforms
+
+    blocks, maps = read_transforms(tmp_path / "out" / "transforms.safetensors")
+    assert blocks == [block] and maps[0]["layer"] == block[0] - 1 and not maps[0]["diagonal"]
+    assert _rel(maps[0]["transform"], reference) < 1e-5
 
 
 def test_reference_config_keys_are_mapped_warned_or_rejected(tmp_path, caplog):
@@ -218,8 +224,9 @@ def test_reference_config_keys_are_mapped_warned_or_rejected(tmp_path, caplog):
     assert params.get("calib_4bit", False) is torch.cuda.is_available()  # needs a GPU, else warned
     assert torch.cuda.is_available() or "4-bit needs a CUDA GPU" in caplog.text
     warned = caplog.text
-    for key in ("token", "min_distance_layer", "activations_save_path", "save_transform_only", "tasks", "accurate", "loss", "solver"):
+    for key in ("token", "min_distance_layer", "activations_save_path", "tasks", "accurate", "loss", "solver"):
         assert f"'{key}'" in warned, key
+    assert "'save_transform_only'" not in warned and params["save_transforms"] is True  # mapped to --save-transforms
     # every reference key is documented in the mapping table
     reference_keys = set(yaml.safe_load(path.read_text())) | {"thri", "two_vectors", "start_id", "end_id", "num_layer"}
     assert reference_keys <= set(REFERENCE_KEYS)

@@ -42,11 +42,14 @@ from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_s
                    "(default: MODEL's own id when it is one or lies in the Hub's cache; none for other local models).")
 @click.option("--strict", is_flag=True, help="Refuse -o options that the chosen configuration does not read "
                                              "(otherwise a warning, and pruning.json records them as ignored).")
+@click.option("--save-transforms", is_flag=True,
+              help="Also write the estimated maps and the removed blocks beside the model as "
+                   "transforms.safetensors (the reference's save_transform_only; the model keeps them folded in).")
 @click.option("--json", "as_json", is_flag=True, help="Print pruning.json to stdout.")
 @click.pass_context
 def prune(ctx: click.Context, model, method, layers, selector, compensator, options, output, overwrite,
-          config_file, no_cache, offload, calib_4bit, gram_device, spill_dir, base_model, strict, as_json, device, dtype,
-          trust_remote_code, **calib) -> None:
+          config_file, no_cache, offload, calib_4bit, gram_device, spill_dir, base_model, strict, save_transforms, as_json,
+          device, dtype, trust_remote_code, **calib) -> None:
     """Prune MODEL (directory, hub id, or 'demo') and save a standard model directory.
 
     --layers N always means the result has N fewer decoder layers. The output
@@ -75,10 +78,12 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
         opts = {**file_options, **opts}
         values = merge_file_settings(ctx, params, dict(
             model=model, method=method, layers=layers, output=output, selector=selector, compensator=compensator,
-            overwrite=overwrite, device=device, dtype=dtype, calib_4bit=calib_4bit, **calib))
+            overwrite=overwrite, device=device, dtype=dtype, calib_4bit=calib_4bit, save_transforms=save_transforms,
+            **calib))
         model, method, layers, output = values.pop("model"), values.pop("method"), values.pop("layers"), values.pop("output")
         selector, compensator, overwrite = values.pop("selector"), values.pop("compensator"), bool(values.pop("overwrite"))
         device, dtype, calib_4bit = values.pop("device"), values.pop("dtype"), bool(values.pop("calib_4bit"))
+        save_transforms = bool(values.pop("save_transforms"))
         calib = values
     missing = [name for name, value in (("MODEL", model), ("--method", method), ("--layers", layers), ("--output", output)) if value is None]
     if missing:
@@ -108,7 +113,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
                                  base_model=base_model, strict=strict)
         if result is None:  # a torchrun rank other than 0: its share is delivered, rank 0 writes and reports
             return
-        replaceme.save_pruned(result, out, overwrite=overwrite)
+        replaceme.save_pruned(result, out, overwrite=overwrite, save_transforms=save_transforms)
     if as_json:
         click.echo(json.dumps(json.loads((out / "pruning.json").read_text()), indent=2))
         return
