@@ -192,6 +192,8 @@ def prune(
         if offload or not isinstance(model_or_path, (str, Path)):
             raise ReplacemeError("calib_4bit needs a model path and cannot be combined with offload")
         check_4bit(device)
+    if offload:
+        resolved.check_offload()
     device = distributed.device_name(device)  # under torchrun: this process's GPU
     model, tokenizer, source, offloaded, usage = _load(model_or_path, tokenizer, device, dtype, trust_remote_code,
                                                        offload, calib_4bit)
@@ -211,7 +213,7 @@ def prune(
         from replaceme.variant import OnDemandTarget
 
         outcome = apply_method(model, adapter, resolved, layers, prepared.stats, seed=seed, device=offloaded.device,
-                               target=OnDemandTarget(offloaded.load_layers))
+                               target=OnDemandTarget(offloaded))
     else:
         outcome = apply_method(model, adapter, resolved, layers, prepared.stats, seed=seed)
     usage.update(outcome.usage)

@@ -46,6 +46,11 @@ class Component:
         """Capability flags shown by ``replaceme methods``."""
         return {}
 
+    def check_offload(self) -> None:
+        """Raise a one-line :class:`ReplacemeError` if this stage, with its options, cannot
+        run on a model that is never whole in memory (``--offload``). Called before the
+        model loads; the default accepts."""
+
 
 @dataclass(frozen=True)
 class SelectionContext:
@@ -226,6 +231,12 @@ class Compensator(Component):
     def stats_request(self, candidates: list[Block]) -> StatsRequest:
         """Statistics needed to compensate any of ``candidates``."""
         return StatsRequest()
+
+    def reads(self, plan: Plan) -> set[int]:
+        """Decoder layers (unpruned numbering) whose weights :meth:`compensate` reads for
+        ``plan``; ``--offload`` loads them from the checkpoint first. Default: each block's
+        first layer when a replacement layer is written back (initialised from it), else none."""
+        return {b.start for b in plan.blocks} if self.layers_added_per_block else set()
 
     def compensate(self, plan: Plan, ctx: CompensationContext) -> list[Compensation]:
         """One :class:`Compensation` per block of ``plan``, in order."""

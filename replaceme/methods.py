@@ -85,6 +85,11 @@ class ResolvedMethod:
         """Refuse, before any work, a method that cannot be expressed on this architecture."""
         self.compensator.check_model(adapter)
 
+    def check_offload(self) -> None:
+        """Refuse, before the model loads, a method whose stages cannot run with ``--offload``."""
+        for stage in (self.selector, self.compensator, self.merger):
+            stage.check_offload()
+
 
 def resolve_method(
     name: str,

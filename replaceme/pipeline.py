@@ -287,7 +287,9 @@ def apply_method(
     check_layers(layers, num_layers)
     method.check_model(adapter)
     device = device or next(model.parameters()).device
-    scorer = PlanScorer(model, adapter, stats, method.compensator, method.merger, device=device, seed=seed)
+    offloaded = getattr(target, "offloaded", None)
+    scorer = PlanScorer(model, adapter, stats, method.compensator, method.merger, device=device, seed=seed,
+                        offloaded=offloaded)
     ctx = dataclasses.replace(method.selection_context(num_layers, layers), scorer=scorer)
     usage: dict[str, Usage] = {}
     with Meter() as m:
@@ -300,7 +302,7 @@ def apply_method(
             f"which with compensator '{method.compensator.name}' removes {plan.layers_in_blocks - added}, not {layers}"
         )
     log.info("%s: blocks %s", method.label, ", ".join(map(str, plan.blocks)))
-    target.reading({b.start for b in plan.blocks} if method.compensator.layers_added_per_block else set())
+    target.reading(method.compensator.reads(plan))
     with Meter() as m:  # a selector that scored this plan already compensated it
         compensations = scorer.compensations(plan)
     usage["compensate"] = m.usage

@@ -125,6 +125,9 @@ class PlanScorer:
         compensator, merger: the method's own stages.
         device: where to compute.
         seed: the run's seed (compensators that train use it).
+        offloaded: with ``--offload``, the :class:`~replaceme.offload.OffloadedModel` whose
+            skeleton ``model`` is: the layers a compensator reads are loaded for it, and
+            candidates run through the layer-by-layer engine (:meth:`_score_offloaded`).
     """
 
     model: Any
@@ -134,6 +137,7 @@ class PlanScorer:
     merger: Any
     device: Any = None
     seed: int = 0
+    offloaded: Any = None
     _compensations: dict[tuple, list] = field(default_factory=dict, repr=False)
     _scores: dict[tuple, PlanScore] = field(default_factory=dict, repr=False)
     _fast: bool | None = field(default=None, repr=False)
@@ -167,6 +171,7 @@ class PlanScorer:
 
         key = self._key(plan)
         if key not in self._compensations:
+            self._target().reading(self.compensator.reads(plan))
             ctx = CompensationContext(model=self.model, adapter=self.adapter, stats=self.stats,
                                       device=self.device or next(self.model.parameters()).device, seed=self.seed)
             self._compensations[key] = self.compensator.compensate(plan, ctx)
@@ -180,15 +185,24 @@ class PlanScorer:
         """A variant of the model (:func:`replaceme.variant.make_variant`) with ``plan``
         compensated and merged: it owns copies of the layers the merger declares it
         writes and shares every other tensor with the unpruned model."""
-        from replaceme.variant import VersionGuard, make_variant
+        from replaceme.variant import VersionGuard
 
         compensations = self.compensations(plan)
+        target = self._target()
         guard = VersionGuard(self.model)
-        variant = make_variant(self.model, self.adapter, self.merger.modifies(plan, compensations))
+        written = self.merger.modifies(plan, compensations)
+        target.writing(written, self.merger.name)
+        variant = target.model_for(self.model, self.adapter, written)
         self.merger.merge(variant, self.adapter, plan, compensations)
         if written := guard.modified():
             raise ReplacemeError(f"merger '{self.merger.name}' wrote shared weights it did not declare: {', '.join(written[:3])}")
         return variant
+
+    def _target(self) -> Any:
+        """Where variants are made: beside the loaded model, or over the offloaded skeleton."""
+        from replaceme.variant import VARIANT, OffloadedVariantTarget
+
+        return VARIANT if self.offloaded is None else OffloadedVariantTarget(self.offloaded)
 
     def old_indices(self, plan: Plan, count: int) -> list[int] | None:
         """Original index of each layer of the merged variant (a written-back
@@ -257,9 +271,8 @@ class PlanScorer:
         import torch
 
         batches = self.batches(data)
-        if any(p.is_meta for p in self.model.parameters()):
-            raise ReplacemeError("scoring candidate plans runs the model, which --offload does not hold in memory; "
-                                 "use this selector without --offload")
+        if self.offloaded is not None:
+            return _finish(plan, self._score_offloaded(plan, batches))
         if self.device is None:
             self.device = next(self.model.parameters()).device
         if self._fast is None:
@@ -282,12 +295,53 @@ class PlanScorer:
                     h, logits = self._full(variant, batch)
                 _accumulate(totals, batch, h, logits, ref_h, ref_logits)
         del variant
-        n = max(totals["tokens"], 1)
-        for name, value in (("loss", totals["loss"]), ("kl", totals["kl"])):
-            if not math.isfinite(value):
-                raise ReplacemeError(f"non-finite {name} (NaN/Inf) while scoring plan {', '.join(map(str, plan.blocks))}")
-        return PlanScore(loss=totals["loss"] / n, kl=totals["kl"] / n, final_cosine=totals["cos"] / max(totals["sequences"], 1),
-                         tokens=totals["tokens"], sequences=totals["sequences"])
+        return _finish(plan, totals)
+
+    def _score_offloaded(self, plan: Plan, batches: list[Any]) -> dict[str, Any]:
+        """The sums of :meth:`_score` with the model offloaded: the variant runs through the
+        layer-by-layer engine from the cached input of its first changed layer (from the
+        embedding when that input was not kept), the unpruned reference from the cached
+        last-layer output; both then through the model's own final norm and LM head."""
+        import torch
+
+        from replaceme.offload.engine import Window, model_outputs, stream
+        from replaceme.offload.window import DiskStore
+
+        off = self.offloaded
+        variant = self.variant(plan)
+        variant.eval()
+        L = self.adapter.num_layers(self.model)
+        first = self.first_changed(plan)
+        fits = self.old_indices(plan, self.adapter.num_layers(variant)) is not None
+        start = first if fits and first > 0 and all(first in b.boundaries for b in batches) else 0
+        runs = [(b.input_ids, b.mask) for b in batches]
+        totals = {"loss": 0.0, "kl": 0.0, "cos": 0.0, "tokens": 0, "sequences": 0}
+        with DiskStore() as store, torch.no_grad():
+            pruned = Window(store, {k: b.boundaries[start] for k, b in enumerate(batches)} if start else None)
+            stream(off, variant, runs, pruned, start=start, description=None)
+            if all(L in b.boundaries for b in batches):
+                reference = Window(inputs={k: b.boundaries[L] for k, b in enumerate(batches)})
+            else:
+                reference = Window(store)
+                stream(off, self.model, runs, reference, description=None)
+            with off.output_head(self.model, variant):
+                for k, batch in enumerate(batches):
+                    mask = batch.mask.long().to(off.device)
+                    ref = model_outputs(off, self.model, reference.output(k, off.device), mask, output_hidden_states=True)
+                    out = model_outputs(off, variant, pruned.output(k, off.device), mask, output_hidden_states=True)
+                    _accumulate(totals, batch, out.hidden_states[-1], out.logits, ref.hidden_states[-1], ref.logits)
+        del variant
+        return totals
+
+
+def _finish(plan: Plan, totals: dict[str, Any]) -> PlanScore:
+    """The mean scores from :func:`_accumulate`'s sums; NaN/Inf named."""
+    n = max(totals["tokens"], 1)
+    for name, value in (("loss", totals["loss"]), ("kl", totals["kl"])):
+        if not math.isfinite(value):
+            raise ReplacemeError(f"non-finite {name} (NaN/Inf) while scoring plan {', '.join(map(str, plan.blocks))}")
+    return PlanScore(loss=totals["loss"] / n, kl=totals["kl"] / n, final_cosine=totals["cos"] / max(totals["sequences"], 1),
+                     tokens=totals["tokens"], sequences=totals["sequences"])
 
 
 def _to(value: Any, device: Any) -> Any:

@@ -129,13 +129,15 @@ class VariantTarget(MergeTarget):
 
 
 class OnDemandTarget(MergeTarget):
-    """``--offload``: the skeleton holds no decoder weights until asked; ``load(layers)``
-    loads the layers the compensator reads and those the merger writes, which must be declared."""
+    """``--offload``: the skeleton of ``offloaded`` (an :class:`~replaceme.offload.OffloadedModel`)
+    holds no decoder weights until asked; the layers the compensator reads and those the
+    merger writes (which must be declared) are loaded from the checkpoint."""
 
     name = "offloaded"
 
-    def __init__(self, load: Any):
-        self.load = load
+    def __init__(self, offloaded: Any):
+        self.offloaded = offloaded
+        self.load = offloaded.load_layers
 
     def reading(self, layers: set[int]) -> None:
         self.load(layers)
@@ -147,6 +149,24 @@ class OnDemandTarget(MergeTarget):
             raise ReplacemeError(f"merger '{merger}' does not declare the layers it writes (Merger.modifies), "
                                  "which --offload needs")
         self.load(layers)
+
+
+class OffloadedVariantTarget(OnDemandTarget):
+    """``compare --offload`` (and plan scoring with ``--offload``): merge into a variant of
+    the skeleton that owns only the layers the merger writes. The layers the compensator
+    reads and those the merger writes are loaded into the skeleton first (as for
+    :class:`OnDemandTarget`); once the variant has its own copies of the written ones,
+    every decoder layer of the skeleton goes back to the meta device. The variant keeps
+    the layers the compensator read (a merge may look at them, e.g. for their device;
+    most mergers then remove them) and its written ones; the layer-by-layer engine reads
+    the rest from the checkpoint (:mod:`replaceme.offload.engine`)."""
+
+    name = "offloaded-variant"
+
+    def model_for(self, model: nn.Module, adapter: ModelAdapter, layers: set[int] | None) -> nn.Module:
+        variant = make_variant(model, adapter, layers)
+        self.offloaded.free_all_layers()
+        return variant
 
 
 #: the default strategy (prune in place) and compare's (a variant per method)

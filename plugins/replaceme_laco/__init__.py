@@ -182,20 +182,28 @@ class RdscCompensator(Compensator):
                 raise ReplacemeError(f"block {block} starts at layer 0: there is no layer before it to collapse into")
         return StatsRequest()
 
+    @staticmethod
+    def _merges(plan: Plan) -> list:
+        """``[head, [absorbed layers]]`` in merge order (LaCo's, else one per block)."""
+        return (plan.details.get("compensation") or {}).get("merges") or [
+            [b.start - 1, list(range(b.start, b.end))] for b in plan.blocks]
+
+    def reads(self, plan: Plan) -> set[int]:
+        """Every layer collapsed: the head of each merge and the layers it absorbs."""
+        return {i for head, absorbed in self._merges(plan) for i in (head, *absorbed)}
+
     def compensate(self, plan: Plan, ctx) -> list[ParameterUpdate]:
         import torch
 
         layers = ctx.adapter.layers(ctx.model)
-        merges = (plan.details.get("compensation") or {}).get("merges") or [
-            [b.start - 1, list(range(b.start, b.end))] for b in plan.blocks]
+        merges = self._merges(plan)
         current: dict[int, dict] = {}
 
         def params(i: int) -> dict:
             if i not in current:
                 current[i] = {n: p.detach().to(torch.float64) for n, p in _mergeable(layers[i]).items()}
-                if any(t.is_meta for t in current[i].values()):
-                    raise ReplacemeError("rdsc reads the weights of every collapsed layer, which --offload does not "
-                                         "hold in memory; run it without --offload")
+                if any(t.is_meta for t in current[i].values()):  # a caller that did not load reads(plan)
+                    raise RuntimeError(f"rdsc: layer {i} is not in memory")
             return current[i]
 
         for head, absorbed in merges:

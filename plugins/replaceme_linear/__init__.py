@@ -187,6 +187,10 @@ class CosineOptions:
             raise ValueError("lr must be > 0")
 
 
+#: why -o refit cannot run offloaded (refused before the model loads)
+REFIT_OFFLOAD = "cosine refit re-runs the partly pruned model, which --offload never holds; drop -o refit"
+
+
 class CosineCompensator(Compensator):
     """T minimising cosine distance on a bounded token sample from the shared pass."""
 
@@ -206,6 +210,10 @@ class CosineCompensator(Compensator):
         _check_starts(candidates)
         return _block_request(candidates, self.options.token_budget)
 
+    def check_offload(self) -> None:
+        if self.options.refit:
+            raise ReplacemeError(REFIT_OFFLOAD)
+
     def compensate(self, plan: Plan, ctx: CompensationContext) -> list[LinearMap]:
         from replaceme.variant import make_variant
         from replaceme_linear.diagnostics import block_tokens, heldout_diagnostics, rerun_block_tokens
@@ -215,7 +223,7 @@ class CosineCompensator(Compensator):
         train, holdout = ctx.stats.sample.take(o.token_budget), ctx.stats.sample.holdout
         working, shift, out = None, 0, []
         if o.refit and len(plan.blocks) > 1 and any(p.is_meta for p in ctx.model.parameters()):
-            raise ReplacemeError("cosine refit re-runs the partly pruned model, which --offload never holds; drop -o refit")
+            raise ReplacemeError(REFIT_OFFLOAD)
         for k, block in enumerate(plan.blocks):
             if o.refit and k > 0:  # the model as it is once the earlier blocks are replaced
                 if working is None:  # shares every tensor but the layers that receive folds

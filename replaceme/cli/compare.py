@@ -13,6 +13,7 @@ from replaceme.cli.common import (
     format_option,
     merge_file_settings,
     model_options,
+    offload_option,
 )
 
 
@@ -40,6 +41,8 @@ from replaceme.cli.common import (
 @click.option("--limit", type=LimitType(), help="Documents per task (an integer, or a fraction < 1).")
 @click.option("--eval-batch-size", type=count(), default=8, show_default=True, help="lm-eval and perplexity batch size.")
 @model_options
+@offload_option("the calibration pass, plan scoring and every row's evaluation; each method's variant holds only "
+                "the layers its merge changed")
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="YAML with the same settings; flags override it.")
 @click.option("--output", type=click.Path(file_okay=False), help="Directory for results (csv, md, json, png); re-running resumes.")
 @click.option("--overwrite", is_flag=True, help="Replace an output directory that holds other results.")
@@ -48,7 +51,7 @@ from replaceme.cli.common import (
 @format_option
 @click.pass_context
 def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl, context_length, stride, max_ppl_tokens, tasks,
-            tasks_dir, task_data, num_fewshot, limit, eval_batch_size, device, dtype, trust_remote_code, plan_file,
+            tasks_dir, task_data, num_fewshot, limit, eval_batch_size, device, dtype, trust_remote_code, offload, plan_file,
             output, overwrite, no_cache, as_json, fmt, **calib) -> None:
     """Compare pruning methods on MODEL fairly: the same weights, the same
     calibration pass and the same evaluation for all, plus the unpruned baseline.
@@ -82,7 +85,7 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
     values = merge_file_settings(ctx, settings, dict(
         context_length=context_length, stride=stride, max_ppl_tokens=max_ppl_tokens, tasks=tasks, tasks_dir=tasks_dir,
         task_data=task_data, num_fewshot=num_fewshot, limit=limit, eval_batch_size=eval_batch_size, device=device,
-        dtype=dtype, trust_remote_code=trust_remote_code, overwrite=overwrite, **calib))
+        dtype=dtype, trust_remote_code=trust_remote_code, overwrite=overwrite, offload=offload, **calib))
     model = model or model_opt or settings.get("model") or _demo_name()
     entries = _method_entries(methods, settings, options)
     budgets = _budgets(layers, settings, model)
@@ -178,7 +181,8 @@ def _compare_plan(model: str, entries: list, budgets: list[int], spec, ppl_sourc
     )
     return ComparePlan(model=model, methods=entries, layers=budgets, calibration=spec, evaluation=evaluation,
                        seed=spec.seed, device=values["device"], dtype=values["dtype"],
-                       trust_remote_code=bool(values["trust_remote_code"]), include=parse_include(include))
+                       trust_remote_code=bool(values["trust_remote_code"]), include=parse_include(include),
+                       offload=bool(values["offload"]))
 
 
 def _report(outcome, model: str, out, as_json: bool, fmt: str = "table") -> None:

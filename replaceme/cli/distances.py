@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_spec, format_option, model_options
+from replaceme.cli.common import (
+    BOUNDED_INT,
+    calibration_options,
+    calibration_spec,
+    format_option,
+    model_options,
+    offload_option,
+)
 
 
 @click.command()
@@ -18,6 +25,7 @@ from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_s
 @click.option("--compensator", help="Use this compensator instead of the method's (with --loss).")
 @calibration_options
 @model_options
+@offload_option("the calibration pass and, with --loss, every block's scoring")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the rows as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a heatmap PNG (start × block size).")
@@ -25,7 +33,7 @@ from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_s
 @click.option("--no-cache", is_flag=True, help="Recompute calibration statistics even if cached.")
 @format_option
 def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_path, overwrite, no_cache, device, dtype,
-              trust_remote_code, fmt, **calib) -> None:
+              trust_remote_code, offload, fmt, **calib) -> None:
     """Show the angular distance of every block of 1..N layers of MODEL.
 
     The angular distance arccos(cos(x_s, x_e))/π between a block's input and
@@ -68,10 +76,20 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
         from replaceme.methods import resolve_method
 
         resolved = resolve_method(method, compensator=compensator)
+        if offload:
+            resolved.check_offload()
     inputs = [model, spec.text_source.base]
     with output_file(csv_path, overwrite=overwrite, inputs=inputs, option="--csv", suffixes=(".csv", ".tsv", ".txt")) as csv_out, \
             output_file(plot_path, overwrite=overwrite, inputs=inputs, option="--plot", suffixes=FORMATS) as plot_out:
-        net, tokenizer = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        offloaded = None
+        if offload:
+            from replaceme.offload import load_offloaded
+
+            offloaded, tokenizer = load_offloaded(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                  adapter_for=adapter_for)
+            net = offloaded.model
+        else:
+            net, tokenizer = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         adapter = adapter_for(net)
         num_layers = adapter.num_layers(net)
         check_layers(layers, num_layers)
@@ -83,9 +101,11 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
 
             resolved.check_model(adapter)
             request = request.union(loss_request(resolved, num_layers, layers))
-        stats = prepare(net, adapter, [], spec, tokenizer, extra=request, use_cache=not no_cache, seed=spec.seed).stats
+        stats = prepare(net, adapter, [], spec, tokenizer, extra=request, use_cache=not no_cache, seed=spec.seed,
+                        offloaded=offloaded).stats
         if resolved is not None:
-            scorer = PlanScorer(net, adapter, stats, resolved.compensator, resolved.merger)
+            scorer = PlanScorer(net, adapter, stats, resolved.compensator, resolved.merger, offloaded=offloaded,
+                                device=offloaded.device if offloaded is not None else None)
         frame = distance_frame(stats, layers, scorer)
         if csv_out:
             write_text_atomic(csv_out, frame.to_csv(index=False), replace=overwrite)

@@ -98,8 +98,9 @@ def check_tokenizers(included: list[IncludedModel], base_tokenizer: Any, base_na
 
 
 def evaluate_included(entry: IncludedModel, key: str, tokenizer: Any, evaluation: Any, base_layers: int, *,
-                      device: str, dtype: str, trust_remote_code: bool) -> Any:
-    """Load one included model, evaluate it with the shared spec, and return its row.
+                      device: str, dtype: str, trust_remote_code: bool, offload: bool = False) -> Any:
+    """Load one included model, evaluate it with the shared spec, and return its row
+    (with ``offload``, layer by layer from its checkpoint, as the compared model).
 
     ``layers`` is the base model's decoder layer count minus this model's
     (0 for width pruning). A model that fails to load or evaluate gets a row
@@ -114,10 +115,20 @@ def evaluate_included(entry: IncludedModel, key: str, tokenizer: Any, evaluation
     model = None
     try:
         with Meter() as meter:
-            model, _ = load_model(entry.path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+            offloaded = None
+            if offload:
+                from replaceme.offload import load_offloaded
+
+                from replaceme.registry import adapter_for
+
+                offloaded, _ = load_offloaded(entry.path, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                              adapter_for=adapter_for)
+                model = offloaded.model
+            else:
+                model, _ = load_model(entry.path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
             layers = getattr(model.config, "num_hidden_layers", None)
             t0 = time.perf_counter()
-            result = evaluate(model, tokenizer, evaluation)
+            result = evaluate(model, tokenizer, evaluation, offloaded=offloaded)
             row.eval_seconds = time.perf_counter() - t0
         row.record(result)
         row.params = sum(p.numel() for p in model.parameters())

@@ -48,6 +48,9 @@ class ComparePlan:
         device, dtype: where pruning runs (evaluation follows ``evaluation``).
         include: models pruned elsewhere, evaluated as extra rows
             (:mod:`replaceme.compare.external`).
+        offload: never hold the whole model (:mod:`replaceme.offload`): the pass, the
+            plan scoring and the evaluation run layer by layer, each variant holding
+            only its changed layers; the rows equal the in-memory ones.
     """
 
     model: str
@@ -60,6 +63,7 @@ class ComparePlan:
     dtype: str = "auto"
     trust_remote_code: bool = False
     include: list[IncludedModel] = field(default_factory=list)
+    offload: bool = False
 
     def __post_init__(self) -> None:
         labels = [m.label for m in self.methods] + [e.label for e in self.include] + [BASELINE]
@@ -84,6 +88,7 @@ class ComparePlan:
             "device": self.device,
             "dtype": self.dtype,
             "include": [asdict(e) for e in self.include],
+            "offload": self.offload,
         }
 
 
@@ -155,7 +160,7 @@ def plan_schema() -> dict[str, Any]:
         "max_ppl_tokens": COUNT, "tasks": STRS, "tasks_dir": STR, "task_data": STR,
         "num_fewshot": Key(("int",), minimum=0, maximum=2**31 - 1), "limit": Key(("int", "float"), minimum=0, maximum=2**31 - 1),
         "eval_batch_size": COUNT, "output": STR, "device": STR, "include_models": Key(("str", "list")),
-        "dtype": Key(("str",), choices=("auto", "float32", "bfloat16", "float16")),
+        "dtype": Key(("str",), choices=("auto", "float32", "bfloat16", "float16")), "offload": Key(("bool",)),
     }
 
 

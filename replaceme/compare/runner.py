@@ -76,6 +76,9 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     from replaceme.methods import resolve_method
 
     resolved = {m.label: resolve_method(m.name, m.options, selector=m.selector, compensator=m.compensator) for m in plan.methods}
+    if plan.offload:
+        for method in resolved.values():
+            method.check_offload()
     check_comparison_inputs(plan)
     store = RowStore(output)
     store.check(shared_identity(plan), comparison_inputs(plan), overwrite)
@@ -93,13 +96,22 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, overwrite
     from replaceme.stats.cache import model_fingerprint
 
     device = distributed.join(plan.device)  # torchrun: rank 0 alone writes; its errors stop every rank
-    model, tokenizer = load_model(plan.model, device=device, dtype=plan.dtype, trust_remote_code=plan.trust_remote_code)
+    offloaded = None
+    if plan.offload:
+        from replaceme.offload import load_offloaded
+
+        offloaded, tokenizer = load_offloaded(plan.model, device=device, dtype=plan.dtype,
+                                              trust_remote_code=plan.trust_remote_code, adapter_for=adapter_for)
+        model, fingerprint = offloaded.model, offloaded.fingerprint()
+    else:
+        model, tokenizer = load_model(plan.model, device=device, dtype=plan.dtype, trust_remote_code=plan.trust_remote_code)
+        fingerprint = model_fingerprint(model)
     adapter = adapter_for(model)
     num_layers = adapter.num_layers(model)
     for n in plan.layers:
         check_layers(n, num_layers)
     check_tokenizers(plan.include, tokenizer, plan.model, trust_remote_code=plan.trust_remote_code)
-    schedule = Schedule.build(plan, model_fingerprint(model))
+    schedule = Schedule.build(plan, fingerprint)
     # created only now: the plan, the inputs and the model are good
     distributed.on_root(lambda: store.open(shared_identity(plan), plan.to_dict(), comparison_inputs(plan), overwrite))
     rows = store.finished(schedule.keys)
@@ -108,7 +120,7 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, overwrite
     provenance: dict[str, Any] = {"plan": plan.to_dict(), "options": {label: r.options() for label, r in resolved.items()},
                                   "stages": {label: r.stages() for label, r in resolved.items()},
                                   "layers_before": num_layers, **_environment()}
-    prepared = _shared_pass(model, tokenizer, adapter, plan, resolved, methods, use_cache, provenance, store)
+    prepared = _shared_pass(model, tokenizer, adapter, plan, resolved, methods, use_cache, provenance, store, offloaded)
 
     def finish() -> Comparison:
         table = schedule.table(rows)
@@ -117,13 +129,14 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, overwrite
     for i, slot in enumerate(pending, 1):
         log.info("[%d/%d] %s, %d layer(s) removed", i, len(pending), slot.label, slot.layers)
         if slot.kind == METHOD:
-            row = _method_row(model, tokenizer, adapter, resolved[slot.label], slot, prepared, plan.evaluation, plan.seed)
+            row = _method_row(model, tokenizer, adapter, resolved[slot.label], slot, prepared, plan.evaluation, plan.seed,
+                              offloaded)
         elif slot.kind == BASELINE:  # last, in place: evaluation may cast the model
-            row = _baseline_row(model, tokenizer, slot, plan.evaluation, num_layers)
+            row = _baseline_row(model, tokenizer, slot, plan.evaluation, num_layers, offloaded)
         else:
             entry = next(e for e in plan.include if e.label == slot.label)
             row = evaluate_included(entry, slot.key, tokenizer, plan.evaluation, num_layers, device=plan.device,
-                                    dtype=plan.dtype, trust_remote_code=plan.trust_remote_code)
+                                    dtype=plan.dtype, trust_remote_code=plan.trust_remote_code, offload=plan.offload)
         rows[slot.key] = row
         store.save(row)
         if slot.kind != BASELINE:
@@ -146,7 +159,7 @@ def _release() -> None:
 
 
 def _shared_pass(model, tokenizer, adapter, plan: ComparePlan, resolved: dict[str, Any], methods: list[Slot],
-                 use_cache: bool, provenance: dict[str, Any], store: RowStore) -> Any:
+                 use_cache: bool, provenance: dict[str, Any], store: RowStore, offloaded: Any = None) -> Any:
     """One calibration pass and every pending method's plan (through :func:`replaceme.pipeline.prepare`);
     the distance tables of every block size up to the largest budget + 1 come along for distances.csv.
     With no method left, nothing is computed (None)."""
@@ -164,7 +177,7 @@ def _shared_pass(model, tokenizer, adapter, plan: ComparePlan, resolved: dict[st
     extra = StatsRequest(block_sizes=set(range(1, min(max(plan.layers) + 1, num_layers - 1) + 1)))
     runs = [Run(resolved[s.label], s.layers, s.label) for s in methods]
     prepared = prepare(model, adapter, runs, plan.calibration, tokenizer, extra=extra, use_cache=use_cache,
-                       seed=plan.seed, strict=False)
+                       seed=plan.seed, strict=False, offloaded=offloaded)
     stats, usage = prepared.stats, prepared.usage.get("statistics")
     if usage is not None:
         provenance["statistics"] = {"seconds": usage.seconds, "peak_rss_mb": usage.peak_rss / 2**20,
@@ -175,14 +188,17 @@ def _shared_pass(model, tokenizer, adapter, plan: ComparePlan, resolved: dict[st
     return prepared
 
 
-def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: Any, evaluation: Any, seed: int) -> Row:
+def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: Any, evaluation: Any, seed: int,
+                offloaded: Any = None) -> Row:
     """Prune a variant of ``model`` (sharing every tensor its merge does not write) with one
     method (row ``slot``) and evaluate it; any exception is the row's error. A merger that
-    wrote into the shared weights stops the comparison, since later rows would start from them."""
+    wrote into the shared weights stops the comparison, since later rows would start from them.
+    With ``offloaded`` the variant holds only its changed layers beside the skeleton and is
+    evaluated layer by layer."""
     from replaceme.evaluation import evaluate
     from replaceme.pipeline import apply_method, one_line
     from replaceme.resources import Meter
-    from replaceme.variant import VARIANT, VersionGuard
+    from replaceme.variant import VARIANT, OffloadedVariantTarget, VersionGuard
 
     label, n = slot.label, slot.layers
     row = Row(label=label, method=method.method.name, layers=n, key=slot.key)
@@ -194,10 +210,12 @@ def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: An
     guard = VersionGuard(model)
     try:
         with Meter() as meter:
-            outcome = apply_method(model, adapter, method, n, prepared.stats, seed=seed, target=VARIANT)
+            target = VARIANT if offloaded is None else OffloadedVariantTarget(offloaded)
+            outcome = apply_method(model, adapter, method, n, prepared.stats, seed=seed, target=target,
+                                   device=None if offloaded is None else offloaded.device)
             pruned = outcome.model
             t0 = time.perf_counter()
-            result = evaluate(pruned, tokenizer, evaluation)
+            result = evaluate(pruned, tokenizer, evaluation, offloaded=offloaded)
             row.eval_seconds = time.perf_counter() - t0
         row.blocks = " ".join(str(b) for b in outcome.plan.blocks)
         row.record(result)
@@ -223,13 +241,13 @@ def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: An
     return row
 
 
-def _baseline_row(model, tokenizer, slot: Slot, evaluation: Any, num_layers: int) -> Row:
+def _baseline_row(model, tokenizer, slot: Slot, evaluation: Any, num_layers: int, offloaded: Any = None) -> Row:
     from replaceme.evaluation import evaluate
     from replaceme.resources import Meter
 
     log.info("baseline (unpruned)")
     with Meter() as meter:
-        result = evaluate(model, tokenizer, evaluation)
+        result = evaluate(model, tokenizer, evaluation, offloaded=offloaded)
     row = Row(label=BASELINE, method=BASELINE, layers=0, key=slot.key, eval_seconds=meter.usage.seconds,
               peak_rss_mb=meter.usage.peak_rss / 2**20, peak_cuda_mb=_mb(meter.usage.peak_cuda),
               params=sum(p.numel() for p in model.parameters()), num_layers=num_layers)

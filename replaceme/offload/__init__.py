@@ -15,6 +15,7 @@ the methods or the evaluation, which use it.
 
 from __future__ import annotations
 
-from replaceme.offload.skeleton import OffloadedModel, free_parameters, load_offloaded
+from replaceme.offload.load import load_offloaded
+from replaceme.offload.skeleton import OffloadedModel, free_parameters
 
 __all__ = ["OffloadedModel", "free_parameters", "load_offloaded"]

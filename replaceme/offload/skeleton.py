@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -216,21 +215,23 @@ class OffloadedModel:
                 self.free(layer)
 
     @contextlib.contextmanager
-    def output_head(self, model: nn.Module):
-        """Within the block, ``model``'s output embedding (the skeleton's or a variant's)
-        holds the LM head read from the checkpoint (the input embedding when they are
-        tied or the checkpoint stores no head); it is put back on meta afterwards."""
-        module = model.get_output_embeddings()
-        if module is None:
+    def output_head(self, *models: nn.Module):
+        """Within the block, the output embedding of each of ``models`` (the skeleton, a
+        variant) holds the LM head read once from the checkpoint (the input embedding
+        when they are tied); it is put back on meta afterwards."""
+        modules = [model.get_output_embeddings() for model in models]
+        if any(module is None for module in modules):
             raise ReplacemeError("--offload: the model has no output embedding (LM head)")
         name = self.head_name
-        full = module._parameters["weight"]
-        weight = self.checkpoint.read([name])[name].to(self.device, self.dtype)
-        module._parameters["weight"] = nn.Parameter(weight, requires_grad=False)
+        weight = nn.Parameter(self.checkpoint.read([name])[name].to(self.device, self.dtype), requires_grad=False)
+        before = [module._parameters["weight"] for module in modules]
+        for module in modules:
+            module._parameters["weight"] = weight
         try:
-            yield module
+            yield
         finally:
-            module._parameters["weight"] = full
+            for module, full in zip(modules, before):
+                module._parameters["weight"] = full
             del weight
             from replaceme.resources import release_free_memory
 
@@ -277,6 +278,21 @@ class OffloadedModel:
             "device": str(self.device),
             "layers_in_memory_at_save": resident,
         }
+
+    def fingerprint(self) -> str:
+        """A cheap content fingerprint of the checkpoint (for ``compare``'s row keys): the
+        config, and per file its size, header and 16 samples of 4 KiB spread over the data."""
+        import hashlib
+
+        h = hashlib.sha256(self.model.config.to_json_string(use_diff=False).encode())
+        for file in sorted(set(self.checkpoint.files.values())):
+            size = file.stat().st_size
+            h.update(f"{file.name}:{size}".encode())
+            with open(file, "rb") as fh:
+                for k in range(17):
+                    fh.seek(size * k // 17)
+                    h.update(fh.read(4096))
+        return h.hexdigest()[:24]
 
     def parameter_bytes(self) -> int:
         """Bytes of the checkpoint's tensors (at the run's dtype for floating ones)."""
@@ -349,42 +365,3 @@ class OffloadedModel:
         generation = getattr(self.model, "generation_config", None)
         if generation is not None and self.model.can_generate():
             generation.save_pretrained(directory)
-
-
-def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: bool,
-                   adapter_for: Callable[[Any], ModelAdapter]) -> tuple[OffloadedModel, Any]:
-    """Build the skeleton of the model at ``path`` and its tokenizer (no weights read yet);
-    ``adapter_for(model)`` finds its :class:`~replaceme.adapters.ModelAdapter` (the caller
-    passes :func:`replaceme.registry.adapter_for`: plugins live above this layer)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from replaceme.loading import (
-        _first_line,
-        model_dtype,
-        quiet_transformers,
-        resolve_device,
-        resolve_model_path,
-        use_device,
-    )
-    from replaceme.resources import return_large_allocations
-
-    quiet_transformers()
-    return_large_allocations()
-    local = Path(resolve_model_path(path)).expanduser()
-    if not local.is_dir():
-        raise ReplacemeError(f"--offload needs a local model directory (got '{path}'); download it first")
-    device = resolve_device(device)
-    use_device(device)
-    torch_dtype = model_dtype(str(local), dtype, device)
-    checkpoint = Checkpoint(local)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
-        config = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
-        with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, ImportError) as exc:
-        raise ReplacemeError(f"cannot load model '{path}': {_first_line(exc)}") from exc
-    model.tie_weights()  # as from_pretrained does (from_config leaves tied weights apart on meta)
-    model.eval()
-    return OffloadedModel(model, adapter_for(model), checkpoint, torch_dtype, device), tokenizer

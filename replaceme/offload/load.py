@@ -1,0 +1,51 @@
+"""Opening a model directory for ``--offload``: the skeleton and the tokenizer, no weights read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from replaceme.adapters import ModelAdapter
+from replaceme.checkpoint import Checkpoint
+from replaceme.errors import ReplacemeError
+from replaceme.offload.skeleton import OffloadedModel
+
+
+def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: bool,
+                   adapter_for: Callable[[Any], ModelAdapter]) -> tuple[OffloadedModel, Any]:
+    """Build the skeleton of the model at ``path`` and its tokenizer (no weights read yet);
+    ``adapter_for(model)`` finds its :class:`~replaceme.adapters.ModelAdapter` (the caller
+    passes :func:`replaceme.registry.adapter_for`: plugins live above this layer)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from replaceme.loading import (
+        _first_line,
+        model_dtype,
+        quiet_transformers,
+        resolve_device,
+        resolve_model_path,
+        use_device,
+    )
+    from replaceme.resources import return_large_allocations
+
+    quiet_transformers()
+    return_large_allocations()
+    local = Path(resolve_model_path(path)).expanduser()
+    if not local.is_dir():
+        raise ReplacemeError(f"--offload needs a local model directory (got '{path}'); download it first")
+    device = resolve_device(device)
+    use_device(device)
+    torch_dtype = model_dtype(str(local), dtype, device)
+    checkpoint = Checkpoint(local)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        raise ReplacemeError(f"cannot load model '{path}': {_first_line(exc)}") from exc
+    model.tie_weights()  # as from_pretrained does (from_config leaves tied weights apart on meta)
+    model.eval()
+    return OffloadedModel(model, adapter_for(model), checkpoint, torch_dtype, device), tokenizer
