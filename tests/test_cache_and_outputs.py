@@ -5,6 +5,7 @@ the ridge search cannot loop."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ import torch
 from click.testing import CliRunner
 
 from replaceme.cli import cli
+from replaceme.outputs import record_written
 from replaceme.errors import INTERNAL_ERROR, USER_ERROR, explain
 from replaceme.stats.cache import FORMAT_VERSION, cache_path, load_cached, save_cached
 from replaceme.stats.store import ActivationStats
@@ -82,10 +84,11 @@ def test_pruned_output_has_every_tokenizer_file_and_ordinary_permissions(tmp_pat
     assert (out / "tokenizer.model").read_bytes() == (tiny_dir / "tokenizer.model").read_bytes()
     assert (out / "added_tokens.json").is_file()
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
-    for path in out.iterdir():
+    for path in out.iterdir():  # the record too
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
-    owned = json.loads((out / "pruning.json").read_text())["replaceme_output"]
+    owned = json.loads((out / ".replaceme-record.json").read_text())
     assert owned["kind"] == "pruned-model" and "tokenizer.model" in owned["files"]
+    assert owned["files"]["tokenizer.model"]["sha256"] == hashlib.sha256((out / "tokenizer.model").read_bytes()).hexdigest()
     # the source is untouched, and no temporary or lock is left beside the output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny"]
 
@@ -100,7 +103,8 @@ def test_compare_retries_a_failed_row_once_its_cause_is_fixed(tmp_path, tiny_dir
     (done,) = [p for p in rows.iterdir() if json.loads(p.read_text())["method"] == "uidl"]
     row = json.loads(done.read_text())
     row["error"], row["metrics"] = "RuntimeError: simulated failure", {}
-    done.write_text(json.dumps(row))  # the row as a run whose method failed records it
+    done.write_text(json.dumps(row))  # the row as a run whose method failed records it (and lists it as written)
+    record_written(out, done)
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0, again.output
     fixed = json.loads(done.read_text())

@@ -19,7 +19,7 @@ from tiny import ROOT, tiny_model
 from replaceme import hookimpl
 from replaceme.cli import cli
 from replaceme.components import Compensator, Method
-from replaceme.paths import ownership_record
+from replaceme.outputs import record_tree
 from replaceme.registry import register_plugin, unregister_plugin
 
 
@@ -74,18 +74,22 @@ def world(tmp_path_factory, tokenizer):
     ours = root / "ours"
     ours.mkdir()
     (ours / "model.safetensors").write_text("old")
-    (ours / "pruning.json").write_text(json.dumps(ownership_record("pruned-model", ["model.safetensors"])))
+    (ours / "pruning.json").write_text(json.dumps({"method": "uidl"}))
+    record_tree(ours, "pruned-model")
     ours_plus = root / "ours_plus"
     ours_plus.mkdir()
-    (ours_plus / "pruning.json").write_text(json.dumps(ownership_record("pruned-model", [])))
+    (ours_plus / "pruning.json").write_text(json.dumps({"method": "uidl"}))
+    record_tree(ours_plus, "pruned-model")
     (ours_plus / "notes.md").write_text("the user's notes")
     cmp_plus = root / "cmp_plus"
     (cmp_plus / "rows").mkdir(parents=True)
-    (cmp_plus / "manifest.json").write_text(json.dumps({"shared_hash": "x", **ownership_record("comparison", ["rows/*.json"])}))
+    (cmp_plus / "manifest.json").write_text(json.dumps({"shared_hash": "x"}))
+    record_tree(cmp_plus, "comparison")
     (cmp_plus / "report.docx").write_text("the user's report")
     cmp_clean = root / "cmp_clean"
     (cmp_clean / "rows").mkdir(parents=True)
-    (cmp_clean / "manifest.json").write_text(json.dumps({"shared_hash": "x", **ownership_record("comparison", ["rows/*.json"])}))
+    (cmp_clean / "manifest.json").write_text(json.dumps({"shared_hash": "x"}))
+    record_tree(cmp_clean, "comparison")
     (root / "table.csv").write_text("precious,csv\n")
     # models that are not what they claim
     more = root / "more_layers"

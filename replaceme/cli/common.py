@@ -193,3 +193,10 @@ def format_option(f: F) -> F:
     return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
                         help="How the table prints: a terminal table that fits the width, plain aligned text "
                              "(logs), markdown, or csv.")(f)
+
+
+def break_lock_option(f: F) -> F:
+    """``--break-lock``: take over the output's lock even when another run seems to hold it."""
+    return click.option("--break-lock", is_flag=True,
+                        help="Take over the output's lock file even if another run seems to hold it (a run "
+                             "killed on another host or container). Make sure no such run is still writing.")(f)

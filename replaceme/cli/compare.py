@@ -8,6 +8,7 @@ import click
 
 from replaceme.cli.common import (
     LimitType,
+    break_lock_option,
     calibration_options,
     count,
     format_option,
@@ -46,13 +47,14 @@ from replaceme.cli.common import (
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="YAML with the same settings; flags override it.")
 @click.option("--output", type=click.Path(file_okay=False), help="Directory for results (csv, md, json, png); re-running resumes.")
 @click.option("--overwrite", is_flag=True, help="Replace an output directory that holds other results.")
+@break_lock_option
 @click.option("--no-cache", is_flag=True, help="Recompute calibration statistics even if cached.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @format_option
 @click.pass_context
 def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl, context_length, stride, max_ppl_tokens, tasks,
             tasks_dir, task_data, num_fewshot, limit, eval_batch_size, device, dtype, trust_remote_code, offload, plan_file,
-            output, overwrite, no_cache, as_json, fmt, **calib) -> None:
+            output, overwrite, break_lock, no_cache, as_json, fmt, **calib) -> None:
     """Compare pruning methods on MODEL fairly: the same weights, the same
     calibration pass and the same evaluation for all, plus the unpruned baseline.
 
@@ -94,7 +96,11 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
     include = list(include_models) or settings.get("include_models") or []
     plan = _compare_plan(model, entries, budgets, spec, ppl_sources, include, values)
     out = output or settings.get("output")
-    outcome = run_comparison(plan, Path(out) if out else None, overwrite=bool(values["overwrite"]), use_cache=not no_cache)
+    from replaceme.outputs.lock import breaking_locks
+
+    with breaking_locks(break_lock):
+        outcome = run_comparison(plan, Path(out) if out else None, overwrite=bool(values["overwrite"]),
+                                 use_cache=not no_cache)
     if outcome is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return
     _report(outcome, model, out, as_json, fmt)

@@ -8,6 +8,7 @@ import click
 
 from replaceme.cli.common import (
     BOUNDED_INT,
+    break_lock_option,
     calibration_options,
     calibration_spec,
     format_option,
@@ -29,10 +30,11 @@ from replaceme.cli.common import (
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the rows as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a heatmap PNG (start × block size).")
-@click.option("--overwrite", is_flag=True, help="Replace existing --csv/--plot files.")
+@click.option("--overwrite", is_flag=True, help="Replace existing --csv/--plot files (only ones replaceme wrote, unchanged).")
+@break_lock_option
 @click.option("--no-cache", is_flag=True, help="Recompute calibration statistics even if cached.")
 @format_option
-def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_path, overwrite, no_cache, device, dtype,
+def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_path, overwrite, break_lock, no_cache, device, dtype,
               trust_remote_code, offload, fmt, **calib) -> None:
     """Show the angular distance of every block of 1..N layers of MODEL.
 
@@ -59,6 +61,7 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
     from replaceme.checks import check_model_inputs, check_text_input
     from replaceme.errors import ReplacemeError
     from replaceme.outputs import output_file, write_text_atomic
+    from replaceme.outputs.lock import breaking_locks
     from replaceme.pipeline import check_layers, prepare
     from replaceme.plots import FORMATS
     from replaceme.registry import adapter_for
@@ -79,7 +82,8 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
         if offload:
             resolved.check_offload()
     inputs = [model, spec.text_source.base]
-    with output_file(csv_path, overwrite=overwrite, inputs=inputs, option="--csv", suffixes=(".csv", ".tsv", ".txt")) as csv_out, \
+    with breaking_locks(break_lock), \
+            output_file(csv_path, overwrite=overwrite, inputs=inputs, option="--csv", suffixes=(".csv", ".tsv", ".txt")) as csv_out, \
             output_file(plot_path, overwrite=overwrite, inputs=inputs, option="--plot", suffixes=FORMATS) as plot_out:
         offloaded = None
         if offload:

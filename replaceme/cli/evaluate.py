@@ -7,13 +7,32 @@ from pathlib import Path
 
 import click
 
-from replaceme.cli.common import SEED, LimitType, count, format_option, model_options, offload_option
+from replaceme.cli.common import (
+    SEED,
+    LimitType,
+    break_lock_option,
+    count,
+    format_option,
+    model_options,
+    offload_option,
+)
 
 
 def split_names(values: tuple[str, ...]) -> list[str]:
     """``("a,b", "c")`` -> ``["a", "b", "c"]`` (order kept, duplicates dropped)."""
     names = [n.strip() for v in values for n in v.split(",")]
     return list(dict.fromkeys(n for n in names if n))
+
+
+def _model_lock(model_or_dir: str, model_card: bool, break_lock: bool):
+    """The lock of the model's folder while its card is to be written (else nothing)."""
+    import contextlib
+
+    if not model_card:
+        return contextlib.nullcontext()
+    from replaceme.outputs import output_lock
+
+    return output_lock(model_or_dir, option="--model-card", break_lock=break_lock)
 
 
 def _command(model_or_dir: str, spec) -> str:
@@ -73,9 +92,10 @@ def _command(model_or_dir: str, spec) -> str:
                    "the same settings, so the card shows what pruning kept.")
 @click.option("--model-card", is_flag=True,
               help="Also put the results into the model card (README.md) of DIR, a model pruned by replaceme.")
+@break_lock_option
 def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, ppl_batch_size, max_ppl_tokens,
              tasks, tasks_dir, task_data, num_fewshot, limit, batch_size, seed, device, dtype, trust_remote_code,
-             offload, as_json, fmt, baseline, model_card) -> None:
+             offload, as_json, fmt, baseline, model_card, break_lock) -> None:
     """Evaluate MODEL_OR_DIR (a model directory or hub id): perplexity and lm-eval tasks.
 
     Perplexity uses non-overlapping windows of --context-length tokens, each
@@ -117,17 +137,20 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
 
     check_model_inputs(model_or_dir, device)
     check_evaluation_inputs(spec)
-    result = _load_and_evaluate(model_or_dir, spec, device, dtype, trust_remote_code, offload)
-    if model_card:
-        from replaceme import model_card as card
+    # the card is written into the model's folder: hold its lock from loading to writing, so that
+    # a prune --overwrite of that folder cannot swap the model between the two
+    with _model_lock(model_or_dir, model_card, break_lock):
+        result = _load_and_evaluate(model_or_dir, spec, device, dtype, trust_remote_code, offload)
+        if model_card:
+            from replaceme import model_card as card
+            from replaceme.outputs import record_written
 
-        from replaceme.outputs import claim
-
-        base = _baseline(model_or_dir, spec, device, dtype, trust_remote_code, offload) if baseline else None
-        card.add_results(model_or_dir, {"metrics": result.metrics, "stderr": result.stderr, "chance": result.chance,
-                                        "task_metrics": result.task_metrics, "baseline": base,
-                                        "command": _command(model_or_dir, spec)})
-        claim(model_or_dir, [CARD_FILE])
+            base = _baseline(model_or_dir, spec, device, dtype, trust_remote_code, offload) if baseline else None
+            check_owned_file(model_or_dir, CARD_FILE, kind="pruned-model", option="--model-card")
+            card.add_results(model_or_dir, {"metrics": result.metrics, "stderr": result.stderr, "chance": result.chance,
+                                            "task_metrics": result.task_metrics, "baseline": base,
+                                            "command": _command(model_or_dir, spec)})
+            record_written(model_or_dir, Path(model_or_dir) / CARD_FILE)
 
     if as_json:
         click.echo(json.dumps({"model": model_or_dir, **result.to_dict()}, indent=2))

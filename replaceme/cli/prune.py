@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_spec, merge_file_settings, model_options, parse_kv
+from replaceme.cli.common import (
+    BOUNDED_INT,
+    break_lock_option,
+    calibration_options,
+    calibration_spec,
+    merge_file_settings,
+    model_options,
+    parse_kv,
+)
 
 
 @click.command()
@@ -22,6 +30,7 @@ from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_s
 @model_options
 @click.option("--output", type=click.Path(file_okay=False), help="Directory for the pruned model.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@break_lock_option
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="YAML with these settings (our names, or ReplaceMe reference keys); flags override it.")
 @click.option("--no-cache", is_flag=True, help="Recompute calibration statistics even if cached.")
@@ -47,7 +56,7 @@ from replaceme.cli.common import BOUNDED_INT, calibration_options, calibration_s
                    "transforms.safetensors (the reference's save_transform_only; the model keeps them folded in).")
 @click.option("--json", "as_json", is_flag=True, help="Print pruning.json to stdout.")
 @click.pass_context
-def prune(ctx: click.Context, model, method, layers, selector, compensator, options, output, overwrite,
+def prune(ctx: click.Context, model, method, layers, selector, compensator, options, output, overwrite, break_lock,
           config_file, no_cache, offload, calib_4bit, gram_device, spill_dir, base_model, strict, save_transforms, as_json,
           device, dtype, trust_remote_code, **calib) -> None:
     """Prune MODEL (directory, hub id, or 'demo') and save a standard model directory.
@@ -105,7 +114,9 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
                  owner_kind="pruned-model")
     from replaceme.distributed import writer_lock
 
-    with writer_lock(out):  # under torchrun rank 0 alone writes
+    from replaceme.outputs.lock import breaking_locks
+
+    with breaking_locks(break_lock), writer_lock(out):  # under torchrun rank 0 alone writes
         result = replaceme.prune(model, method=method, layers=int(layers), calibration=spec, selector=selector,
                                  compensator=compensator, device=device, dtype=dtype, seed=calib["seed"],
                                  use_cache=not no_cache, trust_remote_code=trust_remote_code, offload=offload,

@@ -261,12 +261,13 @@ def _mb(value: int | None) -> float | None:
 
 def _write_distances(stats: Any, max_size: int, out: Path) -> None:
     from replaceme.distances import distance_frame
-    from replaceme.outputs import write_text_atomic
+    from replaceme.outputs import recording, write_text_atomic
     from replaceme.plots import distance_heatmap
 
     sizes = [n for n in range(1, max_size + 1) if n in stats.angular]
     if not sizes:
         return
     frame = distance_frame(stats, max(sizes))
-    write_text_atomic(out / "distances.csv", frame.to_csv(index=False))
-    distance_heatmap(frame, out / "distances.png")
+    with recording(out, out / "distances.csv", out / "distances.png"):
+        write_text_atomic(out / "distances.csv", frame.to_csv(index=False))
+        distance_heatmap(frame, out / "distances.png")

@@ -1,10 +1,12 @@
 """Where a comparison keeps its rows: ``rows/<key>.json``, the manifest and the exports.
 
 The manifest (``manifest.json``) says which comparison the directory holds (its shared
-identity, see :func:`replaceme.compare.schedule.shared_identity`) and is the ownership
-record of the directory: the exact relative path of every file the comparison writes,
-listed *before* the file is written, so that an interrupted run leaves nothing a later
-run would take for the user's. A store without a directory keeps nothing.
+identity, see :func:`replaceme.compare.schedule.shared_identity`). The directory's
+ownership record (:mod:`replaceme.outputs.ownership`) lists the exact relative path of
+every file the comparison writes, with its size and SHA-256: listed as pending *before*
+the file is written and recorded by content after, so that an interrupted run leaves
+nothing a later run would take for the user's, and a file the user adds or edits is
+never replaced. A store without a directory keeps nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ MANIFEST = "manifest.json"
 #: the kind of output in the ownership record (a pruned model is not replaced by a comparison)
 KIND = "comparison"
 #: the exports a comparison may write beside its rows (exact names: extend it when compare writes something new)
-EXPORTS = ("results.csv", "results.md", "results.json", "retained.png", "sweep.png", "distances.csv", "distances.png")
+EXPORTS = ("results.csv", "results.md", "results.json", "retained.png", "sweep.png")
 
 
 def row_path(key: str) -> str:
@@ -36,7 +38,6 @@ class RowStore:
 
     def __init__(self, out: Path | None):
         self.out = out
-        self._owned: list[str] = []
 
     def check(self, identity: str, inputs: Iterable[Any], overwrite: bool) -> bool:
         """Before any work: may the directory hold this comparison? Returns True to resume it.
@@ -62,7 +63,7 @@ class RowStore:
         comparison there is replaced only with ``overwrite``."""
         if self.out is None:
             return
-        from replaceme.outputs import discard_directory, ordinary_permissions, read_ownership
+        from replaceme.outputs import discard_directory, ordinary_permissions, recording, write_json_atomic
 
         out = self.out
         resume = self.check(identity, inputs, overwrite)
@@ -72,16 +73,8 @@ class RowStore:
         (out / "rows").mkdir(parents=True, exist_ok=True)
         if created:
             ordinary_permissions(out)
-        owned = set(EXPORTS)
-        own = read_ownership(out) if resume else None
-        if own is not None:  # files of the same comparison already there stay ours, by exact path
-            owned |= {p for p in own.patterns if not _is_pattern(p)}
-            from replaceme.outputs import listing
-
-            foreign = set(own.foreign(out))
-            owned |= {f for f in listing(out) if f not in foreign and f != own.marker}
-        self._owned = sorted(owned)
-        self._write_manifest(identity, description)
+        with recording(out, out / MANIFEST, kind=KIND):
+            write_json_atomic(out / MANIFEST, {"shared_hash": identity, "plan": description})
 
     def finished(self, keys: Iterable[str]) -> dict[str, Row]:
         """Rows of ``keys`` saved by an earlier run (a failed row is not finished: it is retried)."""
@@ -98,14 +91,20 @@ class RowStore:
         """Save one finished (or failed) row at once."""
         if self.out is None:
             return
-        from replaceme.outputs import write_json_atomic
+        from replaceme.outputs import recording, write_json_atomic
 
-        self._claim(row_path(row.key))
-        write_json_atomic(self.out / row_path(row.key), row.to_dict())
+        path = self.out / row_path(row.key)
+        with recording(self.out, path):
+            write_json_atomic(path, row.to_dict())
 
     def export(self, rows: list[Row], provenance: dict[str, Any]) -> list[Path]:
         """Write the table files and plots (nothing without a directory)."""
-        return write_exports(rows, self.out, provenance) if self.out is not None else []
+        if self.out is None:
+            return []
+        from replaceme.outputs import recording
+
+        with recording(self.out, *(self.out / name for name in EXPORTS)):
+            return write_exports(rows, self.out, provenance)
 
     def _load(self, key: str) -> Row | None:
         if self.out is None:
@@ -125,23 +124,3 @@ class RowStore:
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
-
-    def _claim(self, name: str) -> None:
-        """List ``name`` in the ownership record before it is written."""
-        if name not in self._owned:
-            self._owned = sorted({*self._owned, name})
-            manifest = self._manifest()
-            self._write_manifest(manifest.get("shared_hash"), manifest.get("plan", {}))
-
-    def _write_manifest(self, identity: str | None, description: dict[str, Any]) -> None:
-        from replaceme.outputs import literal, ownership_record, write_json_atomic
-
-        write_json_atomic(self.out / MANIFEST, {"shared_hash": identity, "plan": description,
-                                                 **ownership_record(KIND, [literal(f) for f in self._owned])})
-
-
-def _is_pattern(entry: str) -> bool:
-    """Whether an ownership entry is a glob pattern (written by an earlier version) rather than a path."""
-    from replaceme.outputs import literal
-
-    return literal(entry) != entry

@@ -4,6 +4,7 @@ existing output is replaced only when replaceme wrote it."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -11,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from replaceme.errors import ReplacemeError
-from replaceme.outputs.ownership import Ownership, read_ownership
-from replaceme.outputs.runs import TAG
+from replaceme.outputs.ownership import FILES_KIND, Ownership, read_ownership
+from replaceme.outputs.runs import TAG, restore_orphan
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
@@ -27,19 +28,48 @@ def _without_slice(spec: str) -> str:
     return spec
 
 
+#: what a model id on the Hugging Face hub looks like (``name`` or ``org/name``)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def hub_cache_folder(name: str) -> Path | None:
+    """The local folder of the hub model ``name`` in the Hugging Face cache (every
+    snapshot and blob of it), when it is cached; else None."""
+    if not _HUB_ID.match(name) or os.path.lexists(os.path.expanduser(name)):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "config.json")
+    except Exception:  # noqa: BLE001 - an unusable cache or an invalid id: nothing cached to protect
+        return None
+    if not isinstance(found, str):
+        return None
+    for ancestor in Path(found).parents:
+        if ancestor.name.startswith("models--"):
+            return resolve(ancestor)
+    return resolve(Path(found).parent)
+
+
 def local_inputs(*paths: Any) -> list[Path]:
-    """The inputs among ``paths`` that exist on this machine (hub ids and None are skipped).
+    """The inputs among ``paths`` that exist on this machine, resolved; a hub id is
+    its folder in the Hugging Face cache when cached (see :func:`hub_cache_folder`).
 
     Text sources may carry a record slice (``file.txt[:100]``); it is removed.
+    ``None`` and names found nowhere are skipped.
     """
     out = []
     for p in paths:
         if p is None:
             continue
         for candidate in (str(p), _without_slice(str(p))):
-            if candidate and os.path.lexists(Path(candidate).expanduser()):
+            if candidate and os.path.lexists(os.path.expanduser(candidate)):
                 out.append(resolve(candidate))
                 break
+        else:
+            cached = hub_cache_folder(str(p))
+            if cached is not None:
+                out.append(cached)
     return out
 
 
@@ -104,11 +134,13 @@ def check_output(
     """Decide whether ``target`` may be created (or replaced); raise a one-line error if not.
 
     Nothing is created. Checked, in order: the path is not empty text, not a
-    symlink, not an input or above/inside one; an existing directory (``kind="dir"``)
-    is empty, or is replaceme's and holds only files replaceme wrote (else refused
+    symlink, not an input or above/inside one (hub ids: their cached folder), not
+    a mount point; an existing directory (``kind="dir"``) is empty, or is
+    replaceme's and holds only files its record lists, unchanged (else refused
     even with ``overwrite``), and needs ``overwrite`` unless ``allow_existing``;
-    an existing file (``kind="file"``) needs ``overwrite`` and one of ``suffixes``;
-    the folder it goes into can be created and written.
+    an existing file (``kind="file"``) needs ``overwrite``, one of ``suffixes``,
+    and to be listed, unchanged, in its folder's record; the folder it goes into
+    can be created and written.
 
     Args:
         target: the output path as the user gave it.
@@ -128,20 +160,39 @@ def check_output(
     if path.is_symlink():
         raise ReplacemeError(f"{option} {target} is a symbolic link; give the real path")
     resolved = check_not_input(target, inputs, option=option)
+    restore_orphan(resolved)  # a run killed while replacing it left the previous output aside
     status = OutputStatus(resolved, exists=os.path.lexists(resolved))
+    if status.exists and os.path.ismount(resolved):
+        raise ReplacemeError(f"{option} {target} is a mount point, which cannot be replaced by renaming a finished "
+                             f"output onto it; give a new folder inside it (for example {Path(str(target)) / 'out'})")
     if status.exists:
         if kind == "dir":
             _check_existing_dir(status, target, overwrite=overwrite or allow_existing, option=option,
                                 owner_kind=owner_kind)
         else:
-            if resolved.is_dir():
-                raise ReplacemeError(f"{option} {target} is a directory, not a file")
-            if not overwrite:
-                raise ReplacemeError(f"{option} {target} exists (use --overwrite to replace it)")
-            if suffixes and resolved.suffix.lower() not in suffixes:
-                raise ReplacemeError(f"{option} {target}: refusing to replace a file that is not {'/'.join(suffixes)}")
+            _check_existing_file(status, target, overwrite=overwrite, option=option, suffixes=suffixes)
     _check_parent(resolved, target, option)
     return status
+
+
+def _check_existing_file(status: OutputStatus, target: Any, *, overwrite: bool, option: str,
+                         suffixes: tuple[str, ...]) -> None:
+    """An existing file is replaced only with ``overwrite``, only when the record of its
+    folder lists it and it is unchanged since replaceme wrote it."""
+    resolved = status.path
+    if resolved.is_dir():
+        raise ReplacemeError(f"{option} {target} is a directory, not a file")
+    if not overwrite:
+        raise ReplacemeError(f"{option} {target} exists (use --overwrite to replace it)")
+    if suffixes and resolved.suffix.lower() not in suffixes:
+        raise ReplacemeError(f"{option} {target}: refusing to replace a file that is not {'/'.join(suffixes)}")
+    own = read_ownership(resolved.parent)
+    status.ownership = own
+    if own is None or own.legacy or not own.owns(resolved.parent, resolved.name):
+        why = "was changed since replaceme wrote it" if own and resolved.name in own.files else \
+            "was not written by replaceme"
+        raise ReplacemeError(f"{option} {target} {why}; refusing to replace a file that is not replaceme's as it "
+                             f"wrote it, with or without --overwrite (choose another {option})")
 
 
 def _check_existing_dir(status: OutputStatus, target: Any, *, overwrite: bool, option: str,
@@ -153,16 +204,19 @@ def _check_existing_dir(status: OutputStatus, target: Any, *, overwrite: bool, o
     if status.empty:
         return
     status.ownership = own = read_ownership(resolved)
-    if own is None:
+    if own is None or own.kind == FILES_KIND:
         raise ReplacemeError(f"{option} {target} is not empty and was not written by replaceme; "
                              f"refusing to replace it, with or without --overwrite (choose another {option})")
     if owner_kind is not None and own.kind != owner_kind:
         raise ReplacemeError(f"{option} {target} holds a replaceme {own.kind.replace('-', ' ')}, not a "
                              f"{owner_kind.replace('-', ' ')}; choose another {option}")
-    foreign = own.foreign(resolved)
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise ReplacemeError(f"{option} {target} holds files replaceme did not write ({shown}); "
-                             f"refusing to replace it (move them, or choose another {option})")
+    if own.legacy:
+        raise ReplacemeError(f"{option} {target} was written by an older replaceme that did not record what it "
+                             f"wrote, so replaceme cannot tell whether you changed it; refusing to replace it "
+                             f"(move it away, or choose another {option})")
+    problems = own.describe_problems(resolved)
+    if problems:
+        raise ReplacemeError(f"{option} {target} holds {problems}; refusing to replace it, with or without "
+                             f"--overwrite (move them, or choose another {option})")
     if not overwrite:
         raise ReplacemeError(f"{option} {target} exists (use --overwrite to replace it)")

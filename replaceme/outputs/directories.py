@@ -1,5 +1,17 @@
 """Output directories that appear atomically: written under a temporary name
-beside the target and renamed into place."""
+beside the target and renamed into place.
+
+The replacement sequence, and what a kill at each point leaves:
+
+1. the new output is written in ``.NAME.replaceme-<host>-<pid>-<random>.partial``
+   (killed: the old output is untouched; the next run removes the partial one);
+2. the old output is renamed to ``.NAME.replaceme-<host>-<pid>-<random>.old``
+   (killed before step 3: no output in place, the old one whole under that name;
+   the next run that writes or checks this output **restores** it);
+3. the new output is renamed into place (``renameat2(RENAME_NOREPLACE)`` on Linux:
+   it never lands on an output another run has just placed);
+4. the old output is deleted (killed: the next run finishes deleting it).
+"""
 
 from __future__ import annotations
 
@@ -15,9 +27,12 @@ from typing import Any
 from replaceme.errors import ReplacemeError
 from replaceme.outputs.checks import check_output, resolve
 from replaceme.outputs.lock import output_lock
-from replaceme.outputs.ownership import listing, literal, ownership_record, read_ownership
+from replaceme.outputs.ownership import read_ownership, record_tree
 from replaceme.outputs.rename import raced, rename_noreplace
 from replaceme.outputs.runs import OWNER_FILE, clean_stale, ordinary_permissions, run_owner, temp_name
+
+#: the kind recorded for an output directory whose caller names none
+OUTPUT_KIND = "output"
 
 
 def place_directory(tmp: Path, target: Path, *, replace: bool) -> None:
@@ -43,14 +58,11 @@ def place_directory(tmp: Path, target: Path, *, replace: bool) -> None:
         return
     if not replace:
         raise raced(target)
-    backup: Path | None = temp_name(target, ".old")
+    backup: Path | None = temp_name(target, ".old")  # recoverable until step 4 (see the module docstring)
     try:
         os.rename(target, backup)
     except FileNotFoundError:  # another run moved it away first
         backup = None
-    if backup is not None:
-        with contextlib.suppress(OSError):
-            (backup / OWNER_FILE).write_text(json.dumps(run_owner()), encoding="utf-8")
     try:
         rename_noreplace(tmp, target)
     except FileExistsError:
@@ -66,6 +78,7 @@ def _make_temp_dir(target: Path) -> Path:
     tmp.mkdir()
     ordinary_permissions(tmp)
     (tmp / OWNER_FILE).write_text(json.dumps(run_owner()), encoding="utf-8")
+
     return tmp
 
 
@@ -86,9 +99,10 @@ def atomic_directory(
         overwrite: replace an existing ``target`` (only one replaceme wrote, see
             :func:`~replaceme.outputs.checks.check_output`).
         inputs: paths the run reads; ``target`` may not touch them.
-        marker: ``(file name, kind)``: the JSON file (written by the caller in the
-            temporary directory) that receives the ownership record listing every
-            file written, so that a later ``--overwrite`` may replace it.
+        marker: ``(file name, kind)``: the kind of output (``pruned-model``, ...)
+            recorded, with every file written (size, time, SHA-256), in the
+            folder's record, so that a later ``--overwrite`` may replace it while
+            it is unchanged (the file name is kept for compatibility).
         checked: apply ``check_output``; only replaceme's own caches pass False.
         option: the option's name, for messages.
 
@@ -109,12 +123,8 @@ def atomic_directory(
         try:
             yield tmp
             (tmp / OWNER_FILE).unlink()
-            if marker is not None:
-                name, kind = marker
-                path = tmp / name
-                data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-                data.update(ownership_record(kind, [literal(f) for f in listing(tmp)]))
-                path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+            if checked:
+                record_tree(tmp, kind or OUTPUT_KIND)
             ordinary_permissions(tmp)
             if checked:  # what is there may have changed while we worked
                 if not existed and os.path.lexists(target) and any(target.iterdir()):
@@ -127,12 +137,12 @@ def atomic_directory(
 
 
 def discard_directory(target: Path) -> None:
-    """Delete a directory that ``check_output`` found to be replaceme's: moved
-    to a unique name first, re-checked there, then removed."""
+    """Delete a directory that ``check_output`` found to be replaceme's, unchanged:
+    moved to a unique name first, checked again there, then removed."""
     backup = temp_name(target, ".old")
     os.rename(target, backup)
     own = read_ownership(backup)
-    foreign = own.foreign(backup) if own else ["(no ownership record)"]
+    foreign = own.foreign(backup) if own and not own.legacy else ["(no ownership record)"]
     if foreign:
         rename_noreplace(backup, target)
         raise ReplacemeError(f"{target} changed while checking it ({', '.join(foreign[:3])}); left as it was")

@@ -19,6 +19,7 @@ with ``--break-lock`` (for file systems that keep locks of dead clients).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from typing import Any
 
 from replaceme.errors import ReplacemeError
 from replaceme.outputs.checks import resolve
-from replaceme.outputs.runs import TAG, is_alive, make_parents, read_owner, remove_if_empty, run_owner
+from replaceme.outputs.runs import TAG, is_alive, make_parents, read_owner, remove_if_empty, run_owner, short_name
 
 log = logging.getLogger("replaceme.outputs")
 
@@ -38,11 +39,23 @@ log = logging.getLogger("replaceme.outputs")
 STALE_AFTER_S = 24 * 3600.0
 
 _held: dict[Path, int] = {}
+_breaking: contextvars.ContextVar[bool] = contextvars.ContextVar("replaceme_break_lock", default=False)
+
+
+@contextlib.contextmanager
+def breaking_locks(enabled: bool = True) -> Iterator[None]:
+    """Within this block, :func:`output_lock` takes over locks held by other runs
+    (the command line's ``--break-lock``)."""
+    token = _breaking.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _breaking.reset(token)
 
 
 def lock_path(target: Path) -> Path:
     """The lock file of the (resolved) output ``target``."""
-    return target.with_name(f".{target.name}.{TAG}.lock")
+    return target.with_name(f".{short_name(target)}.{TAG}.lock")
 
 
 def stale_after_s() -> float:
@@ -132,13 +145,17 @@ class _Lock:
 
 
 @contextlib.contextmanager
-def output_lock(target: str | os.PathLike[str], option: str = "--output", *, break_lock: bool = False) -> Iterator[Path]:
+def output_lock(target: str | os.PathLike[str], option: str = "--output", *,
+                break_lock: bool | None = None) -> Iterator[Path]:
     """Hold ``.NAME.replaceme.lock`` beside ``target`` for the whole run.
 
     A second run that wants the same output gets a one-line error at once that
     names the lock file; a lock left by a run that did not finish is taken over
-    (see the module's docstring). Re-entrant within one process.
+    (see the module's docstring), and any lock with ``break_lock`` (default: as
+    set by :func:`breaking_locks`). Re-entrant within one process.
     """
+    if break_lock is None:
+        break_lock = _breaking.get()
     resolved = resolve(target)
     lock = lock_path(resolved)
     if _held.get(lock):

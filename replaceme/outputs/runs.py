@@ -93,49 +93,112 @@ def ordinary_permissions(path: Path) -> None:
         os.chmod(path, 0o666 & ~mask)
 
 
+def short_name(target: Path) -> str:
+    """``target``'s name as used in its temporaries and lock: itself when short, else
+    a prefix and a hash, so that a valid long output name never makes a too-long temporary."""
+    name = target.name
+    if len(os.fsencode(name)) <= 100:
+        return name
+    digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:12]
+    return os.fsdecode(os.fsencode(name)[:40]).rstrip("\ufffd") + "~" + digest
+
+
+def _prefix(target: Path) -> str:
+    return f".{short_name(target)}.{TAG}-"
+
+
 def temp_name(target: Path, suffix: str) -> Path:
-    """A name beside ``target`` unique to this run: ``.NAME.replaceme-<host>-<pid>-<random><suffix>``."""
-    return target.with_name(f".{target.name}.{TAG}-{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+    """A name beside ``target`` unique to this run: ``.NAME.replaceme-<host>-<pid>-<random><suffix>``
+    (a long ``NAME`` is shortened by :func:`short_name`; a long ``suffix`` is dropped)."""
+    if len(suffix) > 24:
+        suffix = ".tmp"
+    return target.with_name(f"{_prefix(target)}{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
 
 
 def _temp_owner_pid(name: str, target: Path) -> int | None:
     """The pid in a temporary name of ``target`` made on this host, else None."""
-    prefix = f".{target.name}.{TAG}-{host_tag()}-"
+    prefix = f"{_prefix(target)}{host_tag()}-"
     if not name.startswith(prefix):
         return None
     pid = name[len(prefix):].split("-", 1)[0]
     return int(pid) if pid.isdigit() else None
 
 
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+
+
+def _restore(entry: Path, target: Path) -> bool:
+    """Put back a previous output that a killed run had moved aside (``target`` is absent)."""
+    from replaceme.outputs.rename import rename_noreplace
+
+    with contextlib.suppress(FileNotFoundError):
+        (entry / OWNER_FILE).unlink()
+    try:
+        rename_noreplace(entry, target)
+    except OSError:
+        return False
+    log.warning("restored %s from %s: a run that was replacing it was interrupted before its new output was "
+                "in place", target, entry.name)
+    return True
+
+
+def _stale(entry: Path, target: Path) -> dict[str, Any] | None:
+    """The owner of the temporary ``entry`` of ``target`` when that run is gone from this host, else None."""
+    owner = read_owner(entry / OWNER_FILE) if entry.is_dir() and not entry.is_symlink() else None
+    if owner is None:
+        pid = _temp_owner_pid(entry.name, target)
+        if pid is None:
+            return None
+        owner = {"pid": pid, "host": socket.gethostname()}
+    return None if is_alive(owner) else owner
+
+
+def _temporaries(target: Path) -> list[Path]:
+    parent = target.parent
+    if not parent.is_dir():
+        return []
+    return sorted((p for p in parent.glob(f"{glob.escape(_prefix(target))}*") if not p.name.endswith(".lock")),
+                  key=lambda p: p.name)
+
+
+def restore_orphan(target: Path) -> bool:
+    """When no output is at ``target`` but a killed run left the previous one moved
+    aside (``.old``), put it back (with a warning); True when one was restored."""
+    if os.path.lexists(target):
+        return False
+    for entry in _temporaries(target):
+        if entry.name.endswith(".old") and _stale(entry, target) is not None and _restore(entry, target):
+            return True
+    return False
+
+
 def clean_stale(target: Path) -> list[Path]:
-    """Remove temporaries of ``target`` left by killed runs; report those of unknown owners.
+    """Tidy what killed runs left beside ``target``; return the temporaries removed.
 
     A temporary is ours when its name is a :func:`temp_name` of ``target``. It is
     stale when its owner process (the owner file inside a directory, else the
-    pid in the name) is gone. Anything else is left alone.
+    pid in the name) is gone from this host. A stale previous output (``.old``)
+    is **restored** when no output is in place (the run died between moving it
+    aside and moving its new output in), and removed only when one is; other
+    stale temporaries are removed. Anything else is left alone.
     """
+    restore_orphan(target)
     removed: list[Path] = []
-    parent = target.parent
-    if not parent.is_dir():
-        return removed
-    for entry in parent.glob(f".{glob.escape(target.name)}.{TAG}-*"):
-        if entry.name.endswith(".lock"):
+    for entry in _temporaries(target):
+        if _stale(entry, target) is None:
+            if _temp_owner_pid(entry.name, target) is None and read_owner(entry / OWNER_FILE) is None:
+                log.warning("found %s, left by a replaceme run on another machine; remove it if no run is active",
+                            entry)
             continue
-        owner = read_owner(entry / OWNER_FILE) if entry.is_dir() and not entry.is_symlink() else None
-        if owner is None:
-            pid = _temp_owner_pid(entry.name, target)
-            if pid is None:
-                log.warning("found %s, left by a replaceme run on another machine; remove it if no run is active", entry)
-                continue
-            owner = {"pid": pid, "host": socket.gethostname()}
-        if is_alive(owner):
-            continue
-        log.warning("removing %s, left behind by an interrupted replaceme run (pid %s)", entry, owner.get("pid"))
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()
+        if entry.name.endswith(".old") and not os.path.lexists(target):
+            continue  # could not be restored: keep it
+        log.warning("removing %s, left behind by an interrupted replaceme run", entry)
+        _remove(entry)
         removed.append(entry)
     return removed
 

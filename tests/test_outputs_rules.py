@@ -1,4 +1,4 @@
-"""Output safety (replaceme.paths): what may be created or replaced, atomic placement,
+"""Output safety (replaceme.outputs): what may be created or replaced, atomic placement,
 unique temporaries, stale leftovers, locks, races and permissions. No models here:
 these are the rules every command goes through."""
 
@@ -15,15 +15,16 @@ import time
 import pytest
 
 from replaceme.errors import ReplacemeError
-from replaceme.paths import (
+from replaceme.outputs import (
     OWNER_FILE,
+    RECORD_FILE,
     atomic_directory,
     atomic_file,
     check_output,
     clean_stale,
     output_lock,
-    ownership_record,
     read_ownership,
+    record_tree,
     temp_name,
     write_text_atomic,
 )
@@ -54,11 +55,12 @@ def source(tmp_path):
 
 
 def mine(path, files=("a.txt",), kind="pruned-model"):
-    """A directory as replaceme writes it: files plus an ownership record listing them."""
+    """A directory as replaceme writes it: files plus a record listing them by content."""
     path.mkdir(parents=True, exist_ok=True)
     for f in files:
         (path / f).write_text("old")
-    (path / "pruning.json").write_text(json.dumps(ownership_record(kind, files)))
+    (path / "pruning.json").write_text(json.dumps({"method": "x"}))
+    record_tree(path, kind)
     return path
 
 
@@ -161,8 +163,8 @@ def test_replacing_keeps_no_backup_and_touches_no_sibling(tmp_path):
         assert tmp.parent == target.parent and tmp.name.startswith(".out.replaceme-") and tmp.name.endswith(".partial")
         (tmp / "new.txt").write_text("new")
         (tmp / "pruning.json").write_text("{}")
-    assert sorted(p.name for p in target.iterdir()) == ["new.txt", "pruning.json"]
-    assert read_ownership(target).patterns == ["new.txt", "pruning.json"]
+    assert sorted(p.name for p in target.iterdir()) == [RECORD_FILE, "new.txt", "pruning.json"]
+    assert sorted(read_ownership(target).files) == ["new.txt", "pruning.json"]
     assert (users_old / "keep").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.old", "out"]
 
@@ -210,7 +212,7 @@ def test_a_second_writer_is_refused_at_once(tmp_path):
     target = tmp_path / "out"
     code = (
         "import sys, time\n"
-        "from replaceme.paths import output_lock\n"
+        "from replaceme.outputs import output_lock\n"
         f"with output_lock({str(target)!r}):\n"
         "    print('locked', flush=True)\n"
         "    time.sleep(30)\n"
@@ -235,7 +237,7 @@ def test_the_loser_of_a_race_fails_and_the_winners_output_is_intact(tmp_path):
         with atomic_directory(target) as tmp:
             (tmp / "loser").write_text("loser")
             mine(target, files=("winner",))  # the other run finished first
-    assert sorted(p.name for p in target.iterdir()) == ["pruning.json", "winner"]
+    assert sorted(p.name for p in target.iterdir()) == [RECORD_FILE, "pruning.json", "winner"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     # the same for files written without replacement
     f = tmp_path / "table.csv"
@@ -261,3 +263,12 @@ def test_outputs_have_ordinary_permissions(tmp_path):
     assert stat.S_IMODE((out / "sub").stat().st_mode) == 0o755
     assert stat.S_IMODE((out / "weights").stat().st_mode) == 0o644
     assert stat.S_IMODE((out / "results.csv").stat().st_mode) == 0o644
+
+
+def test_the_old_module_re_exports_the_new_homes():
+    import replaceme.paths as old
+    from replaceme import outputs, schema
+    from replaceme.cache_location import cache_dir
+
+    assert old.atomic_directory is outputs.atomic_directory and old.check_output is outputs.check_output
+    assert old.cache_dir is cache_dir and old.read_yaml_mapping is schema.read_yaml_mapping
