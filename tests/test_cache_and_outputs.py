@@ -31,7 +31,8 @@ def _stats() -> ActivationStats:
     return stats
 
 
-def test_a_cache_file_is_used_only_for_its_own_key_and_format(caplog):
+def test_a_cache_file_is_used_only_for_its_own_key_and_format(caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("replaceme"), "propagate", True)  # a CLI run in this process turns it off
     save_cached("a" * 32, _stats())
     assert load_cached("a" * 32).angular == {1: {1: 0.25, 2: 0.5}}
     # a file from another run copied under this key: not used

@@ -102,7 +102,8 @@ def test_resume_recomputes_rows_after_the_model_or_the_ppl_file_changed(tmp_path
     keys = {r["key"] for r in saved}
     assert len(keys) == 3 and len(list((out / "rows").iterdir())) == 7
 
-    # the ownership record lists exact paths, every one of them (no pattern)
-    owned = json.loads((out / "manifest.json").read_text())["replaceme_output"]["files"]
+    # the ownership record lists exact paths, every one of them (no pattern), each by content
+    owned = json.loads((out / ".replaceme-record.json").read_text())["files"]
     assert {f"rows/{k}.json" for k in keys} <= set(owned)
     assert not [f for f in owned if any(c in f for c in "*?[")]
+    assert all("sha256" in entry for entry in owned.values())  # no write was left pending

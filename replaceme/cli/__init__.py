@@ -67,18 +67,22 @@ class LazyGroup(click.Group):
         Our own errors (:class:`ReplacemeError`), click's usage errors and library
         errors caused by the user's files exit 2; anything unexpected exits 1 with
         a hint to rerun with ``--debug`` (which prints the traceback) and report it.
+        Ctrl-C, SIGTERM and SIGHUP unwind the command (locks released, temporaries
+        removed: see :mod:`replaceme.cli.signals`) and exit 128 + the signal's number.
         """
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         argv = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in argv[: _first_command(argv)] or os.environ.get("REPLACEME_DEBUG", "") not in ("", "0")
+        from replaceme.cli.signals import terminating_like_ctrl_c
+
         try:
-            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            with terminating_like_ctrl_c():
+                code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as exc:  # --help, --version
             code = exc.exit_code
-        except click.exceptions.Abort:
-            click.echo("Error: interrupted", err=True)
-            code = 130
+        except click.exceptions.Abort as exc:
+            code = _interrupted(exc)
         except click.exceptions.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             click.echo(f"Error: {_one_line(exc.format_message())}{hint}", err=True)
@@ -97,9 +101,8 @@ class LazyGroup(click.Group):
                 if debug:
                     traceback.print_exc()
                 click.echo(f"Error: {message}", err=True)
-        except KeyboardInterrupt:
-            click.echo("Error: interrupted", err=True)
-            code = 130
+        except KeyboardInterrupt as exc:
+            code = _interrupted(exc)
         sys.exit(code if isinstance(code, int) else 0)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -158,6 +161,15 @@ def _first_command(argv: list[str]) -> int:
         if word in COMMANDS:
             return i
     return len(argv)
+
+
+def _interrupted(exc: BaseException) -> int:
+    """Say that the run was interrupted (and by which signal); return the exit status."""
+    from replaceme.cli.signals import terminated_by
+
+    signal = terminated_by(exc)
+    click.echo(f"Error: interrupted by {signal.name}" if signal else "Error: interrupted", err=True)
+    return signal.exit_code if signal else 130
 
 
 def _one_line(text: str) -> str:

@@ -11,21 +11,24 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 
 class RunDirectory:
-    """A run-unique temporary directory, removed by :meth:`close` (a context manager)."""
+    """A run-unique temporary directory, removed by :meth:`close` (a context manager).
+
+    Made by :func:`replaceme.outputs.runs.make_run_dir` (``<parent>/<prefix><host>-<pid>-<random>``
+    with an owner file), so that what a killed run leaves is removed by a later one.
+    """
 
     prefix = "replaceme-"
 
     def __init__(self, parent: str | Path | None = None):
-        if parent is not None:
-            Path(parent).mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=self.prefix, dir=parent))
+        from replaceme.outputs.runs import make_run_dir
+
+        self.path = make_run_dir(parent, self.prefix)
         self._names = itertools.count()
         self.bytes_written = 0
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -198,6 +199,49 @@ def clean_stale(target: Path) -> list[Path]:
         if entry.name.endswith(".old") and not os.path.lexists(target):
             continue  # could not be restored: keep it
         log.warning("removing %s, left behind by an interrupted replaceme run", entry)
+        _remove(entry)
+        removed.append(entry)
+    return removed
+
+
+def make_run_dir(parent: str | os.PathLike[str] | None, prefix: str = f"{TAG}-") -> Path:
+    """A new directory for this run's temporaries (``--offload`` activations, spills):
+    ``<parent>/<prefix><host>-<pid>-<random>``, private to the user, holding an owner
+    file. Directories of this scheme in ``parent`` whose run is gone from this host
+    are removed first (:func:`clean_stale_runs`). ``parent`` defaults to the system's
+    temporary folder (``$TMPDIR``); ``~`` is expanded."""
+    import tempfile
+
+    root = Path(os.path.expanduser(os.fspath(parent))) if parent is not None else Path(tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    clean_stale_runs(root)
+    path = root / f"{prefix}{host_tag()}-{os.getpid()}-{secrets.token_hex(4)}"
+    path.mkdir(mode=0o700)
+    (path / OWNER_FILE).write_text(json.dumps(run_owner()), encoding="utf-8")
+    return path
+
+
+def clean_stale_runs(parent: Path) -> list[Path]:
+    """Remove what runs gone from this host left in ``parent``: run directories
+    (:func:`make_run_dir`), and unfinished temporaries (:func:`temp_name`: files
+    ``*.tmp*`` and directories ``*.partial``; never a previous output ``*.old``)."""
+    temporary = re.compile(rf"^\..+\.{TAG}-{host_tag()}-(\d+)-[0-9a-f]{{8}}(\.tmp.*|\.partial)$")
+    removed = []
+    try:
+        entries = sorted(parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = temporary.match(entry.name)
+        if match:
+            owner: dict[str, Any] | None = {"pid": int(match.group(1)), "host": socket.gethostname()}
+        elif entry.name.startswith(TAG) and entry.is_dir() and not entry.is_symlink():
+            owner = read_owner(entry / OWNER_FILE)
+        else:
+            continue
+        if owner is None or owner.get("host") != socket.gethostname() or is_alive(owner):
+            continue
+        log.warning("removing %s, left behind by an interrupted replaceme run (pid %s)", entry, owner.get("pid"))
         _remove(entry)
         removed.append(entry)
     return removed

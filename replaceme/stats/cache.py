@@ -124,10 +124,12 @@ def load_cached(key: str, model_shape: tuple[int, int] | None = None,
 def save_cached(key: str, stats: ActivationStats) -> Path | None:
     """Write stats atomically; returns the path, or None (with a warning) when they cannot be stored."""
     from replaceme.outputs import atomic_file
+    from replaceme.outputs.runs import clean_stale_runs
 
     path = cache_path(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_runs(path.parent)  # cache writes of killed runs
         with atomic_file(path) as tmp:
             torch.save({"format": FORMAT_VERSION, "key": key, "stats": _stats_to_dict(stats)}, tmp)
     except Exception as exc:  # a read-only or full disk, a file where the folder should be, ...
