@@ -8,22 +8,59 @@ one line on stderr and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+from typing import Any
+
+#: the longest message an error shows (a safety net: values in it are already :func:`shown`)
+MAX_MESSAGE = 2000
 
 
 class ReplacemeError(Exception):
     """An error the user can fix; its message is shown as a single line.
 
-    Line breaks in the message (a user's value can hold them) are written as ``\\n``.
+    Line breaks in the message (a user's value can hold them) are written as ``\\n``;
+    a message longer than :data:`MAX_MESSAGE` characters is cut in the middle.
     """
 
     def __init__(self, message: object = "", *args: object) -> None:
         text = str(message).replace("\r", "\\r").replace("\n", "\\n")
+        if len(text) > MAX_MESSAGE:
+            half = MAX_MESSAGE // 2
+            text = f"{text[:half]} ... {text[-half:]}"
         super().__init__(text, *args)
+
+
+class _Shown(reprlib.Repr):
+    """``repr`` that stops early: bounded in length, depth and items, whatever the value."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.maxstring = self.maxother = self.maxlong = limit
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = 4
+        self.maxlevel = 3
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 200:  # a huge integer: never convert it all to text
+            return f"<an integer of about {int(x.bit_length() * 0.30103) + 1} digits>"
+        return super().repr_int(x, level)
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``value`` as an error message shows it: a ``repr`` cut to about ``limit``
+    characters, computed in bounded time and memory (a huge integer, a deep or
+    self-expanding structure from a YAML alias bomb, a megabyte string)."""
+    try:
+        text = _Shown(limit).repr(value)
+    except Exception:  # noqa: BLE001 - a value whose repr fails: say what it is
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit + 5 else text[:limit] + "..."
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
+    if len(word) > 200:  # no close match is that long; difflib would take long to say so
+        return ""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -32,7 +69,7 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> ReplacemeError:
     """Build the error for an unknown name among ``choices``."""
     choices = sorted(choices)
     return ReplacemeError(
-        f"unknown {kind} '{name}'{did_you_mean(name, choices)}; "
+        f"unknown {kind} {shown(name)}{did_you_mean(name, choices)}; "
         f"choose from: {', '.join(choices) or '(none)'}"
     )
 

@@ -130,9 +130,32 @@ def world(tmp_path_factory, tokenizer):
     (root / "plan_unknown.yaml").write_text(f"model: {model}\nmethds: [uidl]\n")
     (root / "plan_wrong_type.yaml").write_text(f"model: {model}\nppl: 3\n")
     (root / "plan_method_type.yaml").write_text(f"model: {model}\nmethods:\n  - name: uidl\n    options: fast\n")
-    # a lock held by a live process (our parent) on ./locked
+    bomb = "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9 if p else ['lol'] * 9)}]\n"
+                   for p, c in zip(" abcdefgh", "abcdefghi"))  # a 9**9 alias bomb in 300 bytes
+    (root / "cfg_duplicate.yaml").write_text(f"model: {model}\nmethod: uidl\nlayers: 1\nlayers: 2\n")
+    (root / "cfg_bomb.yaml").write_text(f"model: {model}\n{bomb}")
+    (root / "cfg_huge_int.yaml").write_text(f"model: {model}\nmethod: uidl\nlayers: {'9' * 5000}\n")
+    (root / "plan_bomb.yaml").write_text(f"model: {model}\n{bomb}")
+    # a pruned model fine-tuned and saved back in place; a card edited by hand; an older record
+    tuned = root / "tuned"
+    tuned.mkdir()
+    (tuned / "model.safetensors").write_text("pruned weights")
+    (tuned / "README.md").write_text("card")
+    record_tree(tuned, "pruned-model")
+    (tuned / "model.safetensors").write_text("fine-tuned weights")
+    carded = root / "carded"
+    carded.mkdir()
+    (carded / "README.md").write_text("card")
+    record_tree(carded, "pruned-model")
+    (carded / "README.md").write_text("the user's own card")
+    legacy = root / "legacy"
+    legacy.mkdir()
+    (legacy / "pruning.json").write_text(json.dumps({"replaceme_output": {"tool": "replaceme", "kind": "pruned-model",
+                                                                           "files": ["*"]}}))
+    # a lock held by a live process (our parent) on ./locked; one of another host on ./elsewhere
     (root / ".locked.replaceme.lock").write_text(
         json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": time.time()}))
+    (root / ".elsewhere.replaceme.lock").write_text(json.dumps({"pid": 4242, "host": "node-17", "started": time.time()}))
     return root
 
 
@@ -158,6 +181,18 @@ CASES = {
     "output-exists": (lambda w: _prune(w, output=w / "ours"), "exists \\(use --overwrite"),
     "output-under-a-file": (lambda w: _prune(w, output=w / "table.csv" / "out"), "is not a directory"),
     "output-locked-by-another-run": (lambda w: _prune(w, output=w / "locked"), "another replaceme run"),
+    "output-locked-by-another-host": (lambda w: _prune(w, output=w / "elsewhere"),
+                                      "pid 4242 on node-17.*lock file .*elsewhere.replaceme.lock.*--break-lock"),
+    "output-changed-since-written": (lambda w: _prune(w, "--overwrite", output=w / "tuned"),
+                                     "changed since replaceme wrote them \\(model.safetensors\\)"),
+    "output-of-an-older-version": (lambda w: _prune(w, "--overwrite", output=w / "legacy"), "older replaceme"),
+    "spill-dir-inside-source": (lambda w: _prune(w, "--spill-dir", w / "model" / "spill"),
+                                "--spill-dir .* is inside the input"),
+    "model-card-edited": (lambda w: ["evaluate", w / "carded", "--ppl", w / "calib.txt", "--model-card"],
+                          "--model-card: .*README.md was not written by replaceme, or was changed"),
+    "distances-csv-not-replacemes": (
+        lambda w: ["distances", w / "model", "-n", "1", "--calib", w / "calib.txt", "--csv", w / "table.csv",
+                   "--overwrite"], "--csv .*table.csv was not written by replaceme"),
     "compare-overwrite-foreign-files": (
         lambda w: ["compare", w / "model", "-m", "uidl", "--calib", w / "calib.txt", "--ppl", w / "calib.txt",
                    "--output", w / "cmp_plus", "--overwrite"], "did not write .*report.docx"),
@@ -183,6 +218,10 @@ CASES = {
     "config-options-not-mapping": (lambda w: ["prune", "--config", w / "cfg_options_list.yaml"], "'options' must be a mapping"),
     "config-invalid-yaml": (lambda w: ["prune", "--config", w / "cfg_bad_yaml.yaml"], "not valid YAML"),
     "config-not-text": (lambda w: ["prune", "--config", w / "cfg_binary.yaml"], "not a text file"),
+    "config-duplicate-key": (lambda w: ["prune", "--config", w / "cfg_duplicate.yaml"], "duplicate key 'layers'"),
+    "config-alias-bomb": (lambda w: ["prune", "--config", w / "cfg_bomb.yaml"], "aliases expand to more than"),
+    "config-huge-integer": (lambda w: ["prune", "--config", w / "cfg_huge_int.yaml"], "integer of 5000 digits"),
+    "plan-alias-bomb": (lambda w: ["compare", "--plan", w / "plan_bomb.yaml"], "aliases expand to more than"),
     "plan-unknown-key": (lambda w: ["compare", "--plan", w / "plan_unknown.yaml"], "unknown key 'methds'.*did you mean 'methods'"),
     "plan-wrong-type": (lambda w: ["compare", "--plan", w / "plan_wrong_type.yaml"], "'ppl' must be a string or a list of strings"),
     "plan-method-wrong-type": (lambda w: ["compare", "--plan", w / "plan_method_type.yaml"], "methods\\[1\\].*'options' must be a mapping"),

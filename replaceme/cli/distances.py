@@ -60,7 +60,7 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
     from replaceme.loading import load_model
     from replaceme.checks import check_model_inputs, check_text_input
     from replaceme.errors import ReplacemeError
-    from replaceme.outputs import output_file, write_text_atomic
+    from replaceme.outputs import check_work_dirs, output_file, write_text_atomic
     from replaceme.outputs.lock import breaking_locks
     from replaceme.pipeline import check_layers, prepare
     from replaceme.plots import FORMATS
@@ -82,6 +82,7 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
         if offload:
             resolved.check_offload()
     inputs = [model, spec.text_source.base]
+    check_work_dirs(inputs, cache=not no_cache)
     with breaking_locks(break_lock), \
             output_file(csv_path, overwrite=overwrite, inputs=inputs, option="--csv", suffixes=(".csv", ".tsv", ".txt")) as csv_out, \
             output_file(plot_path, overwrite=overwrite, inputs=inputs, option="--plot", suffixes=FORMATS) as plot_out:

@@ -98,7 +98,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     if missing:
         raise ReplacemeError(f"missing {', '.join(missing)} (see 'replaceme prune --help')")
     from replaceme.checks import check_model_inputs, check_text_input
-    from replaceme.outputs import check_output
+    from replaceme.outputs import check_output, check_work_dirs
 
     out = Path(output)
     if base_model is not None:
@@ -110,10 +110,10 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     check_model_inputs(model, device)
     if spec is not None:
         check_text_input(spec.text_source, "--calib")
-    check_output(out, inputs=[model, spec.text_source.base if spec else None], overwrite=overwrite,
-                 owner_kind="pruned-model")
+    inputs = [model, spec.text_source.base if spec else None]
+    check_output(out, inputs=inputs, overwrite=overwrite, owner_kind="pruned-model")
+    check_work_dirs(inputs, spill_dir=spill_dir, output=out, cache=not no_cache)
     from replaceme.distributed import writer_lock
-
     from replaceme.outputs.lock import breaking_locks
 
     with breaking_locks(break_lock), writer_lock(out):  # under torchrun rank 0 alone writes

@@ -74,6 +74,7 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     """
     from replaceme import distributed
     from replaceme.methods import resolve_method
+    from replaceme.outputs import check_work_dirs
 
     resolved = {m.label: resolve_method(m.name, m.options, selector=m.selector, compensator=m.compensator) for m in plan.methods}
     if plan.offload:
@@ -82,6 +83,7 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     check_comparison_inputs(plan)
     store = RowStore(output)
     store.check(shared_identity(plan), comparison_inputs(plan), overwrite)
+    check_work_dirs(comparison_inputs(plan), output=output, cache=use_cache)
     with distributed.writer_lock(output):  # under torchrun rank 0 alone writes
         return _run(plan, resolved, store, overwrite, use_cache)
 

@@ -94,6 +94,35 @@ def check_not_input(target: str | os.PathLike[str], inputs: Iterable[Any], *, op
     return resolved
 
 
+def check_work_dirs(inputs: Iterable[Any], *, spill_dir: Any = None, output: Any = None,
+                    cache: bool = True) -> None:
+    """Refuse places a run writes temporaries or caches into that are an input or lie
+    inside one (or inside ``output``, which must appear whole at the end): ``--spill-dir``
+    (else the system's temporary folder, ``$TMPDIR``) and, with ``cache``, the
+    statistics cache. A folder that merely *contains* an input is fine: the run writes
+    a new folder of its own there."""
+    import tempfile
+
+    from replaceme.cache_location import cache_dir
+
+    places = [(spill_dir, "--spill-dir") if spill_dir is not None else (tempfile.gettempdir(), "the temporary folder ($TMPDIR)")]
+    if cache:
+        places.append((cache_dir("stats"), "the statistics cache ($REPLACEME_CACHE)"))
+    sources = local_inputs(*inputs)
+    if output is not None:
+        sources.append(resolve(output))
+    for place, what in places:
+        if not str(place).strip():
+            raise ReplacemeError(f"{what} is empty")
+        resolved = resolve(place)
+        for source in sources:
+            relation = _relation(resolved, source)
+            if relation in ("is", "is inside"):
+                name = "the output" if output is not None and source == resolve(output) else "the input"
+                raise ReplacemeError(f"{what} {place} {relation} {name} {source}; replaceme never writes temporaries "
+                                     f"or caches into its inputs or outputs (choose another place)")
+
+
 def _check_parent(resolved: Path, shown: Any, option: str) -> None:
     """The nearest existing folder above ``resolved`` must be a writable directory."""
     for ancestor in resolved.parents:
