@@ -50,6 +50,7 @@ def test_a_cache_file_is_used_only_for_its_own_key_and_format(caplog, monkeypatc
 
 
 def test_an_unusable_cache_location_is_a_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(logging.getLogger("replaceme"), "propagate", True)  # a CLI run in this process turns it off
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")
     monkeypatch.setenv("REPLACEME_CACHE", str(blocker))

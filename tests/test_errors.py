@@ -131,7 +131,7 @@ def world(tmp_path_factory, tokenizer):
     (root / "plan_wrong_type.yaml").write_text(f"model: {model}\nppl: 3\n")
     (root / "plan_method_type.yaml").write_text(f"model: {model}\nmethods:\n  - name: uidl\n    options: fast\n")
     bomb = "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9 if p else ['lol'] * 9)}]\n"
-                   for p, c in zip(" abcdefgh", "abcdefghi"))  # a 9**9 alias bomb in 300 bytes
+                   for p, c in zip(["", *"abcdefgh"], "abcdefghi"))  # a 9**9 alias bomb in 300 bytes
     (root / "cfg_duplicate.yaml").write_text(f"model: {model}\nmethod: uidl\nlayers: 1\nlayers: 2\n")
     (root / "cfg_bomb.yaml").write_text(f"model: {model}\n{bomb}")
     (root / "cfg_huge_int.yaml").write_text(f"model: {model}\nmethod: uidl\nlayers: {'9' * 5000}\n")
