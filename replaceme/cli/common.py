@@ -200,3 +200,10 @@ def break_lock_option(f: F) -> F:
     return click.option("--break-lock", is_flag=True,
                         help="Take over the output's lock file even if another run seems to hold it (a run "
                              "killed on another host or container). Make sure no such run is still writing.")(f)
+
+
+def bootstrap_option(f: F) -> F:
+    """``--bootstrap-iters``: resamples for perplexity error bars (lm-eval's default, vectorised)."""
+    return click.option("--bootstrap-iters", type=count(0), default=100_000, show_default=True,
+                        help="Bootstrap resamples for the standard error of perplexities (ours and lm-eval's); "
+                             "0 = none. Accuracies use a closed form.")(f)

@@ -8,6 +8,7 @@ import click
 
 from replaceme.cli.common import (
     LimitType,
+    bootstrap_option,
     break_lock_option,
     calibration_options,
     count,
@@ -40,7 +41,9 @@ from replaceme.cli.common import (
 @click.option("--task-data", type=click.Path(file_okay=False), help="Data directory of the offline task pack ($REPLACEME_TASK_DATA).")
 @click.option("--num-fewshot", type=count(0), help="Few-shot examples (default: each task's own).")
 @click.option("--limit", type=LimitType(), help="Documents per task (an integer, or a fraction < 1).")
-@click.option("--eval-batch-size", type=count(), default=8, show_default=True, help="lm-eval and perplexity batch size.")
+@click.option("--eval-batch-size", type=count(), default=8, show_default=True,
+              help="Evaluation batch size: lm-eval requests, and perplexity windows, per forward pass.")
+@bootstrap_option
 @model_options
 @offload_option("the calibration pass, plan scoring and every row's evaluation; each method's variant holds only "
                 "the layers its merge changed")
@@ -53,8 +56,8 @@ from replaceme.cli.common import (
 @format_option
 @click.pass_context
 def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl, context_length, stride, max_ppl_tokens, tasks,
-            tasks_dir, task_data, num_fewshot, limit, eval_batch_size, device, dtype, trust_remote_code, offload, plan_file,
-            output, overwrite, break_lock, no_cache, as_json, fmt, **calib) -> None:
+            tasks_dir, task_data, num_fewshot, limit, eval_batch_size, bootstrap_iters, device, dtype, trust_remote_code,
+            offload, plan_file, output, overwrite, break_lock, no_cache, as_json, fmt, **calib) -> None:
     """Compare pruning methods on MODEL fairly: the same weights, the same
     calibration pass and the same evaluation for all, plus the unpruned baseline.
 
@@ -86,8 +89,9 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
     settings = read_plan_file(plan_file) if plan_file else {}
     values = merge_file_settings(ctx, settings, dict(
         context_length=context_length, stride=stride, max_ppl_tokens=max_ppl_tokens, tasks=tasks, tasks_dir=tasks_dir,
-        task_data=task_data, num_fewshot=num_fewshot, limit=limit, eval_batch_size=eval_batch_size, device=device,
-        dtype=dtype, trust_remote_code=trust_remote_code, overwrite=overwrite, offload=offload, **calib))
+        task_data=task_data, num_fewshot=num_fewshot, limit=limit, eval_batch_size=eval_batch_size,
+        bootstrap_iters=bootstrap_iters, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+        overwrite=overwrite, offload=offload, **calib))
     model = model or model_opt or settings.get("model") or _demo_name()
     entries = _method_entries(methods, settings, options)
     budgets = _budgets(layers, settings, model)
@@ -183,6 +187,7 @@ def _compare_plan(model: str, entries: list, budgets: list[int], spec, ppl_sourc
         max_ppl_tokens=values["max_ppl_tokens"], tasks=task_list, tasks_dir=values["tasks_dir"],
         task_data=values["task_data"], num_fewshot=values["num_fewshot"], limit=parse_limit(values["limit"]),
         batch_size=values["eval_batch_size"], ppl_batch_size=values["eval_batch_size"], seed=spec.seed,
+        bootstrap_iters=values["bootstrap_iters"],
         device=values["device"], dtype=values["dtype"],
     )
     return ComparePlan(model=model, methods=entries, layers=budgets, calibration=spec, evaluation=evaluation,

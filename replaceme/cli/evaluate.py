@@ -10,6 +10,7 @@ import click
 from replaceme.cli.common import (
     SEED,
     LimitType,
+    bootstrap_option,
     break_lock_option,
     count,
     format_option,
@@ -83,6 +84,7 @@ def _command(model_or_dir: str, spec) -> str:
 @click.option("--batch-size", type=count(), default=8, show_default=True,
               help="lm-eval requests per forward pass.")
 @click.option("--seed", type=SEED, default=1234, show_default=True, help="Seed for lm-eval and few-shot sampling.")
+@bootstrap_option
 @model_options
 @offload_option("perplexity and lm-eval log-likelihoods for all batches, layer by layer")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON instead of a table.")
@@ -94,8 +96,8 @@ def _command(model_or_dir: str, spec) -> str:
               help="Also put the results into the model card (README.md) of DIR, a model pruned by replaceme.")
 @break_lock_option
 def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, ppl_batch_size, max_ppl_tokens,
-             tasks, tasks_dir, task_data, num_fewshot, limit, batch_size, seed, device, dtype, trust_remote_code,
-             offload, as_json, fmt, baseline, model_card, break_lock) -> None:
+             tasks, tasks_dir, task_data, num_fewshot, limit, batch_size, seed, bootstrap_iters, device, dtype,
+             trust_remote_code, offload, as_json, fmt, baseline, model_card, break_lock) -> None:
     """Evaluate MODEL_OR_DIR (a model directory or hub id): perplexity and lm-eval tasks.
 
     Perplexity uses non-overlapping windows of --context-length tokens, each
@@ -123,7 +125,7 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
         ppl=list(ppl), ppl_split=ppl_split, ppl_column=ppl_column, context_length=context_length, stride=stride,
         ppl_batch_size=ppl_batch_size, max_ppl_tokens=max_ppl_tokens, tasks=split_names(tasks), tasks_dir=tasks_dir,
         task_data=task_data, num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, seed=seed,
-        device=device, dtype=dtype,
+        bootstrap_iters=bootstrap_iters, device=device, dtype=dtype,
     )
     if spec.is_empty:
         raise ReplacemeError("nothing to evaluate: give --ppl SOURCE and/or --tasks NAMES (see --help)")

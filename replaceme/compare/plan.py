@@ -159,7 +159,8 @@ def plan_schema() -> dict[str, Any]:
         "ppl": STRS, "context_length": Key(("int",), minimum=2, maximum=2**31 - 1), "stride": COUNT,
         "max_ppl_tokens": COUNT, "tasks": STRS, "tasks_dir": STR, "task_data": STR,
         "num_fewshot": Key(("int",), minimum=0, maximum=2**31 - 1), "limit": Key(("int", "float"), minimum=0, maximum=2**31 - 1),
-        "eval_batch_size": COUNT, "output": STR, "device": STR, "include_models": Key(("str", "list")),
+        "eval_batch_size": COUNT, "bootstrap_iters": Key(("int",), minimum=0, maximum=2**31 - 1), "output": STR,
+        "device": STR, "include_models": Key(("str", "list")),
         "dtype": Key(("str",), choices=("auto", "float32", "bfloat16", "float16")), "offload": Key(("bool",)),
     }
 

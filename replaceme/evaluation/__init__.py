@@ -84,11 +84,15 @@ def evaluate(model: Any, tokenizer: Any, spec: EvalSpec, *, offloaded: Any = Non
             batch_size=spec.ppl_batch_size,
             max_tokens=spec.max_ppl_tokens,
             description=f"perplexity {source}",
+            bootstrap_iters=spec.bootstrap_iters,
             scorer=scorer,
         )
         result.metrics[key] = ppl.ppl
         result.tokens[key] = ppl.tokens
-        result.details[key] = {"ppl": ppl.ppl, "nll": ppl.nll, "tokens": ppl.tokens, "windows": ppl.windows}
+        if ppl.stderr is not None:
+            result.stderr[key] = ppl.stderr
+        result.details[key] = {"ppl": ppl.ppl, "ppl_stderr": ppl.stderr, "nll": ppl.nll, "tokens": ppl.tokens,
+                               "windows": ppl.windows}
         result.seconds[key] = time.perf_counter() - t0
 
     if spec.tasks:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from replaceme.errors import ReplacemeError, did_you_mean
+from replaceme.evaluation.bootstrap import DEFAULT_ITERS, lm_eval_bootstrap
 from replaceme.evaluation.chance import known_chance, objects_by_name
 from replaceme.evaluation.tasks import DATA_ENV, PACK_DIR, PACK_TASKS, resolve_data_dir
 
@@ -105,7 +106,7 @@ def run_tasks(
     limit: int | float | None = None,
     batch_size: int = 8,
     seed: int = 1234,
-    bootstrap_iters: int = 100,
+    bootstrap_iters: int = DEFAULT_ITERS,
     max_length: int | None = None,
     offloaded: Any = None,
 ) -> TaskResults:
@@ -166,7 +167,7 @@ def run_tasks(
         lm.attach(offloaded, model)
     _seed_everything(seed)
     # lm-eval prints (bootstrap notices) on stdout, which carries our results.
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), lm_eval_bootstrap():  # vectorised, not lm-eval's process pool
         results = evaluate(lm=lm, task_dict=task_dict, limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False)
     return _collect(results, loaded, limit)
 

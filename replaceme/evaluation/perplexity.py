@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from replaceme.console import track
+from replaceme.evaluation.bootstrap import ratio_stderr
 from replaceme.errors import ReplacemeError
 from replaceme.evaluation.device import model_device
 
@@ -51,12 +52,16 @@ class PerplexityResult:
         nll: mean negative log-likelihood per scored token, in nats.
         tokens: tokens scored.
         windows: forward windows used.
+        stderr: bootstrap standard error of ``ppl`` over the scored batches
+            (:func:`replaceme.evaluation.bootstrap.ratio_stderr`); None with
+            fewer than two batches or ``bootstrap_iters=0``.
     """
 
     ppl: float
     nll: float
     tokens: int
     windows: int
+    stderr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +267,7 @@ def perplexity(
     add_bos: bool | None = None,
     description: str = "perplexity",
     scorer: Callable[[Sequence[WindowBatch], str], Iterator[tuple[float, int] | None]] | None = None,
+    bootstrap_iters: int = 0,
 ) -> PerplexityResult:
     """Perplexity of ``model`` on the concatenation of ``texts`` (see the module docstring).
 
@@ -280,6 +286,7 @@ def perplexity(
         description: progress bar label.
         scorer: scores the batches instead of :func:`score_batches` (``--offload``
             passes the layer-by-layer engine's, which needs all of them at once).
+        bootstrap_iters: resamples of the scored batches for ``stderr`` (0: none).
 
     Raises:
         ReplacemeError: corpus too short, or a NaN/Inf loss.
@@ -304,7 +311,8 @@ def perplexity(
 
     tokens = torch.tensor(ids, dtype=torch.long)
     batches = [batch_windows(tokens, batch, bos) for batch in _chunks(windows, batch_size)]
-    total, count = 0.0, 0
+    sums: list[float] = []
+    counts: list[int] = []
     scores = score_batches(model, batches, description) if scorer is None else scorer(batches, description)
     for number, scored in enumerate(scores):
         if scored is None:
@@ -312,11 +320,12 @@ def perplexity(
                 f"{description}: NaN/Inf loss in batch {number + 1} of {len(batches)} "
                 "(the model's logits overflow; try --dtype float32)"
             )
-        total += scored[0]
-        count += scored[1]
-    mean = total / count
+        sums.append(scored[0])
+        counts.append(scored[1])
+    mean = sum(sums) / sum(counts)
     ppl = math.exp(mean) if mean < 709.0 else math.inf
-    return PerplexityResult(ppl=ppl, nll=mean, tokens=count, windows=len(windows))
+    stderr = ratio_stderr(sums, counts, bootstrap_iters) if math.isfinite(ppl) else None
+    return PerplexityResult(ppl=ppl, nll=mean, tokens=sum(counts), windows=len(windows), stderr=stderr)
 
 
 #: one batch of windows: ``(input_ids, attention_mask, targets)``, each ``[B, T]`` (see :func:`batch_windows`)

@@ -52,8 +52,10 @@ class EvalSpec:
         limit: documents per task (an int, or a fraction < 1); ``None`` = all.
         batch_size: lm-eval batch size (requests per forward pass).
         seed: seed for lm-eval's python/numpy/torch and few-shot sampling.
-        bootstrap_iters: bootstrap resamples for the stderr of non-mean metrics
-            (LAMBADA perplexity); accuracies use a closed form. 0 = no stderr.
+        bootstrap_iters: bootstrap resamples for the stderr of perplexities (ours,
+            over scored batches, and lm-eval's, e.g. LAMBADA's), vectorised
+            (:mod:`replaceme.evaluation.bootstrap`); lm-eval's default, 100,000.
+            Accuracies use a closed form. 0 = no stderr.
 
     Where it runs:
 
@@ -77,7 +79,7 @@ class EvalSpec:
     limit: int | float | None = None
     batch_size: int = 8
     seed: int = 1234
-    bootstrap_iters: int = 100
+    bootstrap_iters: int = 100_000
     device: str = "auto"
     dtype: str = "auto"
 

@@ -57,6 +57,7 @@ def test_evaluate_api(tiny_llama, char_tokenizer, text_file, synthetic_task_data
     assert list(result.metrics) == [key, "boolq", "winogrande"]
     assert result.tokens[key] == len(char_tokenizer(TEXT, add_special_tokens=False)["input_ids"])
     assert result.metrics[key] == pytest.approx(result.details[key]["ppl"]) and result.metrics[key] > 1
+    assert result.stderr[key] > 0 and result.details[key]["ppl_stderr"] == result.stderr[key]  # bootstrap over batches
     assert result.task_metrics == {"boolq": "acc", "winogrande": "acc"}
     assert result.details["boolq"]["samples"] == 3
     assert set(result.seconds) == {key, "lm_eval", "total"}
