@@ -117,6 +117,7 @@ def prune(
     gram_device: str | None = None,
     base_model: str | None = None,
     strict: bool = False,
+    stats_passes: str = "auto",
     **method_options: Any,
 ) -> PruneResult | None:
     """Prune ``layers`` decoder layers with ``method``.
@@ -157,6 +158,10 @@ def prune(
         base_model: the Hub id the model card names as ``base_model`` (for a local copy of
             a Hub model; by default the source's own id when it is one, see :mod:`replaceme.hub_ids`).
         strict: refuse options that the configuration in effect ignores (otherwise a warning).
+        stats_passes: ``auto``, ``"1"`` or ``"2"``: with a distance selector, two passes
+            (tables, then what the compensator needs for the chosen blocks only) hold
+            far smaller statistics at the cost of a second forward pass; ``auto``
+            takes them above 1 GiB of one-pass statistics (:mod:`replaceme.passes`).
         **method_options: shorthand for ``options`` where the name is unambiguous
             (``prune(..., alpha=1e-3)``); a key given both ways is an error.
 
@@ -200,7 +205,7 @@ def prune(
     adapter = adapter_for(model)
     torch.manual_seed(seed)
     prepared = prepare(model, adapter, [Run(resolved, layers)], calibration, tokenizer, use_cache=use_cache, seed=seed,
-                       offloaded=offloaded, spill_dir=spill_dir, gram_device=gram_device)
+                       offloaded=offloaded, spill_dir=spill_dir, gram_device=gram_device, passes=str(stats_passes))
     usage.update(prepared.usage)
     if calib_4bit:  # statistics came from the 4-bit copy; prune the full-precision weights
         del model

@@ -82,6 +82,12 @@ class SelectionContext:
 class Selector(Component):
     """Chooses the blocks to remove from the shared statistics."""
 
+    #: True when :meth:`select` reads nothing but what :meth:`stats_request` asks for (no
+    #: scorer, no compensation): the orchestration may then run a first pass for the
+    #: selection alone and gather what the compensator needs for the chosen blocks only
+    #: (two passes, far smaller statistics; see ``replaceme.stats.estimate``).
+    selects_from_tables: ClassVar[bool] = False
+
     def candidates(self, ctx: SelectionContext) -> list[Block]:
         """Every block this selector could choose (limits what statistics are gathered)."""
         raise NotImplementedError

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from replaceme.stats.store import ActivationStats
 
 log = logging.getLogger(__name__)
+#: held-out tokens of the shared pass (see :func:`replaceme.stats.collect.split_batches`)
+HOLDOUT_TOKENS = 8192
+#: statistics estimates from this size up are logged at INFO (below: DEBUG)
+ESTIMATE_SHOWN_AT = 16 * 2**20
 
 
 def check_layers(layers: int, num_layers: int) -> None:
@@ -39,7 +43,7 @@ def gather_stats(
     request: StatsRequest,
     *,
     use_cache: bool = True,
-    holdout_tokens: int = 8192,
+    holdout_tokens: int = HOLDOUT_TOKENS,
     spill: Any = None,
     stats_device: Any = None,
 ) -> Any:
@@ -170,6 +174,7 @@ def prepare(
     offloaded: Any = None,
     spill_dir: Any = None,
     gram_device: Any = None,
+    passes: str = "auto",
 ) -> Prepared:
     """The one orchestration path of ``prune``, ``compare`` and ``distances``:
     (model, methods × budgets, calibration) → shared statistics.
@@ -189,6 +194,7 @@ def prepare(
             directory (:mod:`replaceme.stats.spill`) instead of RAM.
         gram_device: where the float64 Gram sums live during the pass (default:
             the compute device).
+        passes: ``auto``, ``1`` or ``2`` statistics passes (:mod:`replaceme.passes`).
     """
     num_layers = adapter.num_layers(model)
     errors: dict[tuple[str, int], str] = {}
@@ -206,13 +212,14 @@ def prepare(
     for _, req in live:
         request = request.union(req)
     stats, spec, usage, memory = _statistics(model, adapter, request, calibration, tokenizer, live, use_cache, seed,
-                                             offloaded, spill_dir, gram_device)
+                                             offloaded, spill_dir, gram_device, passes=passes, extra=extra)
     return Prepared(stats, request, spec, errors=errors, usage=usage, memory=memory)
 
 
 def _statistics(model, adapter, request, calibration, tokenizer, live, use_cache, seed, offloaded, spill_dir,
-                gram_device=None):
-    """Calibration set + shared pass for ``request`` (nothing when it is empty)."""
+                gram_device=None, passes="auto", extra=None):
+    """Calibration set + shared pass(es) for ``request`` (nothing when it is empty): the
+    estimate of what the statistics will hold is logged first, and recorded."""
     from replaceme import distributed
     from replaceme.calibration import build_calibration
     from replaceme.stats.store import ActivationStats
@@ -233,16 +240,23 @@ def _statistics(model, adapter, request, calibration, tokenizer, live, use_cache
     # --offload keeps its activation sample on disk too (system temporary directory by
     # default): the whole point is memory that does not grow with the model or the data
     spill = Spill(spill_dir) if spill_dir is not None or offloaded is not None else None
+    plan = _plan_passes(model, adapter, calib, request, live, extra, passes)
+
+    def one_pass(req: StatsRequest) -> Any:
+        if offloaded is not None:
+            from replaceme.stats.layerwise import collect_stats_layerwise
+
+            return distributed.shared_pass(offloaded.device, calib.num_batches, lambda batches: collect_stats_layerwise(
+                offloaded, calib, req, spill=spill, stats_device=gram_device, batches=batches))
+        return gather_stats(model, adapter, calib, req, use_cache=use_cache, spill=spill, stats_device=gram_device)
+
     try:
         with Meter() as m:
-            if offloaded is not None:
-                from replaceme.stats.layerwise import collect_stats_layerwise
+            stats = one_pass(plan.first)
+            if plan.two:
+                from replaceme.passes import merge_passes, second_request
 
-                stats = distributed.shared_pass(offloaded.device, calib.num_batches, lambda batches: collect_stats_layerwise(
-                    offloaded, calib, request, spill=spill, stats_device=gram_device, batches=batches))
-            else:
-                stats = gather_stats(model, adapter, calib, request, use_cache=use_cache, spill=spill,
-                                     stats_device=gram_device)
+                stats = merge_passes(stats, one_pass(second_request(stats, live, adapter.num_layers(model))))
     finally:
         if spill is not None:
             spill.close()  # every file is already unlinked; the mapped tensors stay valid
@@ -250,8 +264,31 @@ def _statistics(model, adapter, request, calibration, tokenizer, live, use_cache
     log.info("shared calibration pass: %d tokens, %.1f s", stats.tokens, m.usage.seconds)
     gram_at = next((str(g.xtx.device) for g in stats.gram.values()), None)
     memory = {**stats.memory_bytes(), "gram_device": gram_at, "sample_on_disk": spill is not None,
-              "spilled_bytes": spill.bytes_written if spill is not None else 0}
+              "spilled_bytes": spill.bytes_written if spill is not None else 0, "passes": 2 if plan.two else 1,
+              "estimate": plan.chosen.to_dict(), "one_pass_estimate": plan.one_pass.to_dict()}
     return stats, spec, usage, memory
+
+
+def _plan_passes(model, adapter, calib, request, live, extra, passes):
+    """One pass or two (:func:`replaceme.passes.plan_passes`), logged with its estimate."""
+    from replaceme import distributed
+    from replaceme.passes import plan_passes
+    from replaceme.stats.collect import plan_batches
+
+    def slots_of(req: StatsRequest) -> int:  # token slots (B × T) of the batches the sample keeps
+        holdout, sample = plan_batches(calib, req, HOLDOUT_TOKENS)
+        return sum(calib.masks[b].numel() for b in {*holdout, *sample}) if req.wants_sample else 0
+
+    plan = plan_passes(live, extra, request, num_layers=adapter.num_layers(model), hidden=int(model.config.hidden_size),
+                       dtype_bytes=next(model.parameters()).element_size(), slots_of=slots_of, passes=passes,
+                       shared=distributed.world().active)
+    # said aloud where it matters (tiny runs would only add a line of noise): -v shows it always
+    level = logging.INFO if plan.two or plan.chosen.total_bytes >= ESTIMATE_SHOWN_AT else logging.DEBUG
+    log.log(level, "statistics estimate: %s", plan.chosen.describe())
+    if plan.two:
+        log.info("two statistics passes (tables, then the chosen blocks only) instead of one holding %s",
+                 plan.one_pass.describe().split(", 1 pass")[0])
+    return plan
 
 
 def apply_method(

@@ -69,6 +69,7 @@ class DistanceSelector(Selector):
     """Pick the blocks with the best score from a distance table (lower is better)."""
 
     Options = DistanceOptions
+    selects_from_tables = True
     #: scoring function: (stats, block) -> float, lower = safer to remove.
     score = staticmethod(scoring.angular)
 

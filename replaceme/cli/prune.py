@@ -54,11 +54,15 @@ from replaceme.cli.common import (
 @click.option("--save-transforms", is_flag=True,
               help="Also write the estimated maps and the removed blocks beside the model as "
                    "transforms.safetensors (the reference's save_transform_only; the model keeps them folded in).")
+@click.option("--stats-passes", type=click.Choice(["auto", "1", "2"]), default="auto", show_default=True,
+              help="With a distance selector, 2 = a distance pass, then the statistics of the chosen blocks only "
+                   "(Gram sums 16·h² per block instead of 16·h²·(L-n); one more forward pass); auto takes 2 above "
+                   "1 GiB of one-pass statistics. The estimate is logged and recorded in pruning.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print pruning.json to stdout.")
 @click.pass_context
 def prune(ctx: click.Context, model, method, layers, selector, compensator, options, output, overwrite, break_lock,
-          config_file, no_cache, offload, calib_4bit, gram_device, spill_dir, base_model, strict, save_transforms, as_json,
-          device, dtype, trust_remote_code, **calib) -> None:
+          config_file, no_cache, offload, calib_4bit, gram_device, spill_dir, base_model, strict, save_transforms,
+          stats_passes, as_json, device, dtype, trust_remote_code, **calib) -> None:
     """Prune MODEL (directory, hub id, or 'demo') and save a standard model directory.
 
     --layers N always means the result has N fewer decoder layers. The output
@@ -121,7 +125,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
                                  compensator=compensator, device=device, dtype=dtype, seed=calib["seed"],
                                  use_cache=not no_cache, trust_remote_code=trust_remote_code, offload=offload,
                                  spill_dir=spill_dir, calib_4bit=calib_4bit, gram_device=gram_device, options=opts,
-                                 base_model=base_model, strict=strict)
+                                 base_model=base_model, strict=strict, stats_passes=stats_passes)
         if result is None:  # a torchrun rank other than 0: its share is delivered, rank 0 writes and reports
             return
         replaceme.save_pruned(result, out, overwrite=overwrite, save_transforms=save_transforms)

@@ -1,0 +1,57 @@
+"""Statistics in one pass or two (a distance pass, then the chosen blocks only): the
+same pruned model, far smaller statistics, and an estimate that matches what is held."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tiny import tiny_model
+
+import replaceme
+from replaceme.calibration import CalibrationSpec
+from replaceme.errors import ReplacemeError
+
+
+def _prune(model, tokenizer, path, method, passes, **options):
+    spec = CalibrationSpec(str(path), samples=40, max_length=48, batch_size=4)
+    return replaceme.prune(model, method=method, layers=2, calibration=spec, tokenizer=tokenizer, use_cache=False,
+                           stats_passes=passes, **options)
+
+
+@pytest.mark.parametrize("method, options", [("replaceme-lstsq", {}), ("replaceme-cosine", {"lbfgs_steps": 5}),
+                                             ("replaceme-lstsq", {"num_blocks": 2})])
+def test_two_passes_prune_what_one_pass_does_with_smaller_statistics(tokenizer, calib_file, method, options):
+    base = tiny_model("llama", layers=8)
+    one = _prune(copy.deepcopy(base), tokenizer, calib_file, method, "1", **options)
+    two = _prune(copy.deepcopy(base), tokenizer, calib_file, method, "2", **options)
+    assert one.plan.blocks == two.plan.blocks
+    for a, b in zip(one.outcome.compensations, two.outcome.compensations):
+        assert torch.equal(a.transform, b.transform)  # the same tokens, summed in the same order
+    for name, tensor in one.model.state_dict().items():
+        assert torch.equal(tensor, two.model.state_dict()[name]), name
+    m1, m2 = one.stats_memory, two.stats_memory
+    assert (m1["passes"], m2["passes"]) == (1, 2)
+    # the estimate logged before the pass is what one pass holds, and a bound for two
+    # (made before selection: chosen blocks that touch share a boundary)
+    assert (m1["estimate"]["gram_bytes"], m1["estimate"]["sample_bytes"]) == (m1["gram"], m1["sample"])
+    assert m2["estimate"]["gram_bytes"] >= m2["gram"] and m2["estimate"]["sample_bytes"] >= m2["sample"]
+    assert m2["estimate"]["passes"] == 2 and m2["one_pass_estimate"] == m1["estimate"]
+    blocks = len(two.plan.blocks)
+    h, L, n = 32, 8, 2 // blocks
+    if method == "replaceme-lstsq":
+        assert m1["gram"] == 16 * h * h * (L - n) and m2["gram"] == 16 * h * h * blocks
+    else:
+        assert m1["gram"] == m2["gram"] == 0 and m2["sample"] < m1["sample"] / 3
+
+
+def test_two_passes_are_refused_for_a_selector_that_scores_plans(tokenizer, calib_file):
+    with pytest.raises(ReplacemeError, match="stats-passes 2"):
+        _prune(tiny_model("llama", layers=6), tokenizer, calib_file, "replaceme-lstsq", "2",
+               selector="calibration-loss")
+
+
+def test_auto_keeps_one_pass_for_small_statistics(tokenizer, calib_file):
+    result = _prune(tiny_model("llama", layers=6), tokenizer, calib_file, "replaceme-lstsq", "auto")
+    assert result.stats_memory["passes"] == 1 and result.stats_memory["one_pass_estimate"]["passes"] == 1
