@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from replaceme.errors import ReplacemeError, did_you_mean
+from replaceme.errors import ReplacemeError, did_you_mean, shown
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         log.warning("%s: key '%s' of the reference config is ignored: %s", path, key, why)
 
     def reject(key: str, why: str) -> ReplacemeError:
-        return ReplacemeError(f"{path}: {key}: {raw[key]!r} cannot be reproduced here ({why})")
+        return ReplacemeError(f"{path}: {key}: {shown(raw[key])} cannot be reproduced here ({why})")
 
     for key, value in raw.items():
         if key in _WARN:

@@ -74,6 +74,33 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> ReplacemeError:
     )
 
 
+#: errno values that mean a write did not fit: a full disk, a file-size limit (``ulimit -f``), a quota
+NO_SPACE_ERRNOS = {28, 27, 122}  # ENOSPC, EFBIG, EDQUOT (Linux)
+#: how libraries that hide the errno (safetensors, torch.save) word the same failures
+NO_SPACE_TEXT = ("no space left on device", "file too large", "disk quota exceeded", "storagefull",
+                 "filetoolarge", "file write failed")
+
+
+def no_space(exc: BaseException) -> str | None:
+    """The reason when ``exc`` (or what caused it) is a full disk, a size limit or a quota, else None."""
+    import errno
+    import os
+
+    codes = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    seen = 0
+    link: BaseException | None = exc
+    while link is not None and seen < 20:
+        if isinstance(link, OSError) and link.errno in codes:
+            return link.strerror or os.strerror(link.errno)
+        text = str(link).lower()
+        marker = next((m for m in NO_SPACE_TEXT if m in text), None)
+        if marker is not None and not isinstance(link, ReplacemeError):
+            return {"storagefull": "no space left on device", "filetoolarge": "file too large"}.get(marker, marker)
+        link = link.__cause__ or link.__context__
+        seen += 1
+    return None
+
+
 #: exit status of an error the user can fix (and of click's usage errors)
 USER_ERROR = 2
 #: exit status of an unexpected error (a bug, or a failure we do not know)
@@ -102,6 +129,8 @@ def _known(exc: BaseException) -> str | None:
     text = _first_line(str(exc))
     if isinstance(exc, ReplacemeError):
         return text or name
+    if not isinstance(exc, ReplacemeError) and (reason := no_space(exc)) is not None:
+        return f"no space left on the device while writing ({reason}); free some space, raise the limit, or write elsewhere"
     if isinstance(exc, MemoryError) or name == "OutOfMemoryError":
         return f"out of memory ({text or name}); try a smaller --batch-size or --max-length"
     if isinstance(exc, OSError):

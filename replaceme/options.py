@@ -24,7 +24,7 @@ import typing
 from collections.abc import Iterable
 from typing import Any, Literal, Union, get_args, get_origin
 
-from replaceme.errors import ReplacemeError, did_you_mean
+from replaceme.errors import ReplacemeError, did_you_mean, shown
 from replaceme.schema import INT_LIMIT
 
 
@@ -68,14 +68,14 @@ def check_value(name: str, value: Any, metadata: Any = None) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return value
     if isinstance(value, float) and not math.isfinite(value) and not meta.get("nonfinite"):
-        raise ReplacemeError(f"option '{name}': must be a finite number, got {value!r}")
+        raise ReplacemeError(f"option '{name}': must be a finite number, got {shown(value)}")
     if isinstance(value, int) and abs(value) > INT_LIMIT:
         raise ReplacemeError(f"option '{name}': {value} is too large (at most {INT_LIMIT})")
     low, high = meta.get("minimum"), meta.get("maximum")
     if low is not None and value < low:
-        raise ReplacemeError(f"option '{name}': must be >= {low}, got {value!r}")
+        raise ReplacemeError(f"option '{name}': must be >= {low}, got {shown(value)}")
     if high is not None and value > high:
-        raise ReplacemeError(f"option '{name}': must be <= {high}, got {value!r}")
+        raise ReplacemeError(f"option '{name}': must be <= {high}, got {shown(value)}")
     return value
 
 
@@ -119,14 +119,14 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
                 return coerce(name, value, arg)
             except ReplacemeError as exc:
                 errors.append(str(exc))
-        raise ReplacemeError(errors[0] if errors else f"option '{name}': bad value {value!r}")
+        raise ReplacemeError(errors[0] if errors else f"option '{name}': bad value {shown(value)}")
     if origin is Literal:
         choices = get_args(tp)
         for c in choices:
             if value == c or str(value) == str(c):
                 return c
         raise ReplacemeError(
-            f"option '{name}': {value!r} is not one of {', '.join(map(str, choices))}"
+            f"option '{name}': {shown(value)} is not one of {', '.join(map(str, choices))}"
             f"{did_you_mean(str(value), map(str, choices))}"
         )
     if tp is bool:
@@ -137,12 +137,12 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
             return True
         if text in ("0", "false", "no", "off"):
             return False
-        raise ReplacemeError(f"option '{name}': expected true/false, got {value!r}")
+        raise ReplacemeError(f"option '{name}': expected true/false, got {shown(value)}")
     if tp in (int, float):
         if isinstance(value, bool):
-            raise ReplacemeError(f"option '{name}': expected {tp.__name__}, got {value!r}")
+            raise ReplacemeError(f"option '{name}': expected {tp.__name__}, got {shown(value)}")
         if isinstance(value, (list, tuple, dict, set)) or value is None:
-            raise ReplacemeError(f"option '{name}': expected {tp.__name__}, got {value!r}")
+            raise ReplacemeError(f"option '{name}': expected {tp.__name__}, got {shown(value)}")
         try:
             if tp is float:
                 number = float(value)
@@ -159,11 +159,11 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
                 except ValueError:
                     number = int(text, 0)  # 0x.., 0o.., 0b..
         except (TypeError, ValueError, OverflowError):
-            raise ReplacemeError(f"option '{name}': expected {tp.__name__}, got {value!r}") from None
+            raise ReplacemeError(f"option '{name}': expected {tp.__name__}, got {shown(value)}") from None
         return number
     if tp is str:
         if isinstance(value, (list, tuple, dict, set)) or value is None:
-            raise ReplacemeError(f"option '{name}': expected a string, got {value!r}")
+            raise ReplacemeError(f"option '{name}': expected a string, got {shown(value)}")
         return str(value)
     return value
 

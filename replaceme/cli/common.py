@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from replaceme.errors import shown
+
 F = Callable[..., Any]
 
 #: the largest count an option accepts (sizes, lengths, budgets): far above any real use, within 32 bits
@@ -39,13 +41,13 @@ class FiniteFloat(click.ParamType):
         try:
             number = float(value)
         except (TypeError, ValueError, OverflowError):
-            self.fail(f"{value!r} is not a number", param, ctx)
+            self.fail(f"{shown(value)} is not a number", param, ctx)
         if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
+            self.fail(f"{shown(value)} is not a finite number", param, ctx)
         above = self.maximum is not None and (number >= self.maximum if self.max_open else number > self.maximum)
         if (self.minimum is not None and number < self.minimum) or above:
             bound = f"below {self.maximum}" if self.max_open else f"at most {self.maximum}"
-            self.fail(f"{value!r} is not between {self.minimum} and {self.maximum} ({bound})", param, ctx)
+            self.fail(f"{shown(value)} is not between {self.minimum} and {self.maximum} ({bound})", param, ctx)
         return number
 
 
@@ -58,14 +60,14 @@ def convert(self, value, param, ctx):
             try:
                 number = float(value)
             except ValueError:
-                self.fail(f"{value!r} is not a number", param, ctx)
+                self.fail(f"{shown(value)} is not a number", param, ctx)
         if not math.isfinite(number) or number > INT_MAX:
-            self.fail(f"{value!r}: give a count (1, 2, ...) or a fraction in (0, 1)", param, ctx)
+            self.fail(f"{shown(value)}: give a count (1, 2, ...) or a fraction in (0, 1)", param, ctx)
         if 0 < number < 1:
             return number
         if number >= 1 and number.is_integer():
             return int(number)
-        self.fail(f"{value!r}: give a count (1, 2, ...) or a fraction in (0, 1)", param, ctx)
+        self.fail(f"{shown(value)}: give a count (1, 2, ...) or a fraction in (0, 1)", param, ctx)
 
 
 def calibration_options(f: F) -> F:
@@ -159,12 +161,12 @@ def parse_limit(value: Any) -> int | float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ReplacemeError(f"--limit: {value!r} is not a number") from None
+        raise ReplacemeError(f"--limit: {shown(value)} is not a number") from None
     if math.isfinite(number) and 0 < number < 1:
         return number
     if math.isfinite(number) and 1 <= number <= INT_MAX and number.is_integer():
         return int(number)
-    raise ReplacemeError(f"--limit: {value!r}: give a count (1, 2, ...) or a fraction in (0, 1)")
+    raise ReplacemeError(f"--limit: {shown(value)}: give a count (1, 2, ...) or a fraction in (0, 1)")
 
 
 class LimitType(click.ParamType):

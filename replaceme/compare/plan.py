@@ -9,7 +9,7 @@ from typing import Any
 from replaceme.calibration import CalibrationSpec
 from replaceme.compare.external import IncludedModel
 from replaceme.compare.results import BASELINE
-from replaceme.errors import ReplacemeError
+from replaceme.errors import ReplacemeError, shown
 from replaceme.evaluation.spec import EvalSpec
 
 
@@ -97,9 +97,9 @@ def parse_layers(text: str) -> list[int]:
     try:
         values = [int(part) for part in str(text).split(",") if part.strip()]
     except ValueError:
-        raise ReplacemeError(f"--layers expects comma-separated integers, got {text!r}") from None
+        raise ReplacemeError(f"--layers expects comma-separated integers, got {shown(text)}") from None
     if any(abs(v) > 2**31 - 1 for v in values):
-        raise ReplacemeError(f"--layers: {text!r} is out of range")
+        raise ReplacemeError(f"--layers: {shown(text)} is out of range")
     return values
 
 

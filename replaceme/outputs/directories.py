@@ -26,6 +26,7 @@ from typing import Any
 
 from replaceme.errors import ReplacemeError
 from replaceme.outputs.checks import check_output, resolve
+from replaceme.outputs.failures import writing
 from replaceme.outputs.lock import output_lock
 from replaceme.outputs.ownership import read_ownership, record_tree
 from replaceme.outputs.rename import raced, rename_noreplace
@@ -119,9 +120,11 @@ def atomic_directory(
         target = resolve(target)
     with output_lock(target, option=option):
         clean_stale(target)
-        tmp = _make_temp_dir(target)
+        with writing(target, "creating a temporary folder beside"):
+            tmp = _make_temp_dir(target)
         try:
-            yield tmp
+            with writing(target):
+                yield tmp
             (tmp / OWNER_FILE).unlink()
             if checked:
                 record_tree(tmp, kind or OUTPUT_KIND)
@@ -130,7 +133,8 @@ def atomic_directory(
                 if not existed and os.path.lexists(target) and any(target.iterdir()):
                     raise raced(target)
                 check_output(target, kind="dir", inputs=items, overwrite=overwrite, option=option, owner_kind=kind)
-            place_directory(tmp, target, replace=overwrite or not checked)
+            with writing(target, "renaming into place"):
+                place_directory(tmp, target, replace=overwrite or not checked)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from replaceme.outputs.failures import writing
 from replaceme.outputs.rename import raced, rename_noreplace
 from replaceme.outputs.runs import ordinary_permissions, temp_name
 
@@ -27,7 +28,8 @@ def atomic_file(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(target, ".tmp" + (target.suffix if suffix is None else suffix))
     try:
-        yield tmp
+        with writing(target):
+            yield tmp
         ordinary_permissions(tmp)
         if replace:
             os.replace(tmp, target)
