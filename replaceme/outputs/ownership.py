@@ -167,8 +167,14 @@ def write_record(directory: Path, own: Ownership) -> None:
 
 
 def record_tree(directory: Path, kind: str) -> Ownership:
-    """Record every file now under ``directory`` as replaceme's (a folder it has just written)."""
-    own = Ownership(kind, {rel: file_entry(directory / rel) for rel in listing(directory)})
+    """Record every file now under ``directory`` as replaceme's (a folder it has just written);
+    the files of a sharded checkpoint are hashed in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = listing(directory)
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1, len(names)))) as pool:
+        entries = pool.map(lambda rel: file_entry(directory / rel), names)  # hashlib releases the GIL
+        own = Ownership(kind, dict(zip(names, entries)))
     write_record(directory, own)
     return own
 
