@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from replaceme.errors import ReplacemeError
+
 
 @dataclass(frozen=True, order=True)
 class Block:
@@ -94,3 +96,37 @@ def greedy_non_overlapping(
             if len(picked) == count:
                 break
     return picked
+
+
+# Candidate lists shared by selectors. ``ctx`` is a
+# :class:`replaceme.components.SelectionContext` (num_layers, layers,
+# layers_added_per_block, separate_blocks).
+
+
+def block_size(ctx: Any, num_blocks: int) -> int:
+    """Layers per block when ``--layers`` is split evenly into ``num_blocks`` blocks
+    (plus the layers the compensator writes back into each)."""
+    if ctx.layers % num_blocks:
+        raise ReplacemeError(f"--layers {ctx.layers} cannot be split evenly into num_blocks={num_blocks} blocks")
+    return ctx.layers // num_blocks + ctx.layers_added_per_block
+
+
+def blocks_of_size(ctx: Any, n: int) -> list[Block]:
+    """Every block of ``n`` layers that starts after layer 0."""
+    if n > ctx.num_layers - 1:
+        raise ReplacemeError(f"a block of {n} layers does not fit after layer 0 of a {ctx.num_layers}-layer model")
+    return [Block(s, s + n) for s in range(1, ctx.num_layers - n + 1)]
+
+
+def first_removable(ctx: Any, keep_first: bool) -> int:
+    """The lowest layer a single-layer selector may remove: 1 when layer 0 must stay
+    (``keep_first``, or a compensator that writes into the layer before each block), else 0."""
+    return 1 if (keep_first or ctx.separate_blocks) else 0
+
+
+def single_layers(ctx: Any, selector: str, keep_first: bool) -> list[Block]:
+    """Every one-layer block a single-layer selector (ShortGPT, SLEB) may remove."""
+    if ctx.layers_added_per_block:
+        raise ReplacemeError(f"selector '{selector}' removes single layers; it cannot be used with a "
+                             "compensator that writes layers back")
+    return [Block(i, i + 1) for i in range(first_removable(ctx, keep_first), ctx.num_layers)]

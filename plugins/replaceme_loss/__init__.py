@@ -30,7 +30,15 @@ from replaceme.components import Method, SelectionContext, Selector
 from replaceme.errors import ReplacemeError
 from replaceme.hookspecs import hookimpl
 from replaceme.options import option
-from replaceme.plan import Block, Plan, greedy_non_overlapping
+from replaceme.plan import (
+    Block,
+    Plan,
+    block_size,
+    blocks_of_size,
+    first_removable,
+    greedy_non_overlapping,
+    single_layers,
+)
 from replaceme.stats.request import StatsRequest
 
 log = logging.getLogger(__name__)
@@ -77,13 +85,9 @@ class CalibrationLossSelector(Selector):
     Options = CalibrationLossOptions
 
     def block_size(self, ctx: SelectionContext) -> int:
-        from replaceme_selectors import block_size
-
         return block_size(ctx, self.options.num_blocks)
 
     def candidates(self, ctx: SelectionContext) -> list[Block]:
-        from replaceme_selectors import blocks_of_size
-
         return blocks_of_size(ctx, self.block_size(ctx))
 
     def stats_request(self, ctx: SelectionContext) -> StatsRequest:
@@ -146,13 +150,9 @@ class SlebSelector(Selector):
     Options = SlebOptions
 
     def _lowest(self, ctx: SelectionContext) -> int:
-        from replaceme_selectors import first_removable
-
         return first_removable(ctx, self.options.keep_first)
 
     def candidates(self, ctx: SelectionContext) -> list[Block]:
-        from replaceme_selectors import single_layers
-
         return single_layers(ctx, self.name, self.options.keep_first)
 
     def stats_request(self, ctx: SelectionContext) -> StatsRequest:

@@ -22,37 +22,19 @@ from replaceme.components import SelectionContext, Selector
 from replaceme.errors import ReplacemeError
 from replaceme.hookspecs import hookimpl
 from replaceme.options import option
-from replaceme.plan import Block, Plan, greedy_non_overlapping, merge_touching
+# block_size, blocks_of_size, first_removable and single_layers live in replaceme.plan
+# (re-exported here for plugins written against their old home)
+from replaceme.plan import (  # noqa: F401
+    Block,
+    Plan,
+    block_size,
+    blocks_of_size,
+    first_removable,
+    greedy_non_overlapping,
+    merge_touching,
+    single_layers,
+)
 from replaceme.stats.request import StatsRequest
-
-
-def block_size(ctx: SelectionContext, num_blocks: int) -> int:
-    """Layers per block when ``--layers`` is split evenly into ``num_blocks`` blocks
-    (plus the layers the compensator writes back into each)."""
-    if ctx.layers % num_blocks:
-        raise ReplacemeError(f"--layers {ctx.layers} cannot be split evenly into num_blocks={num_blocks} blocks")
-    return ctx.layers // num_blocks + ctx.layers_added_per_block
-
-
-def blocks_of_size(ctx: SelectionContext, n: int) -> list[Block]:
-    """Every block of ``n`` layers that starts after layer 0."""
-    if n > ctx.num_layers - 1:
-        raise ReplacemeError(f"a block of {n} layers does not fit after layer 0 of a {ctx.num_layers}-layer model")
-    return [Block(s, s + n) for s in range(1, ctx.num_layers - n + 1)]
-
-
-def first_removable(ctx: SelectionContext, keep_first: bool) -> int:
-    """The lowest layer a single-layer selector may remove: 1 when layer 0 must stay
-    (``keep_first``, or a compensator that writes into the layer before each block), else 0."""
-    return 1 if (keep_first or ctx.separate_blocks) else 0
-
-
-def single_layers(ctx: SelectionContext, selector: str, keep_first: bool) -> list[Block]:
-    """Every one-layer block a single-layer selector (ShortGPT, SLEB) may remove."""
-    if ctx.layers_added_per_block:
-        raise ReplacemeError(f"selector '{selector}' removes single layers; it cannot be used with a "
-                             "compensator that writes layers back")
-    return [Block(i, i + 1) for i in range(first_removable(ctx, keep_first), ctx.num_layers)]
 
 
 @dataclass

@@ -21,7 +21,7 @@ from replaceme.components import Method, SelectionContext, Selector
 from replaceme.errors import ReplacemeError
 from replaceme.hookspecs import hookimpl
 from replaceme.options import option
-from replaceme.plan import Block, Plan, greedy_non_overlapping
+from replaceme.plan import Block, Plan, greedy_non_overlapping, single_layers
 from replaceme.stats.request import StatsRequest
 
 
@@ -38,8 +38,6 @@ class LowestInfluenceSelector(Selector):
     Options = LowestInfluenceOptions
 
     def candidates(self, ctx: SelectionContext) -> list[Block]:
-        from replaceme_selectors import single_layers
-
         return single_layers(ctx, self.name, self.options.keep_first)
 
     def stats_request(self, ctx: SelectionContext) -> StatsRequest:
