@@ -214,15 +214,28 @@ class Compensator(Component):
     default_merger: ClassVar[str | None] = None
     #: writes into layer ``start - 1`` of each block, so blocks must not touch.
     needs_layer_before: ClassVar[bool] = False
-    needs_gram: ClassVar[bool] = False
-    needs_sample: ClassVar[bool] = False
+    #: trains something (an optimiser loop), shown in listings and used to order them by cost.
     needs_training: ClassVar[bool] = False
 
     @classmethod
+    def default_request(cls) -> StatsRequest | None:
+        """What :meth:`stats_request` asks for with the default options, for one
+        example block (``[1, 3)``); None when the defaults cannot say (it raised)."""
+        try:
+            return cls().stats_request([Block(1, 3)])
+        except Exception:  # noqa: BLE001 - a listing must not fail on a plugin's request
+            return None
+
+    @classmethod
     def capabilities(cls) -> dict[str, Any]:
+        """Capability flags shown by ``replaceme methods``. ``needs_gram`` and
+        ``needs_sample`` (a training token sample) are read from what
+        :meth:`stats_request` asks for with the default options, so they cannot
+        disagree with it (class attributes of those names are ignored)."""
+        request = cls.default_request()
         return {
-            "needs_gram": cls.needs_gram,
-            "needs_sample": cls.needs_sample,
+            "needs_gram": None if request is None else bool(request.gram_blocks),
+            "needs_sample": None if request is None else request.sample_tokens > 0,
             "needs_training": cls.needs_training,
             "layers_added_per_block": cls.layers_added_per_block,
             "needs_layer_before": cls.needs_layer_before,
@@ -263,19 +276,30 @@ class Merger(Component):
         return {"accepts": [c.kind for c in cls.accepts]}
 
     def merge(self, model: Any, adapter: ModelAdapter, plan: Plan, compensations: list[Compensation]) -> None:
+        """Write ``compensations`` (one per block of ``plan``) into ``model`` and remove the blocks."""
         raise NotImplementedError
 
     def modifies(self, plan: Plan, compensations: list[Compensation]) -> set[int] | None:
         """Decoder layers (indices in the unpruned model) whose tensors :meth:`merge` writes in place.
 
-        ``compare`` merges into a variant of the shared model (:mod:`replaceme.variant`)
-        that owns copies of these layers only and shares every other tensor, so a
-        merger must name every layer it writes into (in place, e.g. ``weight.copy_``).
-        Deleting layers, swapping in new modules and editing the config need no
-        declaration. ``None`` (the default) means unknown: the variant then owns a
-        copy of every decoder layer.
+        Required: every merger defines it. ``compare`` merges into a variant of the
+        shared model (:mod:`replaceme.variant`) that owns copies of these layers only
+        and shares every other tensor, so a merger must name every layer it writes
+        into (in place, e.g. ``weight.copy_``). Deleting layers, swapping in new
+        modules and editing the config need no declaration; a merger that writes
+        nothing in place returns ``set()``. ``None`` means unknown: the variant then
+        owns a copy of every decoder layer, and ``prune --offload`` refuses the merger.
+
+        Deprecated fallback: a merger registered without its own ``modifies`` gets
+        one warning at registration and this implementation, which answers None
+        (the safe choice: nothing shared is ever written).
         """
         return None
+
+    @classmethod
+    def declares_modifies(cls) -> bool:
+        """Whether this merger class defines :meth:`modifies` itself (or inherits one from a merger that does)."""
+        return cls.modifies is not Merger.modifies
 
 
 STAGES = ("selector", "compensator", "merger")

@@ -158,6 +158,10 @@ class _Staging:
                 k == kind and n == name for k, n, _ in self.items) else None)
             if taken:
                 raise ReplacemeError(f"{kind[:-1]} '{name}' is already registered by plugin '{taken}'")
+            if kind == "mergers" and not item.declares_modifies():
+                log.warning("plugin '%s': merger '%s' does not define modifies() (required; deprecated fallback): "
+                            "compare copies every decoder layer for it and prune --offload refuses it",
+                            self.plugin_name, name)
             self.items.append((kind, name, item))
 
         return register

@@ -95,7 +95,6 @@ class LstsqCompensator(Compensator):
     produces = LinearMap
     default_merger = "fold-linear"
     needs_layer_before = True
-    needs_gram = True
 
     def check_model(self, adapter: ModelAdapter) -> None:
         if not self.options.diag:
@@ -200,7 +199,6 @@ class CosineCompensator(Compensator):
     produces = LinearMap
     default_merger = "fold-linear"
     needs_layer_before = True
-    needs_sample = True
     needs_training = True
 
     def check_model(self, adapter: ModelAdapter) -> None:

@@ -124,7 +124,6 @@ class TrainedLayerCompensator(Compensator):
     produces = ReplacementLayer
     layers_added_per_block = 1
     default_merger = "write-layer"
-    needs_sample = True
     needs_training = True
 
     def stats_request(self, candidates: list[Block]) -> StatsRequest:
