@@ -6,7 +6,9 @@ them from their own pytest suites (``tests/fake_plugin`` does, in CI).
 - :func:`make_tokenizer`: a character-level tokenizer built on the fly;
 - :func:`calibration_text`: a file of pseudo-sentences to calibrate on;
 - :func:`check_method_contract`: the contract every registered method keeps
-  (replaceme's own suite runs it for every method on every architecture).
+  (replaceme's own suite runs it for every method on every architecture);
+- :func:`temporary_plugin`: register a throwaway plugin for the duration of a
+  ``with`` block (or a fixture), then unregister it.
 
 Example, in a plugin's test file::
 
@@ -22,12 +24,16 @@ This module imports torch and transformers: import it from tests only.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from replaceme.hookspecs import hookimpl
 
 CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,!?'\n"
 
@@ -49,6 +55,62 @@ def make_tokenizer():
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
+
+
+class _Contributions:
+    """A plugin object that registers the given classes and recipes."""
+
+    def __init__(self, **items: Iterable[Any]):
+        self.items = {kind: list(values) for kind, values in items.items()}
+
+    def _register(self, kind: str, register: Any) -> None:
+        for item in self.items[kind]:
+            register(item)
+
+    @hookimpl
+    def register_selectors(self, register):
+        self._register("selectors", register)
+
+    @hookimpl
+    def register_compensators(self, register):
+        self._register("compensators", register)
+
+    @hookimpl
+    def register_mergers(self, register):
+        self._register("mergers", register)
+
+    @hookimpl
+    def register_methods(self, register):
+        self._register("methods", register)
+
+
+@contextlib.contextmanager
+def temporary_plugin(name: str, plugin: Any = None, *, selectors: Iterable[type] = (),
+                     compensators: Iterable[type] = (), mergers: Iterable[type] = (),
+                     methods: Iterable[Any] = ()) -> Iterator[None]:
+    """Register an in-process plugin named ``name`` inside a ``with`` block, and
+    unregister it on the way out (even when the block raises).
+
+    Either give ``plugin`` (a module or object with ``@hookimpl`` functions) or the
+    components to register: ``selectors``/``compensators``/``mergers`` (classes)
+    and ``methods`` (:class:`~replaceme.components.Method` recipes). The registry
+    is rebuilt on its next use (``registry()``), so a broken plugin is skipped with
+    its warning exactly as an installed one is::
+
+        with temporary_plugin("mine", selectors=[MySelector], methods=[Method("mine", "my-sel", "none")]):
+            check_method_contract("mine", "llama", tmp_path=tmp_path)
+    """
+    from replaceme.registry import register_plugin, unregister_plugin
+
+    if plugin is None:
+        plugin = _Contributions(selectors=selectors, compensators=compensators, mergers=mergers, methods=methods)
+    elif any((selectors, compensators, mergers, methods)):
+        raise TypeError("give either a plugin object or the components to register, not both")
+    register_plugin(plugin, name)
+    try:
+        yield
+    finally:
+        unregister_plugin(name)
 
 
 VOCAB = 128

@@ -10,10 +10,8 @@ import pytest
 from click.testing import CliRunner
 from tiny import calibration_text, tiny_model
 
-from replaceme import hookimpl
 from replaceme.cli import cli
-from replaceme.components import Compensator, Method
-from replaceme.registry import register_plugin, unregister_plugin
+from replaceme.plugin import Compensator, Method, temporary_plugin
 
 
 class Exploding(Compensator):
@@ -28,21 +26,11 @@ class Exploding(Compensator):
         raise ValueError("boom")
 
 
-class _Plugin:
-    @hookimpl
-    def register_compensators(self, register):
-        register(Exploding)
-
-    @hookimpl
-    def register_methods(self, register):
-        register(Method("explodes", "angular-distance", "exploding", "remove"))
-
-
 @pytest.fixture
 def exploding():
-    register_plugin(_Plugin(), "exploding-test")
-    yield
-    unregister_plugin("exploding-test")
+    with temporary_plugin("exploding-test", compensators=[Exploding],
+                          methods=[Method("explodes", "angular-distance", "exploding", "remove")]):
+        yield
 
 
 @pytest.fixture

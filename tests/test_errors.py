@@ -16,11 +16,9 @@ import pytest
 from click.testing import CliRunner
 from tiny import ROOT, tiny_model
 
-from replaceme import hookimpl
 from replaceme.cli import cli
-from replaceme.components import Compensator, Method
 from replaceme.outputs import record_tree
-from replaceme.registry import register_plugin, unregister_plugin
+from replaceme.plugin import Compensator, Method, temporary_plugin
 
 
 def snapshot(root: Path) -> dict[str, object]:
@@ -281,21 +279,11 @@ class Broken(Compensator):
         raise ZeroDivisionError("a bug")
 
 
-class _BrokenPlugin:
-    @hookimpl
-    def register_compensators(self, register):
-        register(Broken)
-
-    @hookimpl
-    def register_methods(self, register):
-        register(Method("buggy", "angular-distance", "broken", "remove"))
-
-
 @pytest.fixture
 def buggy():
-    register_plugin(_BrokenPlugin(), "buggy-test")
-    yield
-    unregister_plugin("buggy-test")
+    with temporary_plugin("buggy-test", compensators=[Broken],
+                          methods=[Method("buggy", "angular-distance", "broken", "remove")]):
+        yield
 
 
 def test_unexpected_errors_exit_1_with_a_hint_and_debug_shows_the_traceback(world, buggy, tmp_path):

@@ -11,14 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 import replaceme.registry as reg_mod
-from replaceme import hookimpl
 from replaceme.cli import cli
-from replaceme.components import Method, Selector
 from replaceme.errors import ReplacemeError
 from replaceme.methods import resolve_method
 from replaceme.options import option
 from replaceme.plan import Block, Plan
-from replaceme.registry import register_plugin, registry, unregister_plugin
+from replaceme.plugin import Method, Selector, temporary_plugin
+from replaceme.registry import registry, unregister_plugin
 
 
 def _installed(dist: str) -> bool:
@@ -66,21 +65,11 @@ class _Sel(Selector):
         return Plan(self.candidates(ctx))
 
 
-class _Plugin:
-    @hookimpl
-    def register_selectors(self, register):
-        register(_Sel)
-
-    @hookimpl
-    def register_methods(self, register):
-        register(Method("throwaway", "throwaway-selector", "none", "remove"))
-
-
 @pytest.fixture
 def throwaway():
-    register_plugin(_Plugin(), "throwaway")
-    yield
-    unregister_plugin("throwaway")
+    with temporary_plugin("throwaway", selectors=[_Sel],
+                          methods=[Method("throwaway", "throwaway-selector", "none", "remove")]):
+        yield
 
 
 def test_throwaway_plugin_registers_and_unregisters(throwaway):
@@ -99,20 +88,12 @@ def test_unknown_option_has_did_you_mean(throwaway):
 
 
 def test_duplicate_name_skips_the_later_plugin_with_a_warning(caplog):
-    class Dup:
-        @hookimpl
-        def register_methods(self, register):
-            register(Method("uidl", "angular-distance", "none", "remove"))
-
-    register_plugin(Dup(), "dup")
-    try:
+    with temporary_plugin("dup", methods=[Method("uidl", "angular-distance", "none", "remove")]):
         with caplog.at_level("WARNING", logger="replaceme"):
             reg = registry()
         assert reg.owners[("methods", "uidl")] == "uidl"  # the built-in keeps its name
         assert "already registered by plugin 'uidl'" in next(p for p in reg.plugins if p.name == "dup").error
         assert any("'dup'" in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records)
-    finally:
-        unregister_plugin("dup")
 
 
 def test_broken_plugin_is_named_and_skipped(monkeypatch, caplog):

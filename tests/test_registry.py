@@ -15,14 +15,14 @@ from tiny import tiny_model
 
 import replaceme
 import replaceme.registry as reg_mod
-from replaceme import hookimpl
 from replaceme.cli import cli
 from replaceme.components import Method, Selector
 from replaceme.errors import ReplacemeError
 from replaceme.methods import resolve_method
 from replaceme.options import option
 from replaceme.plan import Block, Plan
-from replaceme.registry import register_plugin, registry, unregister_plugin
+from replaceme.plugin import temporary_plugin
+from replaceme.registry import registry
 
 GOOD_SELECTOR = """
 from replaceme import hookimpl
@@ -133,12 +133,9 @@ def test_only_hookimpl_functions_are_called():
         def register_methods(self, register):  # no @hookimpl: not a hook implementation
             register(Method("plain-method", "angular-distance", "none", "remove"))
 
-    register_plugin(Plain(), "plain")
-    try:
+    with temporary_plugin("plain", Plain()):
         assert "plain-method" not in registry().methods
         assert _info("plain").error is None
-    finally:
-        unregister_plugin("plain")
 
 
 @dataclass
@@ -157,23 +154,14 @@ class _SeededRange(Selector):
         return Plan(self.candidates(ctx))
 
 
-class _Recipes:
-    @hookimpl
-    def register_selectors(self, register):
-        register(_SeededRange)
-
-    @hookimpl
-    def register_methods(self, register):
-        register(Method("seeded", "seeded-range", "none", "remove"))
-        register(Method("cosine-fast", "angular-distance", "cosine", defaults={"compensator": {"lr": 1e-3, "epochs": 2}}))
-        register(Method("misspelled-default", "angular-distance", "cosine", defaults={"compensator": {"lrr": 1e-3}}))
-
-
 @pytest.fixture
 def recipes():
-    register_plugin(_Recipes(), "recipes")
-    yield
-    unregister_plugin("recipes")
+    with temporary_plugin("recipes", selectors=[_SeededRange], methods=[
+        Method("seeded", "seeded-range", "none", "remove"),
+        Method("cosine-fast", "angular-distance", "cosine", defaults={"compensator": {"lr": 1e-3, "epochs": 2}}),
+        Method("misspelled-default", "angular-distance", "cosine", defaults={"compensator": {"lrr": 1e-3}}),
+    ]):
+        yield
 
 
 def test_stage_defaults_are_validated_and_dropped_with_their_stage(recipes, caplog):

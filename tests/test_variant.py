@@ -113,38 +113,23 @@ def test_version_guard_sees_in_place_writes_to_shared_weights(setting):
     assert guard.modified() == ["model.layers.2.mlp.down_proj.weight"]
 
 
-class _Rogue:
+def _rogue_merger(declared):
     """A merger that writes into a layer it does not declare (the guard must stop compare)."""
+    from replaceme.plugin import Merger, remove_layers
 
-    @staticmethod
-    def plugin(declared):
-        from replaceme import hookimpl
-        from replaceme.components import Merger, Method
+    class RogueMerger(Merger):
+        name = "rogue-write"
+        description = "test"
 
-        class RogueMerger(Merger):
-            name = "rogue-write"
-            description = "test"
+        def merge(self, model, adapter, plan, compensations):
+            with torch.no_grad():
+                adapter.mlp_out(model, 0).weight.mul_(0.5)
+            remove_layers(model, adapter, {i for b in plan.blocks for i in range(b.start, b.end)})
 
-            def merge(self, model, adapter, plan, compensations):
-                from replaceme.surgery import remove_layers
+        def modifies(self, plan, compensations):
+            return declared
 
-                with torch.no_grad():
-                    adapter.mlp_out(model, 0).weight.mul_(0.5)
-                remove_layers(model, adapter, {i for b in plan.blocks for i in range(b.start, b.end)})
-
-            def modifies(self, plan, compensations):
-                return declared
-
-        class Plugin:
-            @hookimpl
-            def register_mergers(self, register):
-                register(RogueMerger)
-
-            @hookimpl
-            def register_methods(self, register):
-                register(Method("rogue", "angular-distance", "none", "rogue-write"))
-
-        return Plugin()
+    return RogueMerger
 
 
 @pytest.mark.parametrize("declared", [set(), {0}, None])
@@ -153,19 +138,17 @@ def test_compare_stops_when_a_merger_writes_undeclared_layers(declared, tmp_path
     from tiny import calibration_text
 
     from replaceme.cli import cli
-    from replaceme.registry import register_plugin, unregister_plugin
+    from replaceme.plugin import Method, temporary_plugin
 
     model_dir = tmp_path / "tiny"
     tiny_model("llama").save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     calib = calibration_text(tmp_path / "calib.txt", records=20)
-    register_plugin(_Rogue.plugin(declared), "rogue-test")
-    try:
+    with temporary_plugin("rogue-test", mergers=[_rogue_merger(declared)],
+                          methods=[Method("rogue", "angular-distance", "none", "rogue-write")]):
         result = CliRunner().invoke(cli, ["compare", str(model_dir), "-m", "rogue", "-m", "uidl", "--layers", "1",
                                           "--calib", str(calib), "--calib-samples", "8", "--max-length", "32",
                                           "--ppl", str(calib), "--context-length", "32", "--json"])
-    finally:
-        unregister_plugin("rogue-test")
     if declared == set():
         assert result.exit_code != 0
         assert "Merger.modifies" in result.output and "model.layers.0.mlp.down_proj.weight" in result.output

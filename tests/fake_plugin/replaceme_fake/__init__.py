@@ -8,10 +8,7 @@ in ``replaceme methods``.
 
 from dataclasses import dataclass
 
-from replaceme import hookimpl
-from replaceme.components import Method, Selector
-from replaceme.options import option
-from replaceme.plan import Block, Plan
+from replaceme.plugin import Block, Method, Plan, Selector, hookimpl, option
 
 
 @dataclass

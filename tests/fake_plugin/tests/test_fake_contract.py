@@ -7,7 +7,7 @@ import importlib.metadata
 
 import pytest
 
-from replaceme.testing import check_method_contract
+from replaceme.plugin import check_method_contract
 
 try:
     importlib.metadata.version("replaceme-fake")
