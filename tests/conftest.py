@@ -1,4 +1,13 @@
-"""Fixtures shared by the whole suite (helpers live in ``tiny.py``)."""
+"""Fixtures shared by the whole suite (helpers live in ``tiny.py``), and the two test tiers.
+
+- ``pytest -q`` runs the fast tier: every test not marked ``slow`` (the architecture
+  matrices on one pre-norm and one post-norm model, ``tiny.FAST_ARCHS``; subprocess
+  races, multi-process runs and the real-model end-to-end runs are ``slow``).
+- ``pytest -q --full`` runs everything (what CI runs, the README's test command).
+
+An explicit ``-m`` expression, or a test named by its node id (``file.py::test``),
+is run as asked, whatever its tier.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,37 @@ from pathlib import Path
 import pytest
 import torch
 from tiny import calibration_text, make_tokenizer, shared_dir, tiny_model
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true",
+                     help="run the whole suite, tests marked slow included (what CI runs)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Leave the ``slow`` tests out unless ``--full``, ``-m`` or a node id asks for them."""
+    if config.getoption("--full") or config.option.markexpr or any("::" in arg for arg in config.args):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+def pytest_report_header(config):
+    if not (config.getoption("--full") or config.option.markexpr):
+        return "fast tier: tests marked slow are left out (pytest --full runs them)"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _restore_replaceme_logger():
+    """An in-process CLI run routes the ``replaceme`` logger to its own handler and cuts
+    its propagation (right for a process, wrong for the tests after it): restore it."""
+    logger = logging.getLogger("replaceme")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers, logger.level, logger.propagate = saved[0], saved[1], saved[2]
 
 
 @pytest.fixture

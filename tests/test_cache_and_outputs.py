@@ -163,6 +163,7 @@ def test_the_ridge_search_is_bounded_on_non_finite_statistics():
         solve_lstsq(a, a, 0.0)
 
 
+@pytest.mark.slow
 def test_two_prunes_racing_for_one_output(tmp_path, tiny_dir, calib_file):
     """Two processes prune into the same folder at once: one writes it, the other fails in
     one line (at the lock, or at the final rename), and the folder holds a complete model."""

@@ -82,6 +82,7 @@ def test_missing_model_and_existing_output(tmp_path, tiny_dir, calib_file):
     assert (existing / "keep.txt").read_text() == "precious"
 
 
+@pytest.mark.slow
 def test_unreachable_hub_id_is_one_line(tmp_path, calib_file, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = invoke("prune", "nobody/no-such-model-xyz", "-m", "uidl", "-n", 1, "--calib", calib_file, "--output", tmp_path / "o")

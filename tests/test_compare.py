@@ -78,6 +78,7 @@ def test_compare_table_files_and_resume(setup, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "rows").iterdir()} == stamps, "finished rows were recomputed"
 
 
+@pytest.mark.slow
 def test_interrupted_compare_resumes_to_the_same_table(setup, tmp_path, exploding, monkeypatch):
     model_dir, calib, evalf = setup
     methods = ("uidl", "replaceme-lstsq", "explodes")

@@ -8,7 +8,7 @@ map behind a post-norm), and then in one line before any work."""
 from __future__ import annotations
 
 import pytest
-from tiny import ARCHS, POST_NORM_ARCHS, tiny_model
+from tiny import ARCHS, POST_NORM_ARCHS, arch_params, tiny_model
 
 from replaceme.errors import ReplacemeError
 from replaceme.methods import resolve_method
@@ -20,7 +20,7 @@ METHODS = sorted(registry().methods)
 FAST = {"replaceme-cosine": {"epochs": 2}, "llm-streamline": {"token_budget": 2000}}
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", arch_params(ARCHS))
 @pytest.mark.parametrize("method", METHODS)
 def test_method_contract(method, arch, tmp_path):
     try:

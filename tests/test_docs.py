@@ -17,7 +17,7 @@ def test_readme_opens_with_the_main_job_and_the_test_command():
     main, tests = _readme_commands()[:2]
     assert main.strip().endswith("replaceme compare")
     assert "torch==2.13.0" in main and "torch==2.13.0" in tests  # CPU torch first, before anything can pull CUDA
-    assert tests.strip().endswith("pytest -q")
+    assert tests.strip().endswith("pytest -q --full")  # the whole suite, slow tier included
 
 
 def test_ci_runs_the_readme_test_command_verbatim():

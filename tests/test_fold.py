@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import ARCHS, tiny_model
+from tiny import ARCHS, arch_params, tiny_model
 
 from replaceme.registry import adapter_for
 from replaceme.surgery import fold_linear_map
@@ -14,7 +14,7 @@ from replaceme.surgery import fold_linear_map
 IDS = torch.tensor([[1, 5, 9, 14, 3, 22, 7, 8, 30, 2]])
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", arch_params(ARCHS))
 def test_fold_equals_runtime_map(arch):
     model = tiny_model(arch)
     adapter = adapter_for(model)

@@ -44,6 +44,7 @@ OPTION_NAMES = ["alpha", "max_condition", "diag", "num_blocks", "merge_consecuti
 @FAST
 @given(method=st.sampled_from(METHODS),
        options=st.dictionaries(st.sampled_from(OPTION_NAMES) | st.text(max_size=8), values, max_size=3))
+@pytest.mark.slow
 def test_method_options_are_parsed_or_refused_in_one_line(method, options):
     try:
         resolved = resolve_method(method, options)

@@ -37,6 +37,7 @@ def setup(tmp_path, tokenizer):
     return tmp_path, base, calib, evalf, narrow
 
 
+@pytest.mark.slow
 def test_included_models_are_rows_scored_like_replaceme_evaluate(setup):
     tmp_path, base, calib, evalf, narrow = setup
     earlier = tmp_path / "earlier"

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import ARCHS, POST_NORM_ARCHS, calibration_text, make_tokenizer, tiny_model
+from tiny import ARCHS, POST_NORM_ARCHS, arch_params, calibration_text, make_tokenizer, tiny_model
 from transformers import AutoModelForCausalLM
 
 import replaceme
@@ -46,7 +46,7 @@ def max_relative_difference(a: dict, b: dict) -> float:
     return worst
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", arch_params(ARCHS))
 def test_offload_writes_the_in_memory_weights(arch, tmp_path):
     src = save_tiny(tmp_path / "src", arch)
     spec = CalibrationSpec(str(calibration_text(tmp_path / "calib.txt", records=24)), samples=12, max_length=40, batch_size=4)
@@ -154,6 +154,7 @@ def test_spilled_sample_equals_the_in_memory_one(tmp_path, tokenizer, calib_file
     torch.testing.assert_close(plain.gram[GramKey(1, 3)].xty, spilled.gram[GramKey(1, 3)].xty, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_spill_dir_with_offload_and_cosine(tmp_path):
     src = save_tiny(tmp_path / "src", "qwen2")
     spec = CalibrationSpec(str(calibration_text(tmp_path / "calib.txt", records=24)), samples=12, max_length=40, batch_size=4)

@@ -192,9 +192,7 @@ def test_capabilities_are_read_from_the_default_request():
     assert not identity.stats_request([Block(1, 3)]).gram_blocks
 
 
-def test_a_merger_without_modifies_is_warned_about_once_and_treated_as_writing_everywhere(caplog, monkeypatch):
-    import logging
-
+def test_a_merger_without_modifies_is_warned_about_once_and_treated_as_writing_everywhere(caplog):
     from replaceme.plugin import Merger, Method, NoCompensation, temporary_plugin
     from replaceme.registry import registry
 
@@ -205,7 +203,6 @@ def test_a_merger_without_modifies_is_warned_about_once_and_treated_as_writing_e
         def merge(self, model, adapter, plan, compensations):
             raise AssertionError("not called here")
 
-    monkeypatch.setattr(logging.getLogger("replaceme"), "propagate", True)  # an earlier CLI run may have cut it
     with temporary_plugin("old-plugin", mergers=[Old], methods=[Method("old", "angular-distance", "none", "old-remove")]):
         with caplog.at_level("WARNING", logger="replaceme"):
             reg = registry()

@@ -171,6 +171,7 @@ def _folded_T(source_dir, output_dir, s: int) -> torch.Tensor:
     [(1, 1, {}), (2, 1, {}), (2, 4, {"mask_padding": False})],
     ids=["-1-batch1", "-2-batch1", "-2-batch4-with-pads"],
 )
+@pytest.mark.slow
 def test_reference_lstsq_yaml_reproduces_the_reference_T(shared, tmp_path, layers, batch_size, extra):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -123,6 +123,7 @@ def test_shortlist_scores_only_the_closest_blocks(setup):
     assert scored == {(s, s + 1) for s in closest}
 
 
+@pytest.mark.slow
 def test_sleb_is_greedy_on_the_current_model(setup):
     model, calib = setup
     scorer, resolved, stats = make_scorer(model, calib, "sleb", 2)
@@ -173,6 +174,7 @@ def test_calibration_loss_finds_the_block_held_out_text_rewards(shared, layers, 
     assert len(result.plan.details["candidates"]) == 5 - layers
 
 
+@pytest.mark.slow
 def test_distances_loss_column_is_the_scorer_on_each_block(tmp_path):
     """``replaceme distances --loss`` reports, per block, the held-out loss of the
     block compensated by the method: the same number as pruning that block alone."""

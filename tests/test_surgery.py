@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import ARCHS, tiny_config, tiny_model
+from tiny import ARCHS, arch_params, tiny_config, tiny_model
 from transformers import AutoModelForCausalLM
 
 from replaceme.registry import adapter_for
@@ -24,7 +24,7 @@ def identity_hooks(model, adapter, removed):
     return [layers[i].register_forward_hook(hook, with_kwargs=True) for i in removed]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", arch_params(ARCHS))
 def test_remove_layers_matches_skipping_them(arch, tmp_path):
     model = tiny_model(arch)
     adapter = adapter_for(model)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from replaceme.testing import (  # noqa: F401  (re-exported for the test modules)
     ARCHS,
     DIRECT_ARCHS,
@@ -19,6 +21,15 @@ from replaceme.testing import (  # noqa: F401  (re-exported for the test modules
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: the architectures the fast tier runs per-architecture matrices on: one whose MLP writes
+#: into the residual stream directly, one behind a post-norm (the full tier runs all of ARCHS)
+FAST_ARCHS = ("llama", "olmo2")
+
+
+def arch_params(archs: list[str] = ARCHS) -> list:
+    """``archs`` for ``parametrize``, those outside :data:`FAST_ARCHS` marked ``slow``."""
+    return [arch if arch in FAST_ARCHS else pytest.param(arch, marks=pytest.mark.slow) for arch in archs]
 
 
 def shared_dir() -> Path | None:

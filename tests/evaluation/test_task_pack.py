@@ -247,6 +247,7 @@ def test_tokenizer_is_left_untouched(tiny_run, char_tokenizer):
     assert char_tokenizer.pad_token is None  # lm-eval sets a pad token on the copy it gets
 
 
+@pytest.mark.slow
 def test_shared_tasks_on_stories260k_equal_direct_computation(stories, shared_data):
     model, tokenizer = stories
     tasks = ["boolq", "piqa", "hellaswag", "arc_easy", "winogrande"]
