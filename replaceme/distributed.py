@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from replaceme.errors import ReplacemeError
+from replaceme.errors import ReplacemeError, first_line
 
 if TYPE_CHECKING:
     from replaceme.stats.store import ActivationSample, ActivationStats
@@ -169,7 +169,7 @@ def check(error: BaseException | None) -> None:
         if error is not None:
             raise error
         return
-    message = None if error is None else (str(error).splitlines()[0] if str(error) else type(error).__name__)
+    message = None if error is None else first_line(error)
     messages: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(messages, message)
     if error is not None:

@@ -107,9 +107,13 @@ USER_ERROR = 2
 INTERNAL_ERROR = 1
 
 
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return lines[0] if lines else ""
+def first_line(error: BaseException | str) -> str:
+    """The first line of an error's message, stripped, for one-line reports: an
+    exception with an empty message gives its class name, an empty string ``""``."""
+    text = str(error).strip()
+    if text:
+        return text.splitlines()[0].strip()
+    return type(error).__name__ if isinstance(error, BaseException) else ""
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -126,7 +130,7 @@ def _known(exc: BaseException) -> str | None:
 
     name = type(exc).__name__
     module = type(exc).__module__ or ""
-    text = _first_line(str(exc))
+    text = first_line(str(exc))
     if isinstance(exc, ReplacemeError):
         return text or name
     if not isinstance(exc, ReplacemeError) and (reason := no_space(exc)) is not None:
@@ -175,6 +179,6 @@ def explain(exc: BaseException) -> tuple[str, int]:
         message = _known(link)
         if message is not None:
             return message.replace("\n", " "), USER_ERROR
-    text = _first_line(str(exc))
+    text = first_line(str(exc))
     return (f"unexpected {type(exc).__name__}" + (f": {text}" if text else "")
             + " (rerun with --debug to see the traceback, and please report it)"), INTERNAL_ERROR

@@ -10,17 +10,31 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from replaceme.errors import ReplacemeError
+from replaceme.errors import ReplacemeError, first_line
 
 log = logging.getLogger(__name__)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def quiet_transformers() -> None:
-    """Turn off transformers' per-file progress bars (ours cover the long steps)."""
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Turn off transformers' and the hub's per-file progress bars while loading (ours
+    cover the long steps), and turn them back on afterwards where they were on: a
+    program that loads a model through replaceme keeps its own settings."""
+    from huggingface_hub import utils as hub_utils
     from transformers.utils import logging as hf_logging
 
+    bars_on, hub_bars_on = hf_logging.is_progress_bar_enabled(), not hub_utils.are_progress_bars_disabled()
     hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars_on:
+            hf_logging.enable_progress_bar()  # turns the hub's on too: set it back below
+        if hub_bars_on:
+            hub_utils.enable_progress_bars()
+        else:
+            hub_utils.disable_progress_bars()
 
 
 #: device names replaceme accepts (checked before torch is imported)
@@ -136,9 +150,6 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _describe(exc: Exception) -> str:
@@ -149,9 +160,9 @@ def _describe(exc: Exception) -> str:
     if "instantiate the backend tokenizer" in text:
         return "no usable tokenizer there (tokenizer.json, or tokenizer.model with sentencepiece installed)"
     if "size mismatch" in text:
-        return "weights of a different shape than the config says (" + _first_line(exc)[:200] + ")"
+        return "weights of a different shape than the config says (" + first_line(exc)[:200] + ")"
     message, code = explain(exc)
-    return message if code == 2 else _first_line(exc)
+    return message if code == 2 else first_line(exc)
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -198,7 +209,7 @@ def check_model_source(name_or_path: str) -> None:
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ReplacemeError(f"{config}: not valid JSON ({_first_line(exc)})") from None
+        raise ReplacemeError(f"{config}: not valid JSON ({first_line(exc)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
         raise ReplacemeError(f"{config}: not a model config (no 'model_type')")
     if not any((path / name).is_file() for name in TOKENIZER_MARKERS):
@@ -229,7 +240,7 @@ def check_safetensors(path: Path) -> None:
             header = json.loads(fh.read(length).decode("utf-8"))
         ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
     except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError, IndexError) as exc:
-        raise ReplacemeError(f"{path}: corrupt safetensors file (unreadable header: {_first_line(exc)})") from None
+        raise ReplacemeError(f"{path}: corrupt safetensors file (unreadable header: {first_line(exc)})") from None
     if 8 + length + max(ends, default=0) > size:
         raise ReplacemeError(f"{path}: corrupt safetensors file (truncated: {size} bytes, the header needs "
                              f"{8 + length + max(ends)})")
@@ -260,7 +271,7 @@ def check_loading_info(name: str, info: dict[str, Any]) -> None:
             raise ReplacemeError(f"cannot load model '{name}': weights {what}: {shown}")
     errors = list(info.get("error_msgs") or []) + [f"{k}: {v}" for k, v in (info.get("conversion_errors") or {}).items()]
     if errors:
-        raise ReplacemeError(f"cannot load model '{name}': {_first_line(Exception(errors[0]))}")
+        raise ReplacemeError(f"cannot load model '{name}': {first_line(Exception(errors[0]))}")
 
 
 def load_model(
@@ -277,17 +288,17 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    quiet_transformers()
     path = resolve_model_path(name_or_path)
     device = resolve_device(device)
     use_device(device)
     torch_dtype = model_dtype(path, dtype, device)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - every loader failure is about the user's files
         raise ReplacemeError(f"cannot load model '{name_or_path}': tokenizer: {_describe(exc)}") from exc
     try:
-        with _quiet_load_report():  # its findings are checked below and reported in one line
+        with quiet_transformers(), _quiet_load_report():  # its findings are checked below and reported in one line
             model, info = AutoModelForCausalLM.from_pretrained(
                 path, dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True,
                 ignore_mismatched_sizes=True)  # mismatches are reported (and refused) by check_loading_info
@@ -317,7 +328,6 @@ def load_model_4bit(name_or_path: str, *, device: str = "auto", dtype: str = "au
     one GPU, for the calibration pass only (the ReplaceMe reference's ``use_4bit``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    quiet_transformers()
     check_4bit(device)
     path = resolve_model_path(name_or_path)
     device = resolve_device(device)
@@ -325,10 +335,11 @@ def load_model_4bit(name_or_path: str, *, device: str = "auto", dtype: str = "au
     compute = resolve_dtype(dtype, device)
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=config, dtype=compute,
-                                                     device_map={"": device}, trust_remote_code=trust_remote_code)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(path, quantization_config=config, dtype=compute,
+                                                         device_map={"": device}, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, ImportError) as exc:
-        raise ReplacemeError(f"cannot load model '{name_or_path}' in 4 bits: {_first_line(exc)}") from exc
+        raise ReplacemeError(f"cannot load model '{name_or_path}' in 4 bits: {first_line(exc)}") from exc
     model.eval()
     return model, tokenizer

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from replaceme.adapters import ModelAdapter
 from replaceme.calibration import CalibrationData, CalibrationSpec
 from replaceme.components import Compensation
-from replaceme.errors import ReplacemeError
+from replaceme.errors import ReplacemeError, first_line
 from replaceme.methods import ResolvedMethod
 from replaceme.plan import Plan
 from replaceme.resources import Meter, Usage
@@ -156,7 +156,7 @@ class Prepared:
 
 def one_line(exc: BaseException) -> str:
     """``Type: first line of the message``, for rows and logs."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
+    text = first_line(str(exc))
     return f"{type(exc).__name__}: {text}" if not isinstance(exc, ReplacemeError) else text
 
 

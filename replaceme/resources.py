@@ -93,18 +93,50 @@ def _libc() -> Any:
         return None
 
 
-def return_large_allocations(threshold: int = 1 << 20) -> None:
+#: mallopt parameter number of M_MMAP_THRESHOLD, and glibc's value at process start
+_M_MMAP_THRESHOLD = -3
+GLIBC_START_MMAP_THRESHOLD = 128 * 1024
+_large_allocation_holders = 0
+
+
+def return_large_allocations(threshold: int = 1 << 20) -> bool:
     """Make glibc serve allocations of ``threshold`` bytes or more with their own
-    memory maps, which go back to the system when freed.
+    memory maps, which go back to the system when freed. Returns whether it did
+    (False outside glibc).
 
     By default glibc raises this threshold dynamically (up to 32 MiB) after large
     frees, so the tensors of a layer loaded and freed one after another land on the
     heap and stay resident as fragments: ``--offload`` then grew by a layer's size
-    every few layers. No-op outside glibc.
+    every few layers. Process-wide: prefer :func:`hold_large_allocations`, which
+    undoes it.
     """
     libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(-3, int(threshold))  # M_MMAP_THRESHOLD; setting it disables the dynamic adjustment
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))  # setting it also turns the dynamic adjustment off
+    return True
+
+
+def hold_large_allocations(owner: Any, threshold: int = 1 << 20) -> None:
+    """:func:`return_large_allocations` for as long as ``owner`` lives (an offloaded
+    model): when the last such owner is collected, the threshold goes back to
+    glibc's value at process start (128 KiB). glibc has no call that turns its
+    dynamic adjustment back on, so after that the process keeps the start value
+    (allocations of 128 KiB or more get their own maps), not a raised one."""
+    import weakref
+
+    global _large_allocation_holders
+    if _large_allocation_holders == 0 and not return_large_allocations(threshold):
+        return
+    _large_allocation_holders += 1
+    weakref.finalize(owner, _release_large_allocations)
+
+
+def _release_large_allocations() -> None:
+    global _large_allocation_holders
+    _large_allocation_holders -= 1
+    if _large_allocation_holders == 0:
+        return_large_allocations(GLIBC_START_MMAP_THRESHOLD)
 
 
 def release_free_memory() -> None:

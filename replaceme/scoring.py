@@ -356,7 +356,6 @@ def _to(value: Any, device: Any) -> Any:
 
 def _accumulate(totals: dict, batch: Any, h: Any, logits: Any, ref_h: Any, ref_logits: Any) -> None:
     """Add one batch's sums (float64) of cross-entropy, KL and per-sequence cosine."""
-    import torch
     import torch.nn.functional as F
 
     mask = batch.mask.to(logits.device)

@@ -95,6 +95,7 @@ def test_pruned_output_has_every_tokenizer_file_and_ordinary_permissions(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny"]
 
 
+@pytest.mark.slow
 def test_compare_retries_a_failed_row_once_its_cause_is_fixed(tmp_path, tiny_dir, calib_file):
     out = tmp_path / "cmp"
     args = ["compare", str(tiny_dir), "-m", "uidl", "-n", "1", "--calib", str(calib_file), "--calib-samples", "8",

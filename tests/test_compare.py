@@ -103,6 +103,7 @@ def test_interrupted_compare_resumes_to_the_same_table(setup, tmp_path, explodin
     assert len(table(out)) == 7
 
 
+@pytest.mark.slow
 def test_failing_method_gets_an_error_row_and_nonzero_exit(setup, tmp_path, exploding):
     model_dir, calib, evalf = setup
     out = tmp_path / "out"
@@ -125,6 +126,7 @@ def test_output_with_other_results_needs_overwrite(setup, tmp_path):
     assert (out / "mine.txt").read_text() == "keep"
 
 
+@pytest.mark.slow
 def test_plan_file(setup, tmp_path):
     model_dir, calib, evalf = setup
     plan = tmp_path / "plan.yaml"

@@ -245,6 +245,7 @@ def test_gpu_benchmark_script_runs_tiny_on_cpu(tmp_path):
     assert list((tmp_path / "spill").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_cli_offload_with_spill_dir(tmp_path, calib_file):
     from click.testing import CliRunner
 

@@ -132,7 +132,8 @@ def _rogue_merger(declared):
     return RogueMerger
 
 
-@pytest.mark.parametrize("declared", [set(), {0}, None])
+@pytest.mark.parametrize("declared", [set(), pytest.param({0}, marks=pytest.mark.slow),
+                                      pytest.param(None, marks=pytest.mark.slow)])
 def test_compare_stops_when_a_merger_writes_undeclared_layers(declared, tmp_path, tokenizer):
     from click.testing import CliRunner
     from tiny import calibration_text

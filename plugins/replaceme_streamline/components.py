@@ -13,7 +13,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from replaceme.components import CompensationContext, Compensator, Merger, NoCompensation, ReplacementLayer
+from replaceme.components import (
+    Compensation,
+    CompensationContext,
+    Compensator,
+    Merger,
+    NoCompensation,
+    ReplacementLayer,
+)
 from replaceme.errors import ReplacemeError
 from replaceme.options import option
 from replaceme.plan import Block, Plan

@@ -36,8 +36,6 @@ class FiniteFloat(click.ParamType):
         self.minimum, self.maximum, self.max_open = minimum, maximum, max_open
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
-        import math
-
         try:
             number = float(value)
         except (TypeError, ValueError, OverflowError):
@@ -49,25 +47,6 @@ class FiniteFloat(click.ParamType):
             bound = f"below {self.maximum}" if self.max_open else f"at most {self.maximum}"
             self.fail(f"{shown(value)} is not between {self.minimum} and {self.maximum} ({bound})", param, ctx)
         return number
-
-
-def convert(self, value, param, ctx):
-        import math
-
-        if isinstance(value, (int, float)):
-            number = float(value)
-        else:
-            try:
-                number = float(value)
-            except ValueError:
-                self.fail(f"{shown(value)} is not a number", param, ctx)
-        if not math.isfinite(number) or number > INT_MAX:
-            self.fail(f"{shown(value)}: give a count (1, 2, ...) or a fraction in (0, 1)", param, ctx)
-        if 0 < number < 1:
-            return number
-        if number >= 1 and number.is_integer():
-            return int(number)
-        self.fail(f"{shown(value)}: give a count (1, 2, ...) or a fraction in (0, 1)", param, ctx)
 
 
 def calibration_options(f: F) -> F:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from replaceme.errors import ReplacemeError
+from replaceme.errors import ReplacemeError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def check_tokenizers(included: list[IncludedModel], base_tokenizer: Any, base_na
             other = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
             raise ReplacemeError(f"--include-model {entry.label}: cannot load its tokenizer from {entry.path} "
-                                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+                                 f"({first_line(exc)})") from None
         why = tokenizer_difference(base_tokenizer, other)
         if why:
             raise ReplacemeError(f"--include-model {entry.label}: {why} from {base_name}'s; "
@@ -137,7 +137,7 @@ def evaluate_included(entry: IncludedModel, key: str, tokenizer: Any, evaluation
         row.peak_rss_mb = meter.usage.peak_rss / 2**20
         row.peak_cuda_mb = None if meter.usage.peak_cuda is None else meter.usage.peak_cuda / 2**20
     except (ReplacemeError, RuntimeError, ValueError, OSError) as exc:
-        row.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        row.error = f"{type(exc).__name__}: {first_line(str(exc))}"
         log.error("included model %s failed: %s", entry.label, row.error)
     finally:
         del model

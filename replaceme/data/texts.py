@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from replaceme.errors import ReplacemeError
+from replaceme.errors import ReplacemeError, first_line
 
 _SLICE = re.compile(r"^(?P<base>.*)\[(?P<start>-?\d*%?):(?P<end>-?\d*%?)\]$")
 LOCAL_SUFFIXES = (".txt", ".raw", ".jsonl", ".json", ".parquet", ".csv")
@@ -134,12 +134,10 @@ def _table_rows(path: Path) -> list[Any]:
     try:
         frame = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ReplacemeError(f"{path}: cannot read it as {path.suffix.lower()[1:]} ({first})") from None
+        raise ReplacemeError(f"{path}: cannot read it as {path.suffix.lower()[1:]} ({first_line(exc)})") from None
     except Exception as exc:  # pyarrow's own errors for corrupt files
         if type(exc).__module__.startswith(("pyarrow", "fastparquet")):
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ReplacemeError(f"{path}: corrupt {path.suffix.lower()[1:]} file ({first})") from None
+            raise ReplacemeError(f"{path}: corrupt {path.suffix.lower()[1:]} file ({first_line(exc)})") from None
         raise
     return frame.to_dict("records")
 
@@ -195,8 +193,7 @@ def _read_hub(name: str, split: str, column: str) -> list[Any]:
     try:
         ds = datasets.load_dataset(dataset_name, config or None, split=split)
     except Exception as exc:  # network, missing dataset, bad split ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ReplacemeError(f"cannot load dataset '{name}' (split '{split}'): {first}") from exc
+        raise ReplacemeError(f"cannot load dataset '{name}' (split '{split}'): {first_line(exc)}") from exc
     if column not in ds.column_names:
         raise ReplacemeError(
             f"dataset '{name}': no column '{column}'; columns are: {', '.join(ds.column_names)}"

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from replaceme.errors import ReplacemeError, did_you_mean
+from replaceme.errors import ReplacemeError, did_you_mean, first_line
 from replaceme.evaluation.bootstrap import DEFAULT_ITERS, lm_eval_bootstrap
 from replaceme.evaluation.chance import known_chance, objects_by_name
 from replaceme.evaluation.tasks import DATA_ENV, PACK_DIR, PACK_TASKS, resolve_data_dir
@@ -246,7 +246,7 @@ def _build(manager: Any, name: str, pack_enabled: bool) -> list[Any]:
     except ReplacemeError:
         raise
     except Exception as exc:  # datasets/hub/network errors, bad YAML, ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         hint = ""
         if not pack_enabled and name in PACK_TASKS:
             hint = f"; to use local copies pass --task-data DIR (or set {DATA_ENV})"

@@ -8,7 +8,7 @@ from typing import Any
 
 from replaceme.adapters import ModelAdapter
 from replaceme.checkpoint import Checkpoint
-from replaceme.errors import ReplacemeError
+from replaceme.errors import ReplacemeError, first_line
 from replaceme.offload.skeleton import OffloadedModel
 
 
@@ -21,17 +21,14 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from replaceme.loading import (
-        _first_line,
         model_dtype,
         quiet_transformers,
         resolve_device,
         resolve_model_path,
         use_device,
     )
-    from replaceme.resources import return_large_allocations
+    from replaceme.resources import hold_large_allocations
 
-    quiet_transformers()
-    return_large_allocations()
     local = Path(resolve_model_path(path)).expanduser()
     if not local.is_dir():
         raise ReplacemeError(f"--offload needs a local model directory (got '{path}'); download it first")
@@ -40,12 +37,15 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
     torch_dtype = model_dtype(str(local), dtype, device)
     checkpoint = Checkpoint(local)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
-        config = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
-        with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
+            with init_empty_weights():
+                model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, ImportError) as exc:
-        raise ReplacemeError(f"cannot load model '{path}': {_first_line(exc)}") from exc
+        raise ReplacemeError(f"cannot load model '{path}': {first_line(exc)}") from exc
     model.tie_weights()  # as from_pretrained does (from_config leaves tied weights apart on meta)
     model.eval()
-    return OffloadedModel(model, adapter_for(model), checkpoint, torch_dtype, device), tokenizer
+    offloaded = OffloadedModel(model, adapter_for(model), checkpoint, torch_dtype, device)
+    hold_large_allocations(offloaded)  # while it streams layers; undone when it is collected
+    return offloaded, tokenizer

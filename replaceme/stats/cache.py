@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from replaceme.cache_location import cache_dir
+from replaceme.errors import first_line
 from replaceme.stats.fit import misfit
 from replaceme.stats.request import StatsRequest
 from replaceme.stats.store import ActivationSample, ActivationStats, BatchActivations, GramKey, GramSums
@@ -102,7 +103,7 @@ def load_cached(key: str, model_shape: tuple[int, int] | None = None,
             return None
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file, an unreadable folder: recompute
-        log.warning("ignoring unreadable statistics cache %s (%s); recomputing", path, _first_line(exc))
+        log.warning("ignoring unreadable statistics cache %s (%s); recomputing", path, first_line(exc))
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION or data.get("key") != key:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
@@ -112,7 +113,7 @@ def load_cached(key: str, model_shape: tuple[int, int] | None = None,
     try:
         stats = _stats_from_dict(data["stats"])
     except Exception as exc:  # the right key, but not the structure this version writes
-        log.warning("ignoring malformed statistics cache %s (%s); recomputing", path, _first_line(exc))
+        log.warning("ignoring malformed statistics cache %s (%s); recomputing", path, first_line(exc))
         return None
     problem = misfit(stats, *model_shape, request) if model_shape is not None else None
     if problem:
@@ -133,11 +134,8 @@ def save_cached(key: str, stats: ActivationStats) -> Path | None:
         with atomic_file(path) as tmp:
             torch.save({"format": FORMAT_VERSION, "key": key, "stats": _stats_to_dict(stats)}, tmp)
     except Exception as exc:  # a read-only or full disk, a file where the folder should be, ...
-        log.warning("cannot cache statistics in %s (%s); going on without the cache", path.parent, _first_line(exc))
+        log.warning("cannot cache statistics in %s (%s); going on without the cache", path.parent, first_line(exc))
         return None
     return path
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -34,6 +34,7 @@ def test_shipped_files_match_their_checksums():
     assert demo_main([]) == 0
 
 
+@pytest.mark.slow
 def test_shipped_weights_are_the_default_recipe_and_load():
     info = shipped.shipped_info()
     assert Recipe(**info["recipe"]) == Recipe()

@@ -24,6 +24,7 @@ def readme_demo_baseline() -> tuple[str, float]:
     raise AssertionError("no baseline row in the README's demo table")
 
 
+@pytest.mark.slow
 def test_readme_demo_baseline_is_the_shipped_models():
     from replaceme.demo import demo_data_files, demo_model_dir
     from replaceme.evaluation import EvalSpec, evaluate

@@ -49,6 +49,7 @@ def test_spec_rejects_impossible_settings(kwargs, message):
         EvalSpec(**kwargs)
 
 
+@pytest.mark.slow
 def test_evaluate_api(tiny_llama, char_tokenizer, text_file, synthetic_task_data):
     spec = EvalSpec(ppl=[str(text_file)], context_length=48, tasks=["boolq", "winogrande"],
                     task_data=str(synthetic_task_data), limit=3, batch_size=2, device="cpu", dtype="float32")

@@ -197,7 +197,7 @@ def test_prompts_are_lm_evals(task, synthetic_task_data):
     assert requests_of(load_pack_task(task, synthetic_task_data), None) == [d.pairs for d in docs]
 
 
-@pytest.mark.parametrize("task", PACK_TASKS)
+@pytest.mark.parametrize("task", [pytest.param(t, marks=pytest.mark.slow) if t == "hellaswag" else t for t in PACK_TASKS])
 def test_prompts_are_lm_evals_on_the_shared_copies(task, shared_data):
     docs = expected_docs(task, shared_data)[:25]
     assert requests_of(load_pack_task(task, shared_data), 25) == [d.pairs for d in docs]

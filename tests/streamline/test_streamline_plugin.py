@@ -164,6 +164,7 @@ def test_replay_and_ffn_variant_on_other_architectures(arch, tiny_lm, prune_tiny
     _assert_cache_consistent(result.model)
 
 
+@pytest.mark.slow
 def test_stories260k(shared, tmp_path):
     """The real model: 5 -> 4 layers; training helps on held-out data; plain from_pretrained loads it."""
     from replaceme.calibration import CalibrationSpec
