@@ -177,19 +177,31 @@ def test_shared_selector_helpers_live_in_the_core_and_keep_their_old_home():
 
 
 def test_capabilities_are_read_from_the_default_request():
-    """cosine's default (L-BFGS from the LSTSQ solution) reads the Gram sums: the listing says so."""
-    from replaceme.plan import Block
-    from replaceme.registry import registry
+    """needs_gram / needs_sample cannot drift from what stats_request asks for: a class
+    attribute of that name is ignored, the listing reads the default request."""
+    from replaceme.plugin import Block, Compensator, StatsRequest, temporary_plugin
 
-    result = CliRunner().invoke(cli, ["methods", "--json"])
+    class Drifting(Compensator):
+        name = "drifting"
+        needs_gram = False  # says no, but asks for the Gram sums below
+        needs_sample = True  # says yes, but asks for no sample
+
+        def stats_request(self, candidates):
+            return StatsRequest(gram_blocks={(b.start, b.end) for b in candidates})
+
+    with temporary_plugin("drifting-test", compensators=[Drifting]):
+        result = CliRunner().invoke(cli, ["methods", "--json"])
     assert result.exit_code == 0, result.output
     listed = {c["name"]: c["capabilities"] for c in json.loads(result.stdout)["compensators"]}
-    assert listed["cosine"]["needs_gram"] is True and listed["cosine"]["needs_sample"] is True
+    assert listed["drifting"]["needs_gram"] is True and listed["drifting"]["needs_sample"] is False
     assert listed["lstsq"]["needs_gram"] is True and listed["lstsq"]["needs_sample"] is False
-    assert listed["none"]["needs_gram"] is False
-    cosine = registry().compensators["cosine"]
-    identity = cosine(cosine.Options(init="identity"))  # the reference's start needs no Gram sums
-    assert not identity.stats_request([Block(1, 3)]).gram_blocks
+    assert listed["trained-layer"]["needs_sample"] is True and listed["none"]["needs_gram"] is False
+    from replaceme.registry import registry
+
+    for name, cls in registry().compensators.items():  # every built-in: the listing is its default request
+        request = cls().stats_request([Block(1, 3)])
+        assert listed[name]["needs_gram"] == bool(request.gram_blocks), name
+        assert listed[name]["needs_sample"] == (request.sample_tokens > 0), name
 
 
 def test_a_merger_without_modifies_is_warned_about_once_and_treated_as_writing_everywhere(caplog):

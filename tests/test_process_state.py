@@ -65,8 +65,10 @@ _OFFLOAD_SCRIPT = textwrap.dedent("""
         return mapped
 
     from replaceme.offload.skeleton import load_offloaded
+    from replaceme.registry import adapter_for
 
-    offloaded, _ = load_offloaded(sys.argv[1], device="cpu", dtype="auto", trust_remote_code=False)
+    offloaded, _ = load_offloaded(sys.argv[1], device="cpu", dtype="auto", trust_remote_code=False,
+                                  adapter_for=adapter_for)
     held = own_maps(900 * 1024), own_maps(2 * 1024 * 1024)
     del offloaded
     gc.collect()
