@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from replaceme.errors import ReplacemeError, did_you_mean, shown
+from replaceme.errors import ReplacemeError, did_you_mean, first_line, shown
 
 #: integers beyond this cannot reach torch or numpy (64-bit) and are refused
 INT_LIMIT = 2**63 - 1
@@ -237,4 +237,4 @@ def _yaml_problem(exc: Any) -> str:
     mark = getattr(exc, "problem_mark", None)
     if problem:
         return (problem[:200] + (f", line {mark.line + 1}" if mark is not None else ""))
-    return str(exc).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return first_line(exc)[:200]

@@ -64,7 +64,7 @@ _OFFLOAD_SCRIPT = textwrap.dedent("""
             libc.free(p)
         return mapped
 
-    from replaceme.offload.skeleton import load_offloaded
+    from replaceme.offload import load_offloaded
     from replaceme.registry import adapter_for
 
     offloaded, _ = load_offloaded(sys.argv[1], device="cpu", dtype="auto", trust_remote_code=False,

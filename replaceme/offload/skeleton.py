@@ -44,7 +44,7 @@ from torch import nn
 
 from replaceme.adapters import ModelAdapter
 from replaceme.checkpoint import Checkpoint, PlannedTensor, stored_blocks, write_checkpoint
-from replaceme.errors import ReplacemeError, first_line
+from replaceme.errors import ReplacemeError
 
 log = logging.getLogger(__name__)
 
