@@ -191,6 +191,11 @@ def prune(
         from replaceme.loading import resolve_device
 
         gram_device = resolve_device(gram_device)
+    if spill_dir is not None and isinstance(model_or_path, (str, Path)):  # temporaries never go into an input
+        from replaceme.outputs import check_work_dirs
+
+        calib_source = getattr(getattr(calibration, "text_source", None), "base", calibration)
+        check_work_dirs([model_or_path, calib_source], spill_dir=spill_dir, cache=use_cache)
     if calib_4bit:
         from replaceme.loading import check_4bit
 

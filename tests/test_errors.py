@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -154,6 +155,12 @@ def world(tmp_path_factory, tokenizer):
     (root / ".locked.replaceme.lock").write_text(
         json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": time.time()}))
     (root / ".elsewhere.replaceme.lock").write_text(json.dumps({"pid": 4242, "host": "node-17", "started": time.time()}))
+    busy = root / "busy_card"  # a pruned model whose folder another run is writing
+    shutil.copytree(model, busy)
+    (busy / "README.md").write_text("card")
+    record_tree(busy, "pruned-model")
+    (root / ".busy_card.replaceme.lock").write_text(
+        json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": time.time()}))
     return root
 
 
@@ -188,6 +195,8 @@ CASES = {
                                 "--spill-dir .* is inside the input"),
     "model-card-edited": (lambda w: ["evaluate", w / "carded", "--ppl", w / "calib.txt", "--model-card"],
                           "--model-card: .*README.md was not written by replaceme, or was changed"),
+    "model-card-locked": (lambda w: ["evaluate", w / "busy_card", "--ppl", w / "calib.txt", "--model-card"],
+                          "another replaceme run .* is writing .*busy_card \\(lock file"),
     "distances-csv-not-replacemes": (
         lambda w: ["distances", w / "model", "-n", "1", "--calib", w / "calib.txt", "--csv", w / "table.csv",
                    "--overwrite"], "--csv .*table.csv was not written by replaceme"),

@@ -131,3 +131,11 @@ def test_write_failures_name_their_cause_and_others_pass_through(tmp_path):
     assert filesystem(tmp_path / "not" / "yet") == filesystem(tmp_path)
     message, code = explain(OSError(28, "No space left on device"))
     assert code == 2 and message.startswith("no space left on the device")
+
+
+def test_the_python_api_keeps_spills_out_of_the_model(tiny_dir, calib_file):
+    import replaceme
+
+    with pytest.raises(ReplacemeError, match="--spill-dir .* is inside the input"):
+        replaceme.prune(str(tiny_dir), "uidl", 1, calibration=str(calib_file), spill_dir=tiny_dir / "spill")
+    assert not (tiny_dir / "spill").exists()
