@@ -112,6 +112,7 @@ def prune(
     use_cache: bool = True,
     trust_remote_code: bool = False,
     offload: bool = False,
+    disk_budget: int | str | None = None,
     spill_dir: str | Path | None = None,
     calib_4bit: bool = False,
     gram_device: str | None = None,
@@ -142,6 +143,10 @@ def prune(
             :mod:`replaceme.offload`). ``result.model`` is then a skeleton whose
             untouched parameters are on the meta device; save it with
             :func:`save_pruned`, which streams the checkpoint.
+        disk_budget: with ``offload``, most bytes of activations kept on disk between
+            layers (``"200G"``, a byte count, or None/``"auto"``: half the free space);
+            above it the layers are streamed once per group of batches that fits
+            (:mod:`replaceme.offload.budget`).
         spill_dir: keep the activation sample (and, with ``offload``, the
             activations between layers) in memory-mapped files in a run-unique
             directory created under this one, instead of RAM
@@ -203,10 +208,13 @@ def prune(
             raise ReplacemeError("calib_4bit needs a model path and cannot be combined with offload")
         check_4bit(device)
     if offload:
+        from replaceme.offload.budget import parse_size
+
         resolved.check_offload()
+        disk_budget = parse_size(disk_budget)
     device = distributed.device_name(device)  # under torchrun: this process's GPU
     model, tokenizer, source, offloaded, usage = _load(model_or_path, tokenizer, device, dtype, trust_remote_code,
-                                                       offload, calib_4bit)
+                                                       offload, calib_4bit, disk_budget)
     adapter = adapter_for(model)
     torch.manual_seed(seed)
     prepared = prepare(model, adapter, [Run(resolved, layers)], calibration, tokenizer, use_cache=use_cache, seed=seed,
@@ -266,7 +274,7 @@ def _merge_options(options: dict[str, Any] | None, method_options: dict[str, Any
 
 
 def _load(model_or_path: Any, tokenizer: Any, device: str, dtype: str, trust_remote_code: bool, offload: bool,
-          calib_4bit: bool):
+          calib_4bit: bool, disk_budget: int | None = None):
     """Load a model path (a 4-bit copy for the pass, or an offloaded skeleton), or take a
     model object: ``(model, tokenizer, source, offloaded, usage)``."""
     from replaceme.loading import load_model
@@ -289,7 +297,8 @@ def _load(model_or_path: Any, tokenizer: Any, device: str, dtype: str, trust_rem
                 raise ReplacemeError("offload=True needs a model directory, not a loaded model")
             source = str(model_or_path)
             offloaded, tokenizer = load_offloaded(source, device=device, dtype=dtype,
-                                                  trust_remote_code=trust_remote_code, adapter_for=adapter_for)
+                                                  trust_remote_code=trust_remote_code, adapter_for=adapter_for,
+                                                  disk_budget=disk_budget)
             model = offloaded.model
         elif isinstance(model_or_path, (str, Path)):
             source = str(model_or_path)

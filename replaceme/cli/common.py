@@ -95,10 +95,20 @@ def model_options(f: F) -> F:
 
 
 def offload_option(what: str) -> Callable[[F], F]:
-    """``--offload`` for a command that runs the model (``what``: what it does layer by layer)."""
-    return click.option("--offload", is_flag=True,
-                        help="Never hold the whole model: read a local safetensors checkpoint one decoder layer at a "
-                             f"time ({what}); peak memory ≈ one layer + the LM head + one batch's activations.")
+    """``--offload`` and ``--disk-budget`` for a command that runs the model (``what``: what
+    it does layer by layer)."""
+    offload = click.option("--offload", is_flag=True,
+                           help="Never hold the whole model: read a local safetensors checkpoint one decoder layer at "
+                                f"a time ({what}); peak memory ≈ one layer + the LM head + one batch's activations.")
+    budget = click.option("--disk-budget", metavar="SIZE", default="auto", show_default=True,
+                          help="With --offload: most bytes of activations kept on disk between layers (e.g. 200G); "
+                               "above it the layers are streamed once per group of calibration batches that fits. "
+                               "auto: half the free space of the temporary directory.")
+
+    def decorate(f: F) -> F:
+        return offload(budget(f))
+
+    return decorate
 
 
 def calibration_spec(calib: str | None, *, calib_column: str, calib_split: str, calib_samples: int,

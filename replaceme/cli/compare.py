@@ -57,7 +57,7 @@ from replaceme.cli.common import (
 @click.pass_context
 def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl, context_length, stride, max_ppl_tokens, tasks,
             tasks_dir, task_data, num_fewshot, limit, eval_batch_size, bootstrap_iters, device, dtype, trust_remote_code,
-            offload, plan_file, output, overwrite, break_lock, no_cache, as_json, fmt, **calib) -> None:
+            offload, disk_budget, plan_file, output, overwrite, break_lock, no_cache, as_json, fmt, **calib) -> None:
     """Compare pruning methods on MODEL fairly: the same weights, the same
     calibration pass and the same evaluation for all, plus the unpruned baseline.
 
@@ -91,7 +91,7 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
         context_length=context_length, stride=stride, max_ppl_tokens=max_ppl_tokens, tasks=tasks, tasks_dir=tasks_dir,
         task_data=task_data, num_fewshot=num_fewshot, limit=limit, eval_batch_size=eval_batch_size,
         bootstrap_iters=bootstrap_iters, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-        overwrite=overwrite, offload=offload, **calib))
+        overwrite=overwrite, offload=offload, disk_budget=disk_budget, **calib))
     model = model or model_opt or settings.get("model") or _demo_name()
     entries = _method_entries(methods, settings, options)
     budgets = _budgets(layers, settings, model)
@@ -179,6 +179,7 @@ def _compare_plan(model: str, entries: list, budgets: list[int], spec, ppl_sourc
     from replaceme.compare.external import parse_include
     from replaceme.compare.plan import ComparePlan
     from replaceme.evaluation.spec import EvalSpec
+    from replaceme.offload.budget import parse_size
 
     tasks = values["tasks"]
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if isinstance(tasks, str) else list(tasks or [])
@@ -193,7 +194,7 @@ def _compare_plan(model: str, entries: list, budgets: list[int], spec, ppl_sourc
     return ComparePlan(model=model, methods=entries, layers=budgets, calibration=spec, evaluation=evaluation,
                        seed=spec.seed, device=values["device"], dtype=values["dtype"],
                        trust_remote_code=bool(values["trust_remote_code"]), include=parse_include(include),
-                       offload=bool(values["offload"]))
+                       offload=bool(values["offload"]), disk_budget=parse_size(values["disk_budget"]))
 
 
 def _report(outcome, model: str, out, as_json: bool, fmt: str = "table") -> None:

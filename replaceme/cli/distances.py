@@ -35,7 +35,7 @@ from replaceme.cli.common import (
 @click.option("--no-cache", is_flag=True, help="Recompute calibration statistics even if cached.")
 @format_option
 def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_path, overwrite, break_lock, no_cache, device, dtype,
-              trust_remote_code, offload, fmt, **calib) -> None:
+              trust_remote_code, offload, disk_budget, fmt, **calib) -> None:
     """Show the angular distance of every block of 1..N layers of MODEL.
 
     The angular distance arccos(cos(x_s, x_e))/π between a block's input and
@@ -89,9 +89,10 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
         offloaded = None
         if offload:
             from replaceme.offload import load_offloaded
+            from replaceme.offload.budget import parse_size
 
             offloaded, tokenizer = load_offloaded(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                  adapter_for=adapter_for)
+                                                  adapter_for=adapter_for, disk_budget=parse_size(disk_budget))
             net = offloaded.model
         else:
             net, tokenizer = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)

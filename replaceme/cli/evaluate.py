@@ -97,7 +97,7 @@ def _command(model_or_dir: str, spec) -> str:
 @break_lock_option
 def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, ppl_batch_size, max_ppl_tokens,
              tasks, tasks_dir, task_data, num_fewshot, limit, batch_size, seed, bootstrap_iters, device, dtype,
-             trust_remote_code, offload, as_json, fmt, baseline, model_card, break_lock) -> None:
+             trust_remote_code, offload, disk_budget, as_json, fmt, baseline, model_card, break_lock) -> None:
     """Evaluate MODEL_OR_DIR (a model directory or hub id): perplexity and lm-eval tasks.
 
     Perplexity uses non-overlapping windows of --context-length tokens, each
@@ -142,7 +142,7 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
     # the card is written into the model's folder: hold its lock from loading to writing, so that
     # a prune --overwrite of that folder cannot swap the model between the two
     with _model_lock(model_or_dir, model_card, break_lock):
-        result = _load_and_evaluate(model_or_dir, spec, device, dtype, trust_remote_code, offload)
+        result = _load_and_evaluate(model_or_dir, spec, device, dtype, trust_remote_code, offload, disk_budget)
         if model_card:
             from replaceme import model_card as card
             from replaceme.outputs import record_written
@@ -166,7 +166,8 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
     print_rows(f"{model_or_dir} ({where})", ["benchmark", "metric", "value", "stderr", "tokens/docs"], rows, fmt=fmt)
 
 
-def _load_and_evaluate(path: str, spec, device: str, dtype: str, trust_remote_code: bool, offload: bool):
+def _load_and_evaluate(path: str, spec, device: str, dtype: str, trust_remote_code: bool, offload: bool,
+                       disk_budget: str | None = None):
     """Load ``path`` (layer by layer with ``offload``) and evaluate it under ``spec``; the model is freed after."""
     from replaceme.evaluation import evaluate as run_evaluation
     from replaceme.loading import load_model
@@ -174,10 +175,11 @@ def _load_and_evaluate(path: str, spec, device: str, dtype: str, trust_remote_co
     offloaded = None
     if offload:
         from replaceme.offload import load_offloaded
+        from replaceme.offload.budget import parse_size
         from replaceme.registry import adapter_for
 
         offloaded, tokenizer = load_offloaded(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                                              adapter_for=adapter_for)
+                                              adapter_for=adapter_for, disk_budget=parse_size(disk_budget))
         model = offloaded.model
     else:
         model, tokenizer = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -14,6 +14,7 @@ from replaceme.cli.common import (
     calibration_spec,
     merge_file_settings,
     model_options,
+    offload_option,
     parse_kv,
 )
 
@@ -34,9 +35,7 @@ from replaceme.cli.common import (
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="YAML with these settings (our names, or ReplaceMe reference keys); flags override it.")
 @click.option("--no-cache", is_flag=True, help="Recompute calibration statistics even if cached.")
-@click.option("--offload", is_flag=True,
-              help="Never hold the whole model: read a local safetensors checkpoint one decoder layer at a time "
-                   "and write the pruned one by streaming (peak memory ≈ one layer + activations).")
+@offload_option("the calibration pass, plan scoring and compensation; the pruned checkpoint is written by streaming")
 @click.option("--calib-4bit", "calib_4bit", is_flag=True,
               help="Run the calibration pass on a 4-bit (bitsandbytes) copy of the model, then prune the full "
                    "weights (the reference's use_4bit). Needs a CUDA GPU; changes the statistics.")
@@ -61,7 +60,7 @@ from replaceme.cli.common import (
 @click.option("--json", "as_json", is_flag=True, help="Print pruning.json to stdout.")
 @click.pass_context
 def prune(ctx: click.Context, model, method, layers, selector, compensator, options, output, overwrite, break_lock,
-          config_file, no_cache, offload, calib_4bit, gram_device, spill_dir, base_model, strict, save_transforms,
+          config_file, no_cache, offload, disk_budget, calib_4bit, gram_device, spill_dir, base_model, strict, save_transforms,
           stats_passes, as_json, device, dtype, trust_remote_code, **calib) -> None:
     """Prune MODEL (directory, hub id, or 'demo') and save a standard model directory.
 
@@ -124,6 +123,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
         result = replaceme.prune(model, method=method, layers=int(layers), calibration=spec, selector=selector,
                                  compensator=compensator, device=device, dtype=dtype, seed=calib["seed"],
                                  use_cache=not no_cache, trust_remote_code=trust_remote_code, offload=offload,
+                                 disk_budget=disk_budget,
                                  spill_dir=spill_dir, calib_4bit=calib_4bit, gram_device=gram_device, options=opts,
                                  base_model=base_model, strict=strict, stats_passes=stats_passes)
         if result is None:  # a torchrun rank other than 0: its share is delivered, rank 0 writes and reports

@@ -51,6 +51,8 @@ class ComparePlan:
         offload: never hold the whole model (:mod:`replaceme.offload`): the pass, the
             plan scoring and the evaluation run layer by layer, each variant holding
             only its changed layers; the rows equal the in-memory ones.
+        disk_budget: with ``offload``, bytes of activations kept on disk between layers
+            (None: half the free space; :mod:`replaceme.offload.budget`).
     """
 
     model: str
@@ -64,6 +66,7 @@ class ComparePlan:
     trust_remote_code: bool = False
     include: list[IncludedModel] = field(default_factory=list)
     offload: bool = False
+    disk_budget: int | None = None
 
     def __post_init__(self) -> None:
         labels = [m.label for m in self.methods] + [e.label for e in self.include] + [BASELINE]
@@ -89,6 +92,7 @@ class ComparePlan:
             "dtype": self.dtype,
             "include": [asdict(e) for e in self.include],
             "offload": self.offload,
+            "disk_budget": self.disk_budget,
         }
 
 
@@ -162,6 +166,7 @@ def plan_schema() -> dict[str, Any]:
         "eval_batch_size": COUNT, "bootstrap_iters": Key(("int",), minimum=0, maximum=2**31 - 1), "output": STR,
         "device": STR, "include_models": Key(("str", "list")),
         "dtype": Key(("str",), choices=("auto", "float32", "bfloat16", "float16")), "offload": Key(("bool",)),
+        "disk_budget": Key(("str", "int")),
     }
 
 

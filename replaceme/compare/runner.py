@@ -103,7 +103,8 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, overwrite
         from replaceme.offload import load_offloaded
 
         offloaded, tokenizer = load_offloaded(plan.model, device=device, dtype=plan.dtype,
-                                              trust_remote_code=plan.trust_remote_code, adapter_for=adapter_for)
+                                              trust_remote_code=plan.trust_remote_code, adapter_for=adapter_for,
+                                              disk_budget=plan.disk_budget)
         model, fingerprint = offloaded.model, offloaded.fingerprint()
     else:
         model, tokenizer = load_model(plan.model, device=device, dtype=plan.dtype, trust_remote_code=plan.trust_remote_code)

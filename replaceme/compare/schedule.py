@@ -47,8 +47,8 @@ def _digest(value: Any, size: int = 20) -> str:
 def shared_identity(plan: ComparePlan) -> str:
     """What every row shares (model, calibration, evaluation, seed, device): a comparison
     in an output directory is resumed only under the same identity. ``offload`` is left
-    out: it changes where the model runs, not the rows."""
-    return _digest({k: v for k, v in plan.to_dict().items() if k not in ("methods", "layers", "include", "offload")})
+    out (and its disk budget): they change where the model runs, not the rows."""
+    return _digest({k: v for k, v in plan.to_dict().items() if k not in ("methods", "layers", "include", "offload", "disk_budget")})
 
 
 def evaluation_inputs(evaluation: Any) -> dict[str, Any]:

@@ -10,7 +10,8 @@ serves ``loglikelihood`` and ``loglikelihood_rolling``) runs twice:
    results are dropped); the batches are kept;
 2. the engine runs every recorded batch through every layer
    (:func:`replaceme.offload.engine.stream`), each layer read once, the last
-   hidden states waiting in files;
+   hidden states waiting in files (in groups of batches within the disk budget,
+   one sweep over the layers each, :mod:`replaceme.offload.budget`);
 3. **replay**: lm-eval forms the same batches again (its order is deterministic
    for a fixed batch size) and is answered with each batch's logits, from the
    model's own final norm and LM head (:func:`replaceme.offload.engine.model_outputs`).
@@ -28,6 +29,7 @@ from lm_eval.models.huggingface import HFLM
 
 from replaceme.errors import ReplacemeError
 from replaceme.offload.engine import Window, model_outputs, stream
+from replaceme.evaluation.offloaded import window_bytes
 from replaceme.offload.window import DiskStore
 
 
@@ -63,21 +65,37 @@ class OffloadedLM(HFLM):
             super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
             if not recorded:
                 return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-            with DiskStore() as store:
-                window = Window(store)
-                stream(offloaded, model, [(ids, None) for ids in recorded], window, description="lm-eval (layer by layer)")
+            groups = offloaded.window_groups(window_bytes(offloaded, model, recorded), "evaluation")
+            group_of = {b: g for g, group in enumerate(groups) for b in group}
+            state: dict[str, Any] = {"group": None, "store": None, "window": None}
+
+            def sweep(g: int) -> None:  # the next group of batches through every layer
+                if state["store"] is not None:
+                    state["store"].close()
+                state["store"] = store = DiskStore()
+                state["window"] = window = Window(store)
+                chosen = [(recorded[b], None) for b in groups[g]]
+                stream(offloaded, model, chosen, window, description="lm-eval (layer by layer)", indices=groups[g])
+                state["group"] = g
+
+            calls = iter(range(len(recorded)))
+
+            def replay(inps: torch.Tensor) -> torch.Tensor:
+                b = next(calls)
+                if not torch.equal(inps.to("cpu"), recorded[b]):
+                    raise RuntimeError("lm-eval formed different batches on the second pass")
+                if state["group"] != group_of[b]:
+                    sweep(group_of[b])
+                with torch.no_grad():
+                    return model_outputs(offloaded, model, state["window"].output(b, offloaded.device), None).logits
+
+            self._answers = replay
+            try:
                 with offloaded.output_head(model):
-                    calls = iter(range(len(recorded)))
-
-                    def replay(inps: torch.Tensor) -> torch.Tensor:
-                        b = next(calls)
-                        if not torch.equal(inps.to("cpu"), recorded[b]):
-                            raise RuntimeError("lm-eval formed different batches on the second pass")
-                        with torch.no_grad():
-                            return model_outputs(offloaded, model, window.output(b, offloaded.device), None).logits
-
-                    self._answers = replay
                     return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+            finally:
+                if state["store"] is not None:
+                    state["store"].close()
         finally:
             self._answers = None
 

@@ -13,10 +13,12 @@ from replaceme.offload.skeleton import OffloadedModel
 
 
 def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: bool,
-                   adapter_for: Callable[[Any], ModelAdapter]) -> tuple[OffloadedModel, Any]:
+                   adapter_for: Callable[[Any], ModelAdapter], disk_budget: int | None = None) -> tuple[OffloadedModel, Any]:
     """Build the skeleton of the model at ``path`` and its tokenizer (no weights read yet);
     ``adapter_for(model)`` finds its :class:`~replaceme.adapters.ModelAdapter` (the caller
-    passes :func:`replaceme.registry.adapter_for`: plugins live above this layer)."""
+    passes :func:`replaceme.registry.adapter_for`: plugins live above this layer).
+    ``disk_budget``: bytes of activations the engine may keep on disk between layers
+    (None: half the free space; see :mod:`replaceme.offload.budget`)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -47,5 +49,6 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
     model.tie_weights()  # as from_pretrained does (from_config leaves tied weights apart on meta)
     model.eval()
     offloaded = OffloadedModel(model, adapter_for(model), checkpoint, torch_dtype, device)
+    offloaded.disk_budget = disk_budget
     hold_large_allocations(offloaded)  # while it streams layers; undone when it is collected
     return offloaded, tokenizer

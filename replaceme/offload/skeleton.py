@@ -120,6 +120,10 @@ class OffloadedModel:
         self._buffers_to(model, layer_prefix)
         #: whether the decoder layers return a tuple (learned from the first layer run)
         self.returns_tuple = False
+        #: bytes the engine may keep on disk between layers (None: half the free space, see
+        #: :mod:`replaceme.offload.budget`); the sweeps each pass needed are recorded
+        self.disk_budget: int | None = None
+        self.sweeps: dict[str, int] = {}
 
     # ----- names
 
@@ -277,7 +281,22 @@ class OffloadedModel:
             "checkpoint_bytes": self.parameter_bytes(),
             "device": str(self.device),
             "layers_in_memory_at_save": resident,
+            "disk_budget_bytes": self.disk_budget,
+            "sweeps": dict(self.sweeps),
         }
+
+    def window_groups(self, window_bytes: list[int], purpose: str, directory: Any = None) -> list[list[int]]:
+        """Batches (by position) grouped into sweeps over the layers whose window of
+        activations on disk fits the budget (:func:`replaceme.offload.budget.sweeps`)."""
+        from replaceme.offload.budget import resolve_budget, sweeps
+
+        budget = resolve_budget(self.disk_budget, directory)
+        groups = sweeps(window_bytes, budget)
+        self.sweeps[purpose] = max(self.sweeps.get(purpose, 0), len(groups))
+        if len(groups) > 1:
+            log.info("%s: %d sweeps over the layers (%.1f GB of activations per sweep at most, budget %.1f GB)",
+                     purpose, len(groups), max(sum(window_bytes[k] for k in g) for g in groups) / 2**30, budget / 2**30)
+        return groups
 
     def fingerprint(self) -> str:
         """A cheap content fingerprint of the checkpoint (for ``compare``'s row keys): the

@@ -71,7 +71,9 @@ def collect_stats_layerwise(offloaded: OffloadedModel, calib: CalibrationData, r
     The activations of every calibration token that wait between layers (a few
     boundaries) always go to files (:class:`~replaceme.offload.window.DiskStore`, in the
     system temporary directory or beside ``spill``'s) and are read back one batch at
-    a time, so memory does not grow with the calibration set.
+    a time, so memory does not grow with the calibration set; when they would exceed
+    the disk budget (``offloaded.disk_budget``), the layers are streamed once per group
+    of batches that fits (:mod:`replaceme.offload.budget`).
 
     Returns:
         The same :class:`ActivationStats` as the hooked pass on the loaded model.
@@ -120,8 +122,19 @@ def _collect_layerwise(
         states[b] = acc.begin(mask, use_for_gram=b not in holdout_set, keep=keep, store=store)
 
     feed = _StatsFeed(acc, states, set(request.layer_kwargs), model, adapter)
-    stream(offloaded, model, [(calib.input_ids[b], calib.masks[b]) for b in batches], feed,
-           description="calibration pass (layer by layer)", indices=list(batches))
+    batches = list(batches)
+    # per batch on disk between layers: the accumulator's window of boundaries and MLP outputs
+    element = torch.empty((), dtype=offloaded.dtype).element_size()
+    per_batch = [calib.input_ids[b].numel() * hidden * element * (2 * acc.window + 3) for b in batches]
+    groups = offloaded.window_groups(per_batch, "statistics", getattr(window, "path", None))
+    for number, group in enumerate(groups, 1):
+        chosen = [batches[k] for k in group]
+        label = "calibration pass (layer by layer)" + (f", sweep {number}/{len(groups)}" if len(groups) > 1 else "")
+        stream(offloaded, model, [(calib.input_ids[b], calib.masks[b]) for b in chosen], feed, description=label,
+               indices=chosen)
+        for b in chosen:  # this group's window is no longer needed
+            states[b].x.clear()
+            states[b].m.clear()
     return complete_pass(acc, stats, keeps, holdout, sample, start_time)
 
 

@@ -59,6 +59,9 @@ def test_offloaded_loglikelihoods_equal_in_memory(arch, tmp_path):
     got = layered._loglikelihood_tokens(requests, disable_tqdm=True)
     assert [g for _, g in got] == [g for _, g in want]
     assert [ll for ll, _ in got] == pytest.approx([ll for ll, _ in want], rel=1e-5)
+    offloaded.disk_budget = 1  # one sweep over the layers per batch (--disk-budget)
+    assert layered._loglikelihood_tokens(requests, disable_tqdm=True) == got
+    assert offloaded.sweeps["evaluation"] == 3
 
 
 def test_offloaded_tasks_equal_in_memory(tmp_path, synthetic_task_data):
