@@ -34,18 +34,66 @@ stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 stderr = Console(stderr=True)
 
 
+#: third-party loggers that are quiet (errors only) unless -v (warnings) or -vv (info)
+THIRD_PARTY_LOGGERS = ("transformers", "datasets", "lm_eval", "lm-eval", "huggingface_hub", "accelerate", "filelock",
+                       "urllib3", "fsspec", "evaluate")
+
+
 def setup_logging(verbose: int = 0) -> None:
-    """Route the ``replaceme`` logger (and warnings) to stderr through rich."""
-    if verbose < 2:  # our own bars replace the per-file bars of transformers and the hub
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    """Route the ``replaceme`` logger (and Python warnings) to stderr through rich, each
+    line with its level; third-party libraries say only errors unless ``-v`` (their
+    warnings) or ``-vv`` (their info); their progress bars show only with ``-vv``.
+    Calling it again replaces the earlier setup (so ``-v`` after a command works)."""
+    if verbose < 2:  # our own bars replace the per-file bars of transformers, the hub, datasets and lm-eval
+        # (tqdm reads TQDM_DISABLE when it is first imported, which the commands do only after this)
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ["TQDM_DISABLE"] = "1"
+    else:
+        os.environ.pop("TQDM_DISABLE", None)
+    handler = _log_handler()
     logger = logging.getLogger("replaceme")
-    logger.handlers = [RichHandler(console=stderr, show_path=False, show_time=False, markup=False)]
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.handlers = [handler]
+    logger.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
     logger.propagate = False
-    logging.captureWarnings(True)
-    # transformers and datasets are chatty; keep their warnings, drop their info.
-    for name in ("transformers", "datasets", "lm_eval"):
-        logging.getLogger(name).setLevel(logging.WARNING if verbose < 2 else logging.INFO)
+    logging.captureWarnings(True)  # warnings.warn(...) -> the "py.warnings" logger, with its level
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.handlers = [handler]
+    warnings_logger.propagate = False
+    level = logging.ERROR if verbose == 0 else logging.WARNING if verbose == 1 else logging.INFO
+    for name in THIRD_PARTY_LOGGERS:  # through our handler (with a level), never Python's bare last-resort one
+        third = logging.getLogger(name)
+        third.setLevel(level)
+        third.handlers = [handler]
+        third.propagate = False
+    _quiet_transformers(verbose)
+
+
+def _log_handler() -> logging.Handler:
+    """Rich lines on a terminal; in a log file or pipe one plain line per record, ``LEVEL    message``
+    (a record never wraps onto lines without its level)."""
+    if stderr.is_terminal:
+        return RichHandler(console=stderr, show_path=False, show_time=False, markup=False, show_level=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine("%(levelname)-8s %(message)s"))
+    return handler
+
+
+class _OneLine(logging.Formatter):
+    """A record on one line: line breaks in the message (tracebacks aside) become spaces."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.exc_info else " ".join(text.split("\n"))
+
+
+def _quiet_transformers(verbose: int) -> None:
+    """transformers and datasets keep their own verbosity and progress-bar switches."""
+    import sys as _sys
+
+    level = logging.ERROR if verbose == 0 else logging.WARNING if verbose == 1 else logging.INFO
+    for module, attr in (("transformers.utils.logging", "set_verbosity"), ("datasets.utils.logging", "set_verbosity")):
+        if module in _sys.modules:
+            getattr(_sys.modules[module], attr)(level)
 
 
 def progress_enabled() -> bool:
@@ -98,12 +146,18 @@ class LossBar:
         return self
 
     def update(self, advance: int = 1, **info: float) -> None:
+        """Advance the bar; a total that turns out too small grows, so the count never exceeds it."""
         if self._progress is not None:
             text = "  ".join(f"{k} {v:.4g}" for k, v in info.items())
+            task = self._progress.tasks[0]
+            if task.total is not None and task.completed + advance > task.total:
+                self._progress.update(self._task, total=task.completed + advance)
             self._progress.update(self._task, advance=advance, info=text)
 
     def __exit__(self, *exc: Any) -> None:
         if self._progress is not None:
+            if exc[0] is None:  # finished early (converged): the bar ends complete, N of N
+                self._progress.update(self._task, total=self._progress.tasks[0].completed)
             self._progress.stop()
 
 

@@ -268,7 +268,9 @@ class CosineCompensator(Compensator):
         init = None
         if o.init == "lstsq":  # from the fit's own sample: the same under torchrun as in one process
             init = solve_lstsq(*source.normal_equations()).transform.to(torch.float32)
-        steps = adam_steps(source, o.batch_tokens, o.epochs) if o.solver == "adam" else o.lbfgs_steps
+        # the bar counts loss evaluations: Adam steps, or L-BFGS function evaluations (torch's
+        # LBFGS makes at most 5/4 of its iterations' worth; the bar completes early if it converges)
+        steps = adam_steps(source, o.batch_tokens, o.epochs) if o.solver == "adam" else o.lbfgs_steps * 5 // 4
         with LossBar(f"cosine fit {block}", total=steps) as bar:
             fit = fit_stream(
                 source, init=init, loss=o.loss, solver=o.solver, epochs=o.epochs, lr=o.lr,

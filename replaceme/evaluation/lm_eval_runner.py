@@ -49,6 +49,7 @@ from typing import Any
 from replaceme.errors import ReplacemeError, did_you_mean, first_line
 from replaceme.evaluation.bootstrap import DEFAULT_ITERS, lm_eval_bootstrap
 from replaceme.evaluation.chance import known_chance, objects_by_name
+from replaceme.evaluation.lm_progress import one_bar
 from replaceme.evaluation.tasks import DATA_ENV, PACK_DIR, PACK_TASKS, resolve_data_dir
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ def run_tasks(
         lm.attach(offloaded, model)
     _seed_everything(seed)
     # lm-eval prints (bootstrap notices) on stdout, which carries our results.
-    with contextlib.redirect_stdout(sys.stderr), lm_eval_bootstrap():  # vectorised, not lm-eval's process pool
+    with contextlib.redirect_stdout(sys.stderr), lm_eval_bootstrap(), one_bar(lm, ",".join(tasks)):
         results = evaluate(lm=lm, task_dict=task_dict, limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False)
     return _collect(results, loaded, limit)
 
