@@ -39,6 +39,8 @@ class PruneResult:
         stages: each stage's component and the distribution that provides it.
         holdout: the calibration actually held out of every fit (batches, tokens, fraction of tokens).
         dtype: the ``dtype`` asked for.
+        healing: with a healer, what healing did (:class:`replaceme.healing.stage.HealRecord`
+            as a dict: healer, options, data, tokens seen, loss curve, time, memory).
     """
 
     model: Any
@@ -59,6 +61,7 @@ class PruneResult:
     stages: dict[str, Any] = field(default_factory=dict)
     holdout: dict[str, Any] = field(default_factory=dict)
     dtype: str = "auto"
+    healing: dict[str, Any] | None = None
 
     @property
     def plan(self):
@@ -90,6 +93,7 @@ class PruneResult:
             "usage": {k: u.to_dict() for k, u in self.usage.items()},
             "statistics_memory": self.stats_memory,
             "calibration_4bit": self.calib_4bit,
+            "healing": self.healing,
             "offload": self.offloaded.describe() if self.offloaded is not None else {"enabled": False},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -119,6 +123,8 @@ def prune(
     base_model: str | None = None,
     strict: bool = False,
     stats_passes: str = "auto",
+    heal: str | None = None,
+    heal_data: Any = None,
     **method_options: Any,
 ) -> PruneResult | None:
     """Prune ``layers`` decoder layers with ``method``.
@@ -167,6 +173,13 @@ def prune(
             (tables, then what the compensator needs for the chosen blocks only) hold
             far smaller statistics at the cost of a second forward pass; ``auto``
             takes them above 1 GiB of one-pass statistics (:mod:`replaceme.passes`).
+        heal: a healer (``replaceme methods`` lists them) that trains the pruned model
+            back after the merge, distilling from the unpruned model by default;
+            ``"none"`` turns off a recipe's default healer. Its options go in
+            ``options`` (``heal.KEY`` or a plain key no other stage declares).
+        heal_data: the healing text: a :class:`replaceme.healer.HealData` or a source
+            string (same formats and record slices as calibration); default: the
+            calibration records the compensation was fit on.
         **method_options: shorthand for ``options`` where the name is unambiguous
             (``prune(..., alpha=1e-3)``); a key given both ways is an error.
 
@@ -190,8 +203,12 @@ def prune(
     from replaceme.hub_ids import base_model_id
 
     resolved = resolve_method(method, _merge_options(options, method_options), selector=selector, compensator=compensator,
-                              strict=strict)
+                              strict=strict, healer=heal)
     hub_id = base_model_id(str(model_or_path), base_model) if isinstance(model_or_path, (str, Path)) else base_model
+    if resolved.healer is None and heal_data is not None and getattr(heal_data, "source", heal_data) is not None:
+        raise ReplacemeError("healing data was given but no healer (--heal NAME)")
+    if resolved.healer is not None and offload:
+        raise ReplacemeError("healing needs the whole model in memory: it cannot be combined with offload")
     if gram_device is not None:
         from replaceme.loading import resolve_device
 
@@ -232,9 +249,23 @@ def prune(
 
         outcome = apply_method(model, adapter, resolved, layers, prepared.stats, seed=seed, device=offloaded.device,
                                target=OnDemandTarget(offloaded))
-    else:
-        outcome = apply_method(model, adapter, resolved, layers, prepared.stats, seed=seed)
+    else:  # with a healer the unpruned model stays intact: it is the teacher
+        from replaceme.variant import IN_PLACE, VARIANT
+
+        target = VARIANT if resolved.healer is not None else IN_PLACE
+        outcome = apply_method(model, adapter, resolved, layers, prepared.stats, seed=seed, target=target)
     usage.update(outcome.usage)
+    healing = None
+    if resolved.healer is not None:
+        from replaceme.healer import HealData
+        from replaceme.healing.run import heal_outcome
+
+        data = HealData(str(heal_data)) if isinstance(heal_data, (str, Path)) else heal_data
+        healed, record = heal_outcome(model, adapter, resolved, outcome, tokenizer, data,
+                                      calibration=prepared.calibration, request=prepared.request, seed=seed,
+                                      source=source)
+        model, outcome.model, healing = healed, healed, record.to_dict()
+        usage["heal"] = record.usage
     return PruneResult(
         model=model,
         tokenizer=tokenizer,
@@ -254,6 +285,7 @@ def prune(
         stages=resolved.stages(),
         holdout=_holdout(prepared.stats),
         dtype=dtype,
+        healing=healing,
     )
 
 

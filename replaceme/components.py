@@ -303,6 +303,8 @@ class Merger(Component):
 
 
 STAGES = ("selector", "compensator", "merger")
+#: the optional fourth stage (:mod:`replaceme.healer`): trains the pruned model back
+HEAL_STAGE = "healer"
 
 
 @dataclass(frozen=True)
@@ -313,7 +315,9 @@ class Method:
         name: kebab-case method name (``--method``).
         selector, compensator, merger: component names (merger None: the
             compensator's ``default_merger``).
-        defaults: per stage (``"selector"``, ``"compensator"``, ``"merger"``), option
+        healer: a healer the recipe heals with by default (``--heal none`` turns it
+            off); None = training-free.
+        defaults: per stage (``"selector"``, ``"compensator"``, ``"merger"``, ``"healer"``), option
             values applied before the user's, e.g. ``{"compensator": {"lr": 1e-3}}``.
             Validated against that stage's ``Options`` at registration (an unknown
             key drops the method with a warning naming its plugin); a stage swapped
@@ -327,12 +331,14 @@ class Method:
     compensator: str
     merger: str | None = None
     defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    healer: str | None = None
     description: str = ""
     reference: str = ""
 
     def __post_init__(self) -> None:
-        wrong = [k for k in self.defaults if k not in STAGES]
+        wrong = [k for k in self.defaults if k not in (*STAGES, HEAL_STAGE)]
         if wrong:
             raise ValueError(
-                f"method '{self.name}': defaults are keyed by stage ({', '.join(STAGES)}), got {', '.join(map(repr, wrong))}"
+                f"method '{self.name}': defaults are keyed by stage ({', '.join((*STAGES, HEAL_STAGE))}), "
+                f"got {', '.join(map(repr, wrong))}"
             )

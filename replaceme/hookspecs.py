@@ -59,6 +59,20 @@ def register_methods(register):
     """
 
 
+@hookspec
+def register_healers(register):
+    """Register ways to train a pruned model back after the merge (the fourth stage).
+
+    Called once when plugins are loaded, after the methods. A healer is used when
+    a method names it (``Method.healer``) or the user does (``--heal NAME``); its
+    training options are :class:`replaceme.healer.HealOptions` plus its own.
+
+    Args:
+        register: call ``register(HealerClass)`` for each
+            :class:`replaceme.healer.Healer` subclass.
+    """
+
+
 @hookspec(firstresult=True)
 def model_adapter(model):
     """Return a :class:`replaceme.adapters.ModelAdapter` for ``model`` if you know

@@ -106,6 +106,25 @@ def _metric_name(name: str, metric: str | None) -> str:
     return "perplexity" if name.startswith("ppl:") else (metric or "score")
 
 
+def healing_section(heal: dict[str, Any]) -> str:
+    """Markdown for the healing stage recorded in ``pruning.json`` (healer, data, budget, loss, cost)."""
+    loss, usage, data, opts = heal.get("loss", {}), heal.get("usage", {}), heal.get("data", {}), heal.get("options", {})
+    cuda = f", peak CUDA {_fmt(usage['peak_cuda_mb'])} MB" if usage.get("peak_cuda_mb") is not None else ""
+    rows = [
+        ["healer", f"{md_code(heal.get('healer'))} (objective {md_code(opts.get('objective'))}, lr {_fmt(opts.get('lr'))}, "
+                   f"batch {_fmt(opts.get('batch_size'))} × {_fmt(opts.get('seq_len'))} tokens)"],
+        ["healing data", f"{md_code(data.get('source'))} ({_fmt(data.get('sequences'))} packed sequences, "
+                         f"{_fmt(data.get('heldout_sequences'))} held out)"],
+        ["steps", f"{_fmt(heal.get('steps'))} ({_fmt(heal.get('tokens_seen'))} tokens seen"
+                  + (", stopped early" if heal.get("stopped_early") else "") + ")"],
+        ["held-out loss", f"{_fmt(loss.get('heldout_start'))} → {_fmt(loss.get('heldout_end'))} "
+                          f"(best {_fmt(loss.get('heldout_best'))} at step {_fmt(loss.get('best_step'))})"],
+        ["time", f"{_fmt(usage.get('seconds'))} s, peak RSS {_fmt(usage.get('peak_rss_mb'))} MB{cuda}"],
+    ]
+    return "\n".join(["## Healing", "", "After pruning, the model was trained back (healed); every option and the "
+                      "loss curve are in `pruning.json`.", "", _table(["", ""], rows), ""])
+
+
 def results_section(results: dict[str, Any]) -> str:
     """Markdown for evaluation results: ``{"metrics", "stderr", "task_metrics", "chance", "baseline", "command"}``."""
     metrics = results.get("metrics", {})
@@ -208,8 +227,10 @@ def render(meta: dict[str, Any], output: str | Path | None = None, *, results: d
     if ignored:
         body += ["Options given that this configuration does not read (they did nothing):", "",
                  *(f"- {md_code(k)}: {md_text(v)}" for k, v in ignored.items()), ""]
-    body += ["`pruning.json` in this folder has everything above plus per-block diagnostics, timings and memory.", "",
-             "## Reproduce", "", md_fence(reproduce_command(meta), "bash"), "", PATH_NOTE, ""]
+    body += ["`pruning.json` in this folder has everything above plus per-block diagnostics, timings and memory.", ""]
+    if meta.get("healing"):
+        body.append(healing_section(meta["healing"]))
+    body += ["## Reproduce", "", md_fence(reproduce_command(meta), "bash"), "", PATH_NOTE, ""]
     if results:
         body.append(results_section(results))
     content = "---\n" + card_data(meta, results).to_yaml() + "\n---\n\n" + "\n".join(body)

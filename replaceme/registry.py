@@ -31,6 +31,7 @@ import pluggy
 from replaceme import hookspecs
 from replaceme.components import Compensator, Merger, Method, NoCompensation, Selector
 from replaceme.errors import ReplacemeError, unknown
+from replaceme.healer import Healer
 from replaceme.options import parse_options
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ _KINDS: tuple[tuple[str, type | None], ...] = (
     ("compensators", Compensator),
     ("mergers", Merger),
     ("methods", Method),
+    ("healers", Healer),
 )
 
 
@@ -70,6 +72,7 @@ class Registry:
     compensators: dict[str, type[Compensator]] = field(default_factory=dict)
     mergers: dict[str, type[Merger]] = field(default_factory=dict)
     methods: dict[str, Method] = field(default_factory=dict)
+    healers: dict[str, type[Healer]] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
     owners: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -217,8 +220,12 @@ def check_compatible(compensator: type[Compensator], merger: type[Merger]) -> No
 def check_defaults(reg: Registry, method: Method) -> None:
     """Registration check: the recipe's stages exist, its merger accepts its
     compensator's output, and its defaults are valid options of their stage."""
-    classes = stage_classes(reg, method)
+    classes: dict[str, type] = stage_classes(reg, method)
     check_compatible(classes["compensator"], classes["merger"])
+    if method.healer is not None:
+        classes["healer"] = reg.get("healers", method.healer)
+    elif "healer" in method.defaults:
+        raise ReplacemeError("has defaults for the healer stage but names no healer")
     for stage, values in method.defaults.items():
         cls = classes[stage]
         parse_options(cls.Options, dict(values), f"defaults for {stage} '{cls.name}'")

@@ -46,6 +46,8 @@ def _method_args(meta: dict[str, Any]) -> list[str]:
     for stage in ("selector", "compensator"):
         if recipe.get(stage):
             parts += [f"--{stage}", _q(recipe[stage])]
+    if recipe.get("healer"):
+        parts += ["--heal", _q(recipe["healer"])]
     for key, value in (recipe.get("options_given") or {}).items():
         parts += ["-o", _q(key), _value(value)]
     return parts
@@ -61,6 +63,13 @@ def reproduce_command(meta: dict[str, Any]) -> str:
         parts += [p for key, flag in _CALIBRATION_FLAGS if calib.get(key) is not None for p in (flag, _q(calib[key]))]
         if calib.get("drop_last"):
             parts.append("--calib-drop-last")
+    heal_data = (meta.get("healing") or {}).get("data") or {}
+    if heal_data.get("given"):
+        parts += ["--heal-data", _q(heal_data["source"])]
+        for key, flag, default in (("column", "--heal-column", "text"), ("split", "--heal-split", "train"),
+                                   ("samples", "--heal-samples", None)):
+            if heal_data.get(key) != default:
+                parts += [flag, _q(heal_data[key])]
     if meta.get("dtype") not in (None, "auto"):
         parts += ["--dtype", _q(meta["dtype"])]
     if meta.get("calibration_4bit"):

@@ -81,6 +81,39 @@ def calibration_options(f: F) -> F:
     return f
 
 
+def heal_options(multiple: bool = False):
+    """``--heal NAME`` (repeatable with ``multiple``) and the healing text options."""
+
+    def decorate(f: F) -> F:
+        what = ("Also heal every method with healer NAME (repeatable): one more row per healer" if multiple
+                else "Heal the pruned model with healer NAME (lora, transform, full; 'none': no healing even if "
+                     "the method names a healer)")
+        decorators = [
+            click.option("--heal", "heal", metavar="NAME", multiple=multiple,
+                         help=f"{what}; training options with -o (e.g. -o heal.steps 300), listed by "
+                              "'replaceme methods'."),
+            click.option("--heal-data", metavar="PATH_OR_DATASET",
+                         help="Healing text (formats and [start:end] slices as --calib); default: the calibration "
+                              "records the compensation was fit on (never the held-out ones)."),
+            click.option("--heal-column", default="text", show_default=True, help="Text column of --heal-data."),
+            click.option("--heal-split", default="train", show_default=True, help="Split of a hub --heal-data."),
+            click.option("--heal-samples", type=count(), default=None,
+                         help="Records of --heal-data used (after a seeded shuffle; default: all)."),
+        ]
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return decorate
+
+
+def heal_data_spec(heal_data: str | None, heal_column: str, heal_split: str, heal_samples: int | None) -> Any:
+    """The :class:`replaceme.healer.HealData` of the ``--heal-*`` options."""
+    from replaceme.healer import HealData
+
+    return HealData(heal_data, column=heal_column, split=heal_split, samples=heal_samples)
+
+
 def model_options(f: F) -> F:
     """``--device``, ``--dtype`` and ``--trust-remote-code``."""
     decorators = [

@@ -12,6 +12,8 @@ from replaceme.cli.common import (
     break_lock_option,
     calibration_options,
     calibration_spec,
+    heal_data_spec,
+    heal_options,
     merge_file_settings,
     model_options,
     offload_option,
@@ -28,6 +30,7 @@ from replaceme.cli.common import (
 @click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
               help="Method option (repeatable), e.g. -o alpha 1e-3.")
 @calibration_options
+@heal_options()
 @model_options
 @click.option("--output", type=click.Path(file_okay=False), help="Directory for the pruned model.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
@@ -60,8 +63,9 @@ from replaceme.cli.common import (
 @click.option("--json", "as_json", is_flag=True, help="Print pruning.json to stdout.")
 @click.pass_context
 def prune(ctx: click.Context, model, method, layers, selector, compensator, options, output, overwrite, break_lock,
-          config_file, no_cache, offload, disk_budget, calib_4bit, gram_device, spill_dir, base_model, strict, save_transforms,
-          stats_passes, as_json, device, dtype, trust_remote_code, **calib) -> None:
+          config_file, no_cache, offload, disk_budget, calib_4bit, gram_device, spill_dir, base_model, strict,
+          save_transforms, stats_passes, as_json, device, dtype, trust_remote_code, heal, heal_data, heal_column,
+          heal_split, heal_samples, **calib) -> None:
     """Prune MODEL (directory, hub id, or 'demo') and save a standard model directory.
 
     --layers N always means the result has N fewer decoder layers. The output
@@ -77,6 +81,11 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
       replaceme prune ./model -m block-removal -n 2 -o start 10 --calib data.txt --output out/
       replaceme prune --config reference.yaml
       replaceme prune ./llama-70b -m replaceme-lstsq -n 20 --calib data.txt --offload --output out/
+      replaceme prune ./model -m uidl -n 2 --calib data.txt --heal lora --heal-data train.txt --output out/
+
+    --heal NAME trains the pruned model back after the merge (distilling from the
+    unpruned model by default); pruning.json then records the healer, its options,
+    the data, the tokens seen, the loss curve, time and memory.
     """
     import replaceme
     from replaceme.console import stdout
@@ -113,9 +122,12 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     check_model_inputs(model, device)
     if spec is not None:
         check_text_input(spec.text_source, "--calib")
-    inputs = [model, spec.text_source.base if spec else None]
+    heal_spec = heal_data_spec(heal_data, heal_column, heal_split, heal_samples)
+    if heal_data:
+        check_text_input(heal_spec.text_source, "--heal-data")
+    inputs = [model, spec.text_source.base if spec else None, heal_spec.text_source.base if heal_data else None]
     check_output(out, inputs=inputs, overwrite=overwrite, owner_kind="pruned-model")
-    check_work_dirs(inputs, spill_dir=spill_dir, output=out, cache=not no_cache)
+    check_work_dirs(inputs, spill_dir=spill_dir, output=out, cache=not no_cache or bool(heal))  # heal: checkpoints
     from replaceme.distributed import writer_lock
     from replaceme.outputs.lock import breaking_locks
 
@@ -125,7 +137,8 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
                                  use_cache=not no_cache, trust_remote_code=trust_remote_code, offload=offload,
                                  disk_budget=disk_budget,
                                  spill_dir=spill_dir, calib_4bit=calib_4bit, gram_device=gram_device, options=opts,
-                                 base_model=base_model, strict=strict, stats_passes=stats_passes)
+                                 base_model=base_model, strict=strict, stats_passes=stats_passes, heal=heal,
+                                 heal_data=heal_spec)
         if result is None:  # a torchrun rank other than 0: its share is delivered, rank 0 writes and reports
             return
         replaceme.save_pruned(result, out, overwrite=overwrite, save_transforms=save_transforms)

@@ -25,6 +25,9 @@ knows nothing of processes: it runs the batches it is given); orchestration call
 Python API (:func:`replaceme.prune`, :func:`replaceme.compare.runner.run_comparison`)
 returns ``None`` on ranks other than 0 (:func:`root_result`); the CLI exits 0 there.
 
+Healing (``--heal``) trains with torch's DistributedDataParallel instead:
+:mod:`replaceme.distributed.ddp`.
+
 Backends: gloo for a CPU model, NCCL for CUDA (each rank on ``cuda:LOCAL_RANK``). An
 error on any rank during the pass is exchanged before the next collective, so every
 rank stops with the same one-line error instead of waiting forever; a rank that dies
