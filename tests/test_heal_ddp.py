@@ -1,0 +1,76 @@
+"""Healing under torchrun: 2 gloo processes with DistributedDataParallel end with the
+weights of 1 process trained on the same global batches (float rounding apart), and
+gradient accumulation gives the update of the whole batch at once."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import tiny_model
+
+from replaceme.healer import HealOptions
+from replaceme.healing.data import HealBatches
+from replaceme.healing.loop import Loop
+
+OPTS = dict(steps=3, batch_size=4, seq_len=12, heldout=2, eval_every=2, warmup=1, lr=1e-2, checkpoint_every=0)
+
+
+def _data() -> HealBatches:
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 100, (10, 12), generator=gen)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[2, 7:] = False  # pads, so that processes see different token counts
+    mask[5, 4:] = False
+    return HealBatches(ids[:8], mask[:8], ids[8:], mask[8:], {})
+
+
+def _train(micro_batch: int) -> dict[str, torch.Tensor]:
+    teacher = tiny_model("llama", layers=3)
+    student = tiny_model("llama", layers=3, seed=1).train()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    Loop(student, teacher, _data(), HealOptions(**OPTS, micro_batch=micro_batch), seed=0).run()
+    return {n: t.detach().clone() for n, t in student.state_dict().items()}
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    from replaceme import distributed
+
+    torch.set_num_threads(1)
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), REPLACEME_NO_PROGRESS="1")
+    distributed.init("cpu")
+    try:
+        weights = _train(micro_batch=1)  # 2 rows per process per step, accumulated one by one
+    finally:
+        distributed.finish()
+    torch.save(weights, Path(out) / f"rank{rank}.pt")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gradient_accumulation_equals_the_whole_batch():
+    whole, accumulated = _train(micro_batch=0), _train(micro_batch=1)
+    for name, t in whole.items():
+        torch.testing.assert_close(accumulated[name], t, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_heal_what_one_does(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    one = _train(micro_batch=0)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for name, t in one.items():
+        assert torch.equal(ranks[0][name], ranks[1][name]), name  # DDP keeps the processes identical
+        torch.testing.assert_close(ranks[0][name], t, rtol=1e-5, atol=1e-6, msg=name)
+    assert any(not torch.equal(t, tiny_model("llama", layers=3, seed=1).state_dict()[n]) for n, t in one.items())
