@@ -52,6 +52,7 @@ def main() -> None:
     from replaceme.methods import resolve_method
     from replaceme.pipeline import Run, apply_method, prepare
     from replaceme.registry import adapter_for
+    from replaceme.variant import VARIANT
 
     torch.manual_seed(0)
     report = Report(args.name, False, vars(args))
@@ -72,14 +73,14 @@ def main() -> None:
     heal_data = HealData(f"{data}[:3000]")
     rows = []
     for run in runs:
-        outcome = apply_method(model, adapter, run.method, run.layers, prepared.stats, seed=0, variant=True)
+        outcome = apply_method(model, adapter, run.method, run.layers, prepared.stats, seed=0, target=VARIANT)
         free = ppl(outcome.model)
         print(f"{run.method.label} -{run.layers}: training-free {free:.2f}", flush=True)
         row = [run.method.label, run.layers, str(outcome.plan.blocks[0]) if outcome.plan.blocks else "", free]
         for name in healers:
             opts = {} if args.steps is None else {"heal.steps": args.steps}
             method = resolve_method(run.method.method.name, opts, healer=name)
-            variant = apply_method(model, adapter, method, run.layers, prepared.stats, seed=0, variant=True)
+            variant = apply_method(model, adapter, method, run.layers, prepared.stats, seed=0, target=VARIANT)
             t0 = time.perf_counter()
             healed, record = heal_outcome(model, adapter, method, variant, tokenizer, heal_data,
                                           calibration=spec, request=prepared.request, seed=0, resume=False)

@@ -19,6 +19,7 @@ from replaceme.healing.run import heal_context, heal_outcome
 from replaceme.methods import resolve_method
 from replaceme.pipeline import apply_method, gather_stats
 from replaceme.registry import adapter_for
+from replaceme.variant import VARIANT
 
 SMALL = {"heal.steps": 4, "heal.batch_size": 4, "heal.seq_len": 16, "heal.heldout": 2, "heal.eval_every": 2,
          "heal.warmup": 1}
@@ -51,7 +52,7 @@ def pruned(setting, method, healer, **options):
     model, adapter, tokenizer, spec, request, stats = setting
     opts = {**SMALL, **({"epochs": 1} if method == "llm-streamline" else {}), **options}
     resolved = resolve_method(method, opts, healer=healer)
-    outcome = apply_method(model, adapter, resolved, 1, stats, variant=True)
+    outcome = apply_method(model, adapter, resolved, 1, stats, target=VARIANT)
     return resolved, outcome
 
 

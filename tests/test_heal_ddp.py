@@ -44,11 +44,12 @@ def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), REPLACEME_NO_PROGRESS="1")
     distributed.init("cpu")
-    try:
-        weights = _train(micro_batch=1)  # 2 rows per process per step, accumulated one by one
-    finally:
-        distributed.finish()
+    weights = _train(micro_batch=1)  # 2 rows per process per step, accumulated one by one
     torch.save(weights, Path(out) / f"rank{rank}.pt")
+    try:
+        distributed.leave()
+    except distributed.RankDone:  # rank 1's normal end
+        pass
 
 
 def _free_port() -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from replaceme.paths import cache_dir
+from replaceme.cache_location import cache_dir
 
 log = logging.getLogger(__name__)
 _STATE = "state.pt"
