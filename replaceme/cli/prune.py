@@ -150,6 +150,10 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     blocks = ", ".join(str(b) for b in result.plan.blocks)
     stdout.print(f"[bold]{result.method}[/]: removed {result.layers} layer(s), blocks {blocks}; "
                  f"{result.outcome.layers_before} → {result.outcome.layers_after} layers")
+    if result.healing:
+        h = result.healing
+        stdout.print(f"healed with [bold]{h['healer']}[/]: {h['steps']} steps, {h['tokens_seen']} tokens, held-out "
+                     f"{h['options']['objective']} loss {h['loss']['heldout_start']:.4g} → {h['loss']['heldout_end']:.4g}")
     rows = [[stage, u.seconds, u.peak_rss / 2**20] for stage, u in result.usage.items()]
     stdout.print(table(None, ["stage", "seconds", "peak RSS MB"], rows))
     diagnostics = [c for c in result.outcome.compensations if c.diagnostics]
