@@ -13,6 +13,7 @@ from replaceme.cli.common import (
     calibration_options,
     count,
     format_option,
+    heal_options,
     merge_file_settings,
     model_options,
     offload_option,
@@ -32,6 +33,7 @@ from replaceme.cli.common import (
               help="Also evaluate a model pruned elsewhere (LLM-Pruner, SliceGPT, an earlier replaceme output) "
                    "as a row of the table (repeatable). It must share MODEL's tokenizer.")
 @calibration_options
+@heal_options(multiple=True)
 @click.option("--ppl", multiple=True, metavar="SOURCE", help="Perplexity text (repeatable): a file or hub dataset, with an optional [start:end] slice.")
 @click.option("--context-length", type=count(2), default=256, show_default=True, help="Perplexity window in tokens.")
 @click.option("--stride", type=count(), help="Perplexity stride (default: non-overlapping windows).")
@@ -57,7 +59,8 @@ from replaceme.cli.common import (
 @click.pass_context
 def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl, context_length, stride, max_ppl_tokens, tasks,
             tasks_dir, task_data, num_fewshot, limit, eval_batch_size, bootstrap_iters, device, dtype, trust_remote_code,
-            offload, disk_budget, plan_file, output, overwrite, break_lock, no_cache, as_json, fmt, **calib) -> None:
+            offload, disk_budget, plan_file, output, overwrite, break_lock, no_cache, as_json, fmt, heal, heal_data,
+            heal_column, heal_split, heal_samples, **calib) -> None:
     """Compare pruning methods on MODEL fairly: the same weights, the same
     calibration pass and the same evaluation for all, plus the unpruned baseline.
 
@@ -81,7 +84,13 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
           --tasks boolq,piqa,hellaswag --task-data ./shared/data --limit 500
       replaceme compare ./llama -m replaceme-lstsq -n 8 --calib data.txt --ppl test.txt \
           --include-model slicegpt=./llama-slicegpt-25 --include-model ./llama-llm-pruner
+      replaceme compare ./model -m uidl -m replaceme-lstsq -n 1,2 --calib 'data.txt[:2000]' \
+          --heal lora --heal-data 'data.txt[:3000]' --ppl 'data.txt[3000:]'
       replaceme compare --plan plan.yaml
+
+    --heal NAME adds, for every method, a row healed with that healer
+    (uidl+lora) beside the training-free one, with the healing time as a
+    column; healer options are given as -o heal.KEY VALUE.
     """
     from replaceme.compare.plan import read_plan_file
     from replaceme.compare.runner import run_comparison
@@ -93,12 +102,17 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
         bootstrap_iters=bootstrap_iters, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
         overwrite=overwrite, offload=offload, disk_budget=disk_budget, **calib))
     model = model or model_opt or settings.get("model") or _demo_name()
-    entries = _method_entries(methods, settings, options)
+    entries = _method_entries(methods, settings, options, list(heal) or settings.get("heal") or [])
     budgets = _budgets(layers, settings, model)
     spec = _calibration(ctx, model, {k: values[k] for k in calib}, settings)
     ppl_sources = list(ppl) or settings.get("ppl") or _demo_ppl(model)
     include = list(include_models) or settings.get("include_models") or []
     plan = _compare_plan(model, entries, budgets, spec, ppl_sources, include, values)
+    source = heal_data or settings.get("heal_data")
+    if source:
+        plan.heal_data = {"source": source, "column": settings.get("heal_column", heal_column),
+                          "split": settings.get("heal_split", heal_split),
+                          "samples": heal_samples or settings.get("heal_samples")}
     out = output or settings.get("output")
     from replaceme.outputs.lock import breaking_locks
 
@@ -116,10 +130,12 @@ def _demo_name() -> str:
     return DEMO_NAME
 
 
-def _method_entries(methods: tuple[str, ...], settings: dict, options: tuple[tuple[str, str], ...]) -> list:
-    """``-m`` flags (or the plan file's methods, or every built-in), with ``-o`` routed:
-    ``METHOD.KEY`` to that method, a bare ``KEY`` to every method that declares it."""
-    from replaceme.compare.plan import MethodEntry
+def _method_entries(methods: tuple[str, ...], settings: dict, options: tuple[tuple[str, str], ...],
+                    healers: list[str]) -> list:
+    """``-m`` flags (or the plan file's methods, or every built-in), a healed copy of each per
+    ``--heal``, with ``-o`` routed: ``heal.KEY`` to every healed row, ``METHOD.KEY`` to that
+    method, a bare ``KEY`` to every method that declares it."""
+    from replaceme.compare.plan import MethodEntry, with_healers
     from replaceme.errors import ReplacemeError
     from replaceme.methods import declares_option
 
@@ -128,7 +144,15 @@ def _method_entries(methods: tuple[str, ...], settings: dict, options: tuple[tup
         from replaceme.registry import registry
 
         entries = [MethodEntry(name) for name in registry().builtin_methods()]
+    entries = with_healers(entries, healers)
     for key, value in options:
+        if key.startswith("heal."):
+            healed = [e for e in entries if e.heal]
+            if not healed:
+                raise ReplacemeError(f"-o {key}: no row of this comparison is healed (--heal NAME)")
+            for e in healed:
+                e.options[key] = value
+            continue
         target, _, opt = key.rpartition(".")
         opt = opt.replace("-", "_")
         if target:

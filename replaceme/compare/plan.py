@@ -20,8 +20,9 @@ class MethodEntry:
     Attributes:
         name: registered method name.
         label: row label (default: the name; must be unique in a plan).
-        options: method options (``-o`` keys).
+        options: method options (``-o`` keys; ``heal.KEY`` for the healer).
         selector, compensator: stage swaps.
+        heal: the healer that trains the pruned model back (None: training-free).
     """
 
     name: str
@@ -29,6 +30,7 @@ class MethodEntry:
     options: dict[str, Any] = field(default_factory=dict)
     selector: str | None = None
     compensator: str | None = None
+    heal: str | None = None
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
@@ -53,6 +55,8 @@ class ComparePlan:
             only its changed layers; the rows equal the in-memory ones.
         disk_budget: with ``offload``, bytes of activations kept on disk between layers
             (None: half the free space; :mod:`replaceme.offload.budget`).
+        heal_data: the healing text of healed rows (:class:`replaceme.healer.HealData`
+            fields; None: the calibration records the compensation was fit on).
     """
 
     model: str
@@ -67,6 +71,7 @@ class ComparePlan:
     include: list[IncludedModel] = field(default_factory=list)
     offload: bool = False
     disk_budget: int | None = None
+    heal_data: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         labels = [m.label for m in self.methods] + [e.label for e in self.include] + [BASELINE]
@@ -93,7 +98,16 @@ class ComparePlan:
             "include": [asdict(e) for e in self.include],
             "offload": self.offload,
             "disk_budget": self.disk_budget,
+            "heal_data": self.heal_data,
         }
+
+
+def with_healers(entries: list[MethodEntry], healers: list[str] | tuple[str, ...]) -> list[MethodEntry]:
+    """``entries`` followed, for each healer, by a healed copy of every training-free entry,
+    labelled ``LABEL+HEALER`` (``uidl+lora``), so that the table shows both side by side."""
+    healed = [MethodEntry(e.name, f"{e.label}+{h}", dict(e.options), e.selector, e.compensator, h)
+              for h in healers for e in entries if e.heal is None]
+    return list(entries) + healed
 
 
 def parse_layers(text: str) -> list[int]:
@@ -124,6 +138,8 @@ def read_plan_file(path: str | Path) -> dict[str, Any]:
         ppl: [wikitext:wikitext-2-raw-v1]
         tasks: [boolq, piqa]
         limit: 200
+        heal: [lora]            # one healed row per method and healer (or `heal:` in a method entry)
+        heal_data: train.txt
     """
     from replaceme.schema import read_yaml_mapping
 
@@ -146,6 +162,8 @@ def read_plan_file(path: str | Path) -> dict[str, Any]:
         data["layers"] = parse_layers(layers) if isinstance(layers, str) else [layers] if isinstance(layers, int) else layers
     if isinstance(data.get("include_models"), str):
         data["include_models"] = [data["include_models"]]
+    if isinstance(data.get("heal"), str):
+        data["heal"] = [data["heal"]]
     for key in ("ppl", "tasks"):
         if isinstance(data.get(key), str):
             data[key] = [part.strip() for part in data[key].split(",") if part.strip()] if key == "tasks" else [data[key]]
@@ -167,6 +185,7 @@ def plan_schema() -> dict[str, Any]:
         "device": STR, "include_models": Key(("str", "list")),
         "dtype": Key(("str",), choices=("auto", "float32", "bfloat16", "float16")), "offload": Key(("bool",)),
         "disk_budget": Key(("str", "int")),
+        "heal": STRS, "heal_data": STR, "heal_column": STR, "heal_split": STR, "heal_samples": COUNT,
     }
 
 
@@ -174,4 +193,4 @@ def method_schema() -> dict[str, Any]:
     """The keys of one method entry of a ``--plan`` file."""
     from replaceme.schema import STR, Key
 
-    return {"name": STR, "label": STR, "options": Key(("mapping",)), "selector": STR, "compensator": STR}
+    return {"name": STR, "label": STR, "options": Key(("mapping",)), "selector": STR, "compensator": STR, "heal": STR}

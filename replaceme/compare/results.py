@@ -42,6 +42,7 @@ class Row:
     stderr: dict[str, float] = field(default_factory=dict)
     chance: dict[str, float] = field(default_factory=dict)
     prune_seconds: float | None = None
+    heal_seconds: float | None = None
     eval_seconds: float | None = None
     peak_rss_mb: float | None = None
     peak_cuda_mb: float | None = None
@@ -93,7 +94,7 @@ def summarise(rows: list[Row]) -> list[dict[str, Any]]:
         rec["ppl ratio"] = ppl_ratio(r, base, metric_names)
         rec["collapsed"] = is_collapsed(rec["ppl ratio"], rec["retained (cc) %"])
         rec.update({
-            "prune s": r.prune_seconds, "eval s": r.eval_seconds, "peak RSS MB": r.peak_rss_mb,
+            "prune s": r.prune_seconds, "heal s": r.heal_seconds, "eval s": r.eval_seconds, "peak RSS MB": r.peak_rss_mb,
             "peak CUDA MB": r.peak_cuda_mb, "params": r.params, "error": r.error,
         })
         records.append(rec)
@@ -107,7 +108,7 @@ def flag(rec: dict[str, Any]) -> str:
 
 
 #: summary columns left out of the table when every row leaves them empty
-_OPTIONAL = ("avg", "retained (cc) %", "ppl ratio", "flag", "peak CUDA MB", "error", "blocks")
+_OPTIONAL = ("avg", "retained (cc) %", "ppl ratio", "flag", "peak CUDA MB", "error", "blocks", "heal s")
 
 
 def to_frame(rows: list[Row]) -> Any:

@@ -44,8 +44,9 @@ def comparison_inputs(plan: ComparePlan) -> list[Any]:
     """Every path the comparison reads (an output must not be one of them, nor inside one)."""
     from replaceme.data.texts import TextSource
 
+    heal = [TextSource(plan.heal_data["source"]).base] if (plan.heal_data or {}).get("source") else []
     return [plan.model, plan.calibration.text_source.base, *(TextSource(p).base for p in plan.evaluation.ppl),
-            *(e.path for e in plan.include)]
+            *(e.path for e in plan.include), *heal]
 
 
 def check_comparison_inputs(plan: ComparePlan) -> None:
@@ -56,6 +57,11 @@ def check_comparison_inputs(plan: ComparePlan) -> None:
     for entry in plan.include:
         check_model_inputs(entry.path)
     check_text_input(plan.calibration.text_source, "--calib")
+    if (plan.heal_data or {}).get("source"):
+        from replaceme.data.texts import TextSource
+
+        check_text_input(TextSource(plan.heal_data["source"], column=plan.heal_data.get("column", "text"),
+                                    split=plan.heal_data.get("split", "train")), "--heal-data")
     check_evaluation_inputs(plan.evaluation)
 
 
@@ -76,10 +82,13 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     from replaceme.methods import resolve_method
     from replaceme.outputs import check_work_dirs
 
-    resolved = {m.label: resolve_method(m.name, m.options, selector=m.selector, compensator=m.compensator) for m in plan.methods}
+    resolved = {m.label: resolve_method(m.name, m.options, selector=m.selector, compensator=m.compensator, healer=m.heal)
+                for m in plan.methods}
     if plan.offload:
         for method in resolved.values():
             method.check_offload()
+            if method.healer is not None:
+                raise ReplacemeError(f"{method.label}: healing needs the whole model in memory, not --offload")
     check_comparison_inputs(plan)
     store = RowStore(output)
     store.check(shared_identity(plan), comparison_inputs(plan), overwrite)
@@ -132,8 +141,7 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, overwrite
     for i, slot in enumerate(pending, 1):
         log.info("[%d/%d] %s, %d layer(s) removed", i, len(pending), slot.label, slot.layers)
         if slot.kind == METHOD:
-            row = _method_row(model, tokenizer, adapter, resolved[slot.label], slot, prepared, plan.evaluation, plan.seed,
-                              offloaded)
+            row = _method_row(model, tokenizer, adapter, resolved[slot.label], slot, prepared, plan, offloaded)
         elif slot.kind == BASELINE:  # last, in place: evaluation may cast the model
             row = _baseline_row(model, tokenizer, slot, plan.evaluation, num_layers, offloaded)
         else:
@@ -191,10 +199,11 @@ def _shared_pass(model, tokenizer, adapter, plan: ComparePlan, resolved: dict[st
     return prepared
 
 
-def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: Any, evaluation: Any, seed: int,
+def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: Any, plan: ComparePlan,
                 offloaded: Any = None) -> Row:
     """Prune a variant of ``model`` (sharing every tensor its merge does not write) with one
-    method (row ``slot``) and evaluate it; any exception is the row's error. A merger that
+    method (row ``slot``), heal it if the row has a healer (the shared, untouched weights are
+    the teacher), and evaluate it; any exception is the row's error. A merger or healer that
     wrote into the shared weights stops the comparison, since later rows would start from them.
     With ``offloaded`` the variant holds only its changed layers beside the skeleton and is
     evaluated layer by layer."""
@@ -203,7 +212,7 @@ def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: An
     from replaceme.resources import Meter
     from replaceme.variant import VARIANT, OffloadedVariantTarget, VersionGuard
 
-    label, n = slot.label, slot.layers
+    label, n, seed, evaluation = slot.label, slot.layers, plan.seed, plan.evaluation
     row = Row(label=label, method=method.method.name, layers=n, key=slot.key)
     if (label, n) in prepared.errors:
         row.error = prepared.errors[(label, n)]
@@ -217,6 +226,9 @@ def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: An
             outcome = apply_method(model, adapter, method, n, prepared.stats, seed=seed, target=target,
                                    device=None if offloaded is None else offloaded.device)
             pruned = outcome.model
+            if method.healer is not None:
+                pruned, record = _heal(model, tokenizer, adapter, method, outcome, prepared, plan)
+                row.heal_seconds, row.details["healing"] = record.seconds, record.to_dict()
             t0 = time.perf_counter()
             result = evaluate(pruned, tokenizer, evaluation, offloaded=offloaded)
             row.eval_seconds = time.perf_counter() - t0
@@ -225,7 +237,7 @@ def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: An
         row.prune_seconds = sum(outcome.usage[s].seconds for s in ("select", "compensate", "merge"))
         row.params = sum(p.numel() for p in pruned.parameters())
         row.num_layers = outcome.layers_after
-        row.details = {"outcome": outcome.to_dict()}
+        row.details["outcome"] = outcome.to_dict()
         row.peak_rss_mb, row.peak_cuda_mb = meter.usage.peak_rss / 2**20, _mb(meter.usage.peak_cuda)
     except Exception as exc:  # a plugin may raise anything: it fails its own row only
         row.error = one_line(exc)
@@ -242,6 +254,16 @@ def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: An
             "(Merger.modifies), and the comparison stops since later rows would start from modified weights"
         )
     return row
+
+
+def _heal(model, tokenizer, adapter, method: Any, outcome: Any, prepared: Any, plan: ComparePlan) -> tuple[Any, Any]:
+    """Heal one row's variant, distilling from ``model`` (the shared weights, never written)."""
+    from replaceme.healer import HealData
+    from replaceme.healing.run import heal_outcome
+
+    data = HealData(**plan.heal_data) if plan.heal_data else None
+    return heal_outcome(model, adapter, method, outcome, tokenizer, data, calibration=prepared.calibration,
+                        request=prepared.request, seed=plan.seed, source=plan.model)
 
 
 def _baseline_row(model, tokenizer, slot: Slot, evaluation: Any, num_layers: int, offloaded: Any = None) -> Row:

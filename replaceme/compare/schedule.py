@@ -47,8 +47,10 @@ def _digest(value: Any, size: int = 20) -> str:
 def shared_identity(plan: ComparePlan) -> str:
     """What every row shares (model, calibration, evaluation, seed, device): a comparison
     in an output directory is resumed only under the same identity. ``offload`` is left
-    out (and its disk budget): they change where the model runs, not the rows."""
-    return _digest({k: v for k, v in plan.to_dict().items() if k not in ("methods", "layers", "include", "offload", "disk_budget")})
+    out (and its disk budget): they change where the model runs, not the rows; so is the
+    healing text (part of healed rows' keys only)."""
+    return _digest({k: v for k, v in plan.to_dict().items()
+                    if k not in ("methods", "layers", "include", "offload", "disk_budget", "heal_data")})
 
 
 def evaluation_inputs(evaluation: Any) -> dict[str, Any]:
@@ -82,6 +84,24 @@ def included_inputs(entry: IncludedModel) -> dict[str, Any]:
     return {"included": asdict(entry), "files": files}
 
 
+def _method_inputs(entry: Any, plan: ComparePlan) -> dict[str, Any]:
+    """A method entry (and, for a healed row, the healing text) as part of its row's key;
+    a training-free entry keys as it did before healing existed."""
+    method = asdict(entry)
+    if entry.heal is None:
+        method.pop("heal")
+        return {"method": method}
+    content = None
+    source = (plan.heal_data or {}).get("source")
+    if source:
+        from replaceme.data.texts import TextSource
+        from replaceme.provenance import file_fingerprint
+
+        text = TextSource(source)
+        content = file_fingerprint(Path(text.base).expanduser(), head=None) if text.is_local else None
+    return {"method": method, "heal_data": plan.heal_data, "heal_content": content}
+
+
 class Schedule:
     """The rows of one comparison, in table order, with their keys.
 
@@ -100,7 +120,8 @@ class Schedule:
         pruned = {**common, "calibration": calibration_inputs(plan.calibration), "seed": plan.seed}
         slots = [Slot(BASELINE, 0, BASELINE, _digest({**common, "row": BASELINE}))]
         for n in plan.layers:
-            slots += [Slot(m.label, n, METHOD, _digest({**pruned, "method": asdict(m), "layers": n})) for m in plan.methods]
+            slots += [Slot(m.label, n, METHOD, _digest({**pruned, **_method_inputs(m, plan), "layers": n}))
+                      for m in plan.methods]
         slots += [Slot(e.label, 0, INCLUDED, _digest({**common, **included_inputs(e)})) for e in plan.include]
         return cls(slots)
 
