@@ -14,11 +14,11 @@ from replaceme.errors import ReplacemeError
 
 def check_model_inputs(model: str, device: str = "auto") -> None:
     """The device name is known and a local model path is a model directory."""
-    from replaceme.demo import is_demo
     from replaceme.loading import check_device_name, check_model_source
+    from replaceme.model_sources import registered_name
 
     check_device_name(device)
-    if not is_demo(model):
+    if registered_name(model) is None:
         check_model_source(model)
 
 

@@ -166,21 +166,24 @@ def _describe(exc: Exception) -> str:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map the demo name to its (built and cached) directory; check local paths exist."""
-    from replaceme.demo import demo_model_dir, is_demo
+    """Map a registered model name (:mod:`replaceme.model_sources`: the demo, ...) to its
+    directory; check that a local path is a model directory."""
+    from replaceme.model_sources import registered_name, source_dir
 
-    if is_demo(name_or_path):
-        return str(demo_model_dir())
+    name = registered_name(name_or_path)
+    if name is not None:
+        return str(source_dir(name))
     check_model_source(name_or_path)
     return name_or_path
 
 
 def local_model_dir(name_or_path: str | Path) -> Path | None:
-    """The local directory of a model (the demo's cache folder for 'demo'), or None for a hub id."""
-    from replaceme.demo import demo_model_dir, is_demo
+    """The local directory of a model (a registered source's, e.g. the demo's), or None for a hub id."""
+    from replaceme.model_sources import registered_name, source_dir
 
-    if is_demo(str(name_or_path)):
-        return Path(demo_model_dir())
+    name = registered_name(name_or_path)
+    if name is not None:
+        return source_dir(name)
     path = Path(name_or_path).expanduser()
     return path if path.is_dir() else None
 
