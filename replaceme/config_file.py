@@ -92,9 +92,6 @@ PRUNE_KEYS = {
     "batch_size", "seed", "output", "overwrite", "selector", "compensator", "device", "dtype", "chat_template",
     "order", "holdout_fraction", "drop_last", "calib_4bit", "save_transforms",
 }
-_OPTION_KEYS = {"num_blocks", "merge_consecutive", "alpha", "diag", "loss", "solver", "mask_padding", "accurate",
-                "refit", "token_budget", "epochs", "lr", "batch_tokens", "init", "lbfgs_steps", "start", "max_condition",
-                "preset"}
 _WARN = {
     "token": "use HF_TOKEN or `hf auth login` for gated models",
     "min_distance_layer": "the reference does not use it either",
@@ -111,6 +108,19 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def option_names() -> set[str]:
+    """Every option name of a registered selector, compensator or merger: the keys a
+    config may set besides ``prune``'s own (``PRUNE_KEYS``), read from the registry so
+    that a renamed or added option is what ``--config`` accepts. Values are checked
+    against the chosen method's stages when it is resolved, before any work."""
+    from replaceme.options import option_fields
+    from replaceme.registry import registry
+
+    reg = registry()
+    return {name for table in (reg.selectors, reg.compensators, reg.mergers) for cls in table.values()
+            for name in option_fields(cls.Options)}
 
 
 def is_reference_config(raw: dict[str, Any]) -> bool:
@@ -145,6 +155,7 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from replaceme.schema import COUNT, Key, check_mapping, check_value
 
     raw = read_yaml_mapping(path, "config file")
+    known_options = option_names()
     reference = is_reference_config(raw)
     params: dict[str, Any] = {}
     raw_options = raw.pop("options", None)
@@ -212,10 +223,10 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
             name = _RENAME.get(key, key).replace("-", "_")
             if name in PRUNE_KEYS:
                 params[name] = value
-            elif name in _OPTION_KEYS:
+            elif name in known_options:
                 options[name] = value
             else:
-                known = PRUNE_KEYS | _OPTION_KEYS | set(_RENAME) | set(REFERENCE_KEYS)
+                known = PRUNE_KEYS | known_options | set(_RENAME) | set(REFERENCE_KEYS)
                 raise ReplacemeError(f"{path}: unknown key '{key}'{did_you_mean(key, known)}")
     params = check_mapping(params, _prune_schema(), str(path))
     if "num_blocks" in options:

@@ -233,3 +233,36 @@ def test_the_fake_plugin_and_contributing_import_only_the_facade():
     blocks = re.findall(r"```python\n(.+?)\n```", text, flags=re.S)
     imports = set().union(*(_replaceme_imports(b) for b in blocks))
     assert imports == {"replaceme.plugin"}, imports
+
+
+def test_config_files_accept_the_options_the_registry_knows(tmp_path):
+    """--config takes its option names from the registry: a plugin's option is accepted
+    while the plugin is registered and refused once it is gone; built-in options that a
+    hand-written list used to miss (trained-layer's warmup) are accepted."""
+    from dataclasses import dataclass
+
+    from replaceme.config_file import read_config
+    from replaceme.errors import ReplacemeError
+    from replaceme.plugin import Block, Plan, Selector, option, temporary_plugin
+
+    @dataclass
+    class KnobOptions:
+        facade_knob: int = option(1, "a knob")
+
+    class Knob(Selector):
+        name = "facade-knob"
+        Options = KnobOptions
+
+        def candidates(self, ctx):
+            return [Block(1, 1 + ctx.layers)]
+
+        def select(self, stats, ctx):
+            return Plan(self.candidates(ctx))
+
+    config = tmp_path / "run.yaml"
+    config.write_text("method: uidl\nfacade_knob: 3\nwarmup: 5\n")
+    with temporary_plugin("knob-test", selectors=[Knob]):
+        params, options = read_config(config)
+    assert params["method"] == "uidl" and options == {"facade_knob": 3, "warmup": 5}
+    with pytest.raises(ReplacemeError, match="unknown key 'facade_knob'"):
+        read_config(config)
