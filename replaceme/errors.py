@@ -81,8 +81,9 @@ NO_SPACE_TEXT = ("no space left on device", "file too large", "disk quota exceed
                  "filetoolarge", "file write failed")
 
 
-def no_space(exc: BaseException) -> str | None:
-    """The reason when ``exc`` (or what caused it) is a full disk, a size limit or a quota, else None."""
+def no_space(exc: BaseException, chain: bool = True) -> str | None:
+    """The reason when ``exc`` (or, with ``chain``, what caused it) is a full disk, a size
+    limit or a quota, else None."""
     import errno
     import os
 
@@ -96,7 +97,7 @@ def no_space(exc: BaseException) -> str | None:
         marker = next((m for m in NO_SPACE_TEXT if m in text), None)
         if marker is not None and not isinstance(link, ReplacemeError):
             return {"storagefull": "no space left on device", "filetoolarge": "file too large"}.get(marker, marker)
-        link = link.__cause__ or link.__context__
+        link = (link.__cause__ or link.__context__) if chain else None
         seen += 1
     return None
 
@@ -133,8 +134,10 @@ def _known(exc: BaseException) -> str | None:
     text = first_line(str(exc))
     if isinstance(exc, ReplacemeError):
         return text or name
-    if not isinstance(exc, ReplacemeError) and (reason := no_space(exc)) is not None:
-        return f"no space left on the device while writing ({reason}); free some space, raise the limit, or write elsewhere"
+    if not isinstance(exc, ReplacemeError) and (reason := no_space(exc, chain=False)) is not None:
+        where = f" {exc.filename}" if isinstance(exc, OSError) and exc.filename is not None else ""
+        return (f"no space left on the device while writing{where} ({reason}); free some space, raise the limit, "
+                "or write elsewhere")
     if isinstance(exc, MemoryError) or name == "OutOfMemoryError":
         return f"out of memory ({text or name}); try a smaller --batch-size or --max-length"
     if isinstance(exc, OSError):

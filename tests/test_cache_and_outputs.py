@@ -140,7 +140,8 @@ def test_library_errors_become_clear_lines():
     assert "safetensors" in explain(SafetensorError("header too large"))[0]
     wrapped = RuntimeError("outer")
     wrapped.__cause__ = OSError(28, "No space left on device", "/data/out")
-    assert explain(wrapped) == ("/data/out: No space left on device", USER_ERROR)
+    assert explain(wrapped) == ("no space left on the device while writing /data/out (No space left on device); "
+                                "free some space, raise the limit, or write elsewhere", USER_ERROR)
     assert explain(ValueError("embedded null byte")) == ("a path or name contains a NUL character", USER_ERROR)
     message, code = explain(TypeError("bug"))
     assert code == INTERNAL_ERROR and "--debug" in message

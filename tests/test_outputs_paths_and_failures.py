@@ -39,6 +39,9 @@ def test_a_hub_id_protects_its_folder_in_the_cache(hub_cache, where):
     with pytest.raises(ReplacemeError, match="the input .*models--org--tiny"):
         check_output(target, inputs=["org/tiny"], overwrite=True)
     check_output(repo.parent / "elsewhere", inputs=["org/tiny"])  # beside it is fine
+    (repo / "refs" / "main").unlink()  # only another revision cached: still protected
+    with pytest.raises(ReplacemeError, match="the input .*models--org--tiny"):
+        check_output(target, inputs=["org/tiny"], overwrite=True)
     check_output(snapshot / "pruned", inputs=["org/not-cached"])  # a name not cached protects nothing
 
 

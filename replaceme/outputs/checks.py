@@ -34,21 +34,17 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 def hub_cache_folder(name: str) -> Path | None:
     """The local folder of the hub model ``name`` in the Hugging Face cache (every
-    snapshot and blob of it), when it is cached; else None."""
+    snapshot, revision and blob of it: ``models--org--name``), when it is there; else None."""
     if not _HUB_ID.match(name) or os.path.lexists(os.path.expanduser(name)):
         return None
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
 
-        found = try_to_load_from_cache(name, "config.json")
-    except Exception:  # noqa: BLE001 - an unusable cache or an invalid id: nothing cached to protect
+        folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=name, repo_type="model")
+    except Exception:  # noqa: BLE001 - an unusable cache setting or an invalid id: nothing cached to protect
         return None
-    if not isinstance(found, str):
-        return None
-    for ancestor in Path(found).parents:
-        if ancestor.name.startswith("models--"):
-            return resolve(ancestor)
-    return resolve(Path(found).parent)
+    return resolve(folder) if folder.is_dir() else None
 
 
 def local_inputs(*paths: Any) -> list[Path]:
