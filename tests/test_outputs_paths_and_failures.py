@@ -136,9 +136,11 @@ def test_write_failures_name_their_cause_and_others_pass_through(tmp_path):
     assert code == 2 and message.startswith("no space left on the device")
 
 
-def test_the_python_api_keeps_spills_out_of_the_model(tiny_dir, calib_file):
+def test_the_python_api_keeps_spills_out_of_the_model(tmp_path):
     import replaceme
 
+    model = tmp_path / "model"  # refused before anything is loaded: a folder is enough
+    model.mkdir()
     with pytest.raises(ReplacemeError, match="--spill-dir .* is inside the input"):
-        replaceme.prune(str(tiny_dir), "uidl", 1, calibration=str(calib_file), spill_dir=tiny_dir / "spill")
-    assert not (tiny_dir / "spill").exists()
+        replaceme.prune(str(model), "uidl", 1, calibration=str(tmp_path / "calib.txt"), spill_dir=model / "spill")
+    assert list(model.iterdir()) == []
