@@ -5,8 +5,8 @@
   races, multi-process runs and the real-model end-to-end runs are ``slow``).
 - ``pytest -q --full`` runs everything (what CI runs, the README's test command).
 
-An explicit ``-m`` expression, or a test named by its node id (``file.py::test``),
-is run as asked, whatever its tier.
+An explicit ``-m`` expression runs as asked, and so does a test named by its node id
+(``file.py::test``), whatever its tier.
 """
 
 from __future__ import annotations
@@ -24,14 +24,29 @@ def pytest_addoption(parser):
                      help="run the whole suite, tests marked slow included (what CI runs)")
 
 
+def _named(item, node_ids: list[str]) -> bool:
+    """Whether ``item`` was named on the command line by its node id (or a prefix with ``::``)."""
+    return any(item.nodeid == n or item.nodeid.startswith((n + "[", n + "::")) for n in node_ids)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Leave the ``slow`` tests out unless ``--full``, ``-m`` or a node id asks for them."""
-    if config.getoption("--full") or config.option.markexpr or any("::" in arg for arg in config.args):
+    """Leave the ``slow`` tests out unless ``--full`` or ``-m`` asks for them, or a test is
+    named by its node id."""
+    if config.getoption("--full") or config.option.markexpr:
         return
-    slow = [item for item in items if item.get_closest_marker("slow")]
+    root = Path(str(config.rootpath))
+    node_ids = []
+    for arg in config.args:
+        if "::" in arg:
+            path, _, rest = arg.partition("::")
+            resolved = Path(path).resolve()
+            relative = resolved.relative_to(root) if resolved.is_relative_to(root) else Path(path)
+            node_ids.append(f"{relative.as_posix()}::{rest}")
+    slow = [item for item in items if item.get_closest_marker("slow") and not _named(item, node_ids)]
     if slow:
         config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+        chosen = set(map(id, slow))
+        items[:] = [item for item in items if id(item) not in chosen]
 
 
 def pytest_report_header(config):
