@@ -382,7 +382,7 @@ def save_pruned(result: PruneResult, output: str | Path, *, overwrite: bool = Fa
     from replaceme.loading import local_model_dir
     from replaceme.outputs import atomic_directory, write_json_atomic
 
-    output = Path(output)
+    output = Path(output).expanduser()
     source_dir = local_model_dir(result.source) if result.source else None
     inputs = [source_dir, result.calibration.text_source.base if result.calibration else None]
     with atomic_directory(output, overwrite=overwrite, inputs=inputs, marker=("pruning.json", "pruned-model")) as tmp:

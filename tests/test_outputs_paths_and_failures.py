@@ -144,3 +144,21 @@ def test_the_python_api_keeps_spills_out_of_the_model(tmp_path):
     with pytest.raises(ReplacemeError, match="--spill-dir .* is inside the input"):
         replaceme.prune(str(model), "uidl", 1, calibration=str(tmp_path / "calib.txt"), spill_dir=model / "spill")
     assert list(model.iterdir()) == []
+
+
+def test_a_record_under_home_is_found_through_a_tilde(tmp_path, monkeypatch):
+    from replaceme.outputs import check_owned_file, read_ownership, record_written
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with atomic_directory("~/pruned", marker=("pruning.json", "pruned-model")) as tmp:
+        (tmp / "README.md").write_text("card")
+    check_owned_file("~/pruned", "README.md", kind="pruned-model", option="--model-card")
+    (tmp_path / "pruned" / "README.md").write_text("card, with results")
+    record_written("~/pruned", "~/pruned/README.md")
+    assert read_ownership("~/pruned").owns(tmp_path / "pruned", "README.md")
+    from pathlib import Path
+
+    from replaceme.compare.store import RowStore
+
+    assert RowStore(Path("~/cmp")).out == tmp_path / "cmp"  # compare writes where its checks looked
+    assert not (tmp_path / "~").exists()

@@ -117,7 +117,7 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
     from replaceme.outputs.lock import breaking_locks
 
     with breaking_locks(break_lock):
-        outcome = run_comparison(plan, Path(out) if out else None, overwrite=bool(values["overwrite"]),
+        outcome = run_comparison(plan, Path(out).expanduser() if out else None, overwrite=bool(values["overwrite"]),
                                  use_cache=not no_cache)
     if outcome is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return

@@ -149,10 +149,11 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
 
             base = _baseline(model_or_dir, spec, device, dtype, trust_remote_code, offload) if baseline else None
             check_owned_file(model_or_dir, CARD_FILE, kind="pruned-model", option="--model-card")
-            card.add_results(model_or_dir, {"metrics": result.metrics, "stderr": result.stderr, "chance": result.chance,
-                                            "task_metrics": result.task_metrics, "baseline": base,
-                                            "command": _command(model_or_dir, spec)})
-            record_written(model_or_dir, Path(model_or_dir) / CARD_FILE)
+            folder = Path(model_or_dir).expanduser()
+            card.add_results(folder, {"metrics": result.metrics, "stderr": result.stderr, "chance": result.chance,
+                                      "task_metrics": result.task_metrics, "baseline": base,
+                                      "command": _command(model_or_dir, spec)})
+            record_written(folder, folder / CARD_FILE)
 
     if as_json:
         click.echo(json.dumps({"model": model_or_dir, **result.to_dict()}, indent=2))

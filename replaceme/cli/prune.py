@@ -112,7 +112,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     from replaceme.checks import check_model_inputs, check_text_input
     from replaceme.outputs import check_output, check_work_dirs
 
-    out = Path(output)
+    out = Path(output).expanduser()  # as the checks and the writes see it
     if base_model is not None:
         from replaceme.hub_ids import check_repo_id
 

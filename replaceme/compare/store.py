@@ -37,7 +37,7 @@ class RowStore:
     """Rows, manifest and exports of one comparison in ``out`` (or nowhere when ``out`` is None)."""
 
     def __init__(self, out: Path | None):
-        self.out = out
+        self.out = Path(out).expanduser() if out is not None else None
 
     def check(self, identity: str, inputs: Iterable[Any], overwrite: bool) -> bool:
         """Before any work: may the directory hold this comparison? Returns True to resume it.

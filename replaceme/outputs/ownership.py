@@ -137,7 +137,8 @@ def read_ownership(directory: Path) -> Ownership | None:
     A record of replaceme before 0.3 (patterns in ``pruning.json``/``manifest.json``,
     no contents) is returned with ``legacy=True``: it cannot show that files are unchanged.
     """
-    path = Path(directory) / RECORD_FILE
+    directory = Path(directory).expanduser()
+    path = directory / RECORD_FILE
     if path.is_file() and not path.is_symlink():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -189,7 +190,7 @@ def record_written(root: str | os.PathLike[str], *paths: str | os.PathLike[str],
     replaceme's until the write is recorded): a run killed between its write and
     the record then leaves nothing a later run would take for the user's.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     own = read_ownership(root)
     if own is None or own.legacy:
         own = Ownership(kind if own is None else own.kind)
@@ -222,6 +223,7 @@ def recording(root: str | os.PathLike[str] | None, *paths: str | os.PathLike[str
 
 def _relative(root: Path, path: Path) -> str:
     """``path`` (under ``root``, or already relative to it) as a relative POSIX path."""
+    path = path.expanduser()
     for a, b in ((path, root), (Path(os.path.realpath(path)), Path(os.path.realpath(root)))):
         try:
             return a.relative_to(b).as_posix()
@@ -236,12 +238,13 @@ def check_owned_file(directory: str | os.PathLike[str], name: str, *, kind: str,
     """May replaceme (re)write the file ``name`` inside ``directory``? Only when the
     directory is replaceme's own output of ``kind`` and ``name`` is absent, or listed
     and unchanged."""
-    own = read_ownership(Path(directory))
+    directory = Path(directory).expanduser()
+    own = read_ownership(directory)
     if own is None or own.kind != kind or own.legacy:
         raise ReplacemeError(f"{option}: {directory} is not a {kind.replace('-', ' ')} written by replaceme; "
                              "only replaceme's own outputs are written to")
-    if not own.owns(Path(directory), name):
-        raise ReplacemeError(f"{option}: {Path(directory) / name} was not written by replaceme, or was changed "
+    if not own.owns(directory, name):
+        raise ReplacemeError(f"{option}: {directory / name} was not written by replaceme, or was changed "
                              "since; refusing to replace it")
     return own
 
