@@ -53,3 +53,19 @@ def test_the_spill_folder_expands_the_home_directory(tmp_path, monkeypatch):
     with Spill("~/spill") as spill:
         assert spill.path.parent == tmp_path / "spill"
     assert not (tmp_path / "~").exists()
+
+
+def test_any_later_run_clears_what_killed_runs_left_in_its_work_folders(tmp_path, monkeypatch):
+    from replaceme.outputs import check_work_dirs
+
+    dead = _dead_pid()
+    killed = tmp_path / "spills" / f"replaceme-spill-{host_tag()}-{dead}-0000abcd"
+    killed.mkdir(parents=True)
+    (killed / OWNER_FILE).write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "started": 0}))
+    monkeypatch.setenv("REPLACEME_CACHE", str(tmp_path / "cache"))
+    stats = tmp_path / "cache" / "stats"
+    stats.mkdir(parents=True)
+    half = stats / f".k.pt.replaceme-{host_tag()}-{dead}-0000abcd.tmp.pt"
+    half.write_bytes(b"half")
+    check_work_dirs([], spill_dir=tmp_path / "spills")  # a run that only reads the cache, say
+    assert not killed.exists() and not half.exists()

@@ -13,7 +13,7 @@ from typing import Any
 
 from replaceme.errors import ReplacemeError
 from replaceme.outputs.ownership import FILES_KIND, Ownership, read_ownership
-from replaceme.outputs.runs import TAG, restore_orphan
+from replaceme.outputs.runs import TAG, clean_stale_runs, restore_orphan
 
 
 def resolve(path: str | os.PathLike[str]) -> Path:
@@ -96,7 +96,9 @@ def check_work_dirs(inputs: Iterable[Any], *, spill_dir: Any = None, output: Any
     inside one (or inside ``output``, which must appear whole at the end): ``--spill-dir``
     (else the system's temporary folder, ``$TMPDIR``) and, with ``cache``, the
     statistics cache. A folder that merely *contains* an input is fine: the run writes
-    a new folder of its own there."""
+    a new folder of its own there. Once they pass, what runs gone from this host left
+    in them (run directories, interrupted cache writes) is removed
+    (:func:`~replaceme.outputs.runs.clean_stale_runs`), whether or not this run uses them."""
     import tempfile
 
     from replaceme.cache_location import cache_dir
@@ -117,6 +119,10 @@ def check_work_dirs(inputs: Iterable[Any], *, spill_dir: Any = None, output: Any
                 name = "the output" if output is not None and source == resolve(output) else "the input"
                 raise ReplacemeError(f"{what} {place} {relation} {name} {source}; replaceme never writes temporaries "
                                      f"or caches into its inputs or outputs (choose another place)")
+    for place, _what in places:
+        folder = Path(os.path.expanduser(os.fspath(place)))
+        if folder.is_dir():
+            clean_stale_runs(folder)
 
 
 def _check_parent(resolved: Path, shown: Any, option: str) -> None:
