@@ -55,3 +55,17 @@ def test_two_passes_are_refused_for_a_selector_that_scores_plans(tokenizer, cali
 def test_auto_keeps_one_pass_for_small_statistics(tokenizer, calib_file):
     result = _prune(tiny_model("llama", layers=6), tokenizer, calib_file, "replaceme-lstsq", "auto")
     assert result.stats_memory["passes"] == 1 and result.stats_memory["one_pass_estimate"]["passes"] == 1
+
+
+def test_two_passes_with_offload_write_what_one_pass_does(tiny_dir, calib_file):
+    """Layer by layer, the second pass reads the checkpoint again and folds the same map."""
+    spec = CalibrationSpec(str(calib_file), samples=24, max_length=40, batch_size=4)
+    results = {}
+    for passes in ("1", "2"):
+        result = replaceme.prune(str(tiny_dir), method="replaceme-lstsq", layers=2, calibration=spec, device="cpu",
+                                 offload=True, use_cache=False, stats_passes=passes)
+        results[passes] = result
+    one, two = results["1"], results["2"]
+    assert one.plan.blocks == two.plan.blocks and two.stats_memory["passes"] == 2
+    assert torch.equal(one.outcome.compensations[0].transform, two.outcome.compensations[0].transform)
+    assert two.stats_memory["gram"] < one.stats_memory["gram"]
