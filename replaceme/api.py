@@ -194,14 +194,15 @@ def prune(
     import torch
 
     from replaceme import distributed
+    from replaceme.checks import check_layer_budget
+    from replaceme.hub_ids import base_model_id
     from replaceme.loading import load_model
     from replaceme.methods import resolve_method
     from replaceme.pipeline import Run, apply_method, prepare
     from replaceme.registry import adapter_for
     from replaceme.resources import Meter
 
-    from replaceme.hub_ids import base_model_id
-
+    check_layer_budget(layers, str(model_or_path) if isinstance(model_or_path, (str, Path)) else None)
     resolved = resolve_method(method, _merge_options(options, method_options), selector=selector, compensator=compensator,
                               strict=strict, healer=heal)
     hub_id = base_model_id(str(model_or_path), base_model) if isinstance(model_or_path, (str, Path)) else base_model
@@ -212,7 +213,7 @@ def prune(
     if gram_device is not None:
         from replaceme.loading import resolve_device
 
-        gram_device = resolve_device(gram_device)
+        gram_device = resolve_device(gram_device, option="--gram-device")
     if spill_dir is not None and isinstance(model_or_path, (str, Path)):  # temporaries never go into an input
         from replaceme.outputs import check_work_dirs
 
@@ -290,11 +291,11 @@ def prune(
 
 
 def _holdout(stats: Any) -> dict[str, Any]:
-    """What the statistics pass held out of every fit: batches, tokens and their fraction of all tokens."""
-    held = list(getattr(getattr(stats, "sample", None), "holdout", None) or [])
-    tokens = sum(int(b.tokens) for b in held)
+    """What the statistics pass held out of every fit: batches, tokens and their fraction of all
+    tokens (0 batches where too few were given to hold any out: the pass warned)."""
+    batches, tokens = int(getattr(stats, "holdout_batches", 0)), int(getattr(stats, "holdout_tokens", 0))
     total = int(getattr(stats, "tokens", 0) or 0)
-    return {"batches": len(held), "tokens": tokens, "fraction": tokens / total if total else 0.0}
+    return {"batches": batches, "tokens": tokens, "fraction": tokens / total if total else 0.0}
 
 
 def _merge_options(options: dict[str, Any] | None, method_options: dict[str, Any]) -> dict[str, Any]:

@@ -124,6 +124,32 @@ def format_record(record: Any, tokenizer: Any, mode: str) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
+#: characters per token assumed for the first cut of a long record (the cut doubles until it holds enough tokens)
+CHARS_PER_TOKEN = 8
+#: tokens the cut must hold beyond the budget, so the tokens kept do not depend on where the cut fell
+MARGIN_TOKENS = 16
+
+
+def encode_truncated(tokenizer: Any, text: str, max_length: int) -> list[int]:
+    """The first ``max_length`` token ids of ``text``, as ``tokenizer(text, truncation=True,
+    max_length=max_length)`` gives them, without tokenizing a long record whole.
+
+    A record longer than ``(max_length + MARGIN_TOKENS) * CHARS_PER_TOKEN`` characters is
+    cut to that many first, and the cut doubled until it holds at least
+    ``max_length + MARGIN_TOKENS`` tokens (or the whole record): the tokens kept lie well
+    before the cut, so they are those of the whole record, and the tokenizer reads a
+    bounded prefix (a 15 MB record costs what a few kB do).
+    """
+    limit = (max_length + MARGIN_TOKENS) * CHARS_PER_TOKEN
+    while len(text) > limit:
+        head = text[:limit]
+        enough = max_length + MARGIN_TOKENS  # counted with truncation: no warning about long sequences
+        if len(tokenizer(head, truncation=True, max_length=enough)["input_ids"]) >= enough:
+            return tokenizer(head, truncation=True, max_length=max_length)["input_ids"]
+        limit *= 2
+    return tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+
+
 def build_calibration(spec: CalibrationSpec, tokenizer: Any) -> CalibrationData:
     """Load, shuffle (seeded; or keep file order), take ``spec.samples`` records and tokenise them.
 
@@ -152,7 +178,7 @@ def build_calibration(spec: CalibrationSpec, tokenizer: Any) -> CalibrationData:
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    encoded = [tokenizer(t, truncation=True, max_length=spec.max_length)["input_ids"] for t in texts]
+    encoded = [encode_truncated(tokenizer, t, spec.max_length) for t in texts]
     encoded = [ids for ids in encoded if len(ids) > 0]
     if not encoded:
         raise ReplacemeError(f"calibration source {spec.source} gave no tokens")

@@ -29,9 +29,7 @@ from typing import Any
 import torch
 
 from replaceme.errors import ReplacemeError
-
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
+from replaceme.model_files import INDEX_FILE, SINGLE_FILE, checkpoint_layout
 
 #: torch dtype -> safetensors dtype name.
 DTYPE_NAMES = {
@@ -39,15 +37,17 @@ DTYPE_NAMES = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
 }  # fmt: skip
+_TORCH_DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
 
 
 class Checkpoint:
     """The tensors of a local safetensors checkpoint, read on demand.
 
     Reads are positioned reads (``seek`` + ``readinto``) into tensors we own, driven
-    by each file's header, rather than ``safetensors.safe_open``: that call
-    memory-maps the file, and every mapped page we touch counts toward the
-    process's resident memory until the file is closed, so reading an embedding
+    by each file's header (read and checked by
+    :func:`replaceme.model_files.checkpoint_layout`), rather than
+    ``safetensors.safe_open``: that call memory-maps the file, and every mapped
+    page we touch counts toward the process's resident memory until the file is closed, so reading an embedding
     in chunks through one open handle would still end with all of it resident.
 
     Args:
@@ -57,34 +57,18 @@ class Checkpoint:
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
-        self._headers: dict[Path, dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]] = {}
-        index = self.directory / INDEX_FILE
-        single = self.directory / SINGLE_FILE
-        if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            self.files = {name: self.directory / file for name, file in weight_map.items()}
-        elif single.is_file():
-            self.files = {name: single for name in self._header(single)}
-        else:
+        layout = checkpoint_layout(self.directory)  # every header read and checked, the index against its shards
+        if layout is None:
             raise ReplacemeError(
                 f"--offload needs a local model directory with safetensors weights; {self.directory} has neither "
                 f"{SINGLE_FILE} nor {INDEX_FILE}"
             )
-
-    def _header(self, file: Path) -> dict[str, tuple[torch.dtype, tuple[int, ...], int, int]]:
-        """``name -> (dtype, shape, absolute start, end)`` of one file (cached)."""
-        cache = self._headers
-        if file not in cache:
-            dtypes = {v: k for k, v in DTYPE_NAMES.items()}
-            with open(file, "rb") as fh:
-                (length,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(length))
-            base = 8 + length
-            cache[file] = {
-                name: (dtypes[e["dtype"]], tuple(e["shape"]), base + e["data_offsets"][0], base + e["data_offsets"][1])
-                for name, e in header.items() if name != "__metadata__"
-            }
-        return cache[file]
+        unknown = sorted({e.dtype for e in layout.values()} - set(_TORCH_DTYPES))
+        if unknown:
+            raise ReplacemeError(f"--offload cannot read tensors of dtype {unknown[0]!r} in {self.directory}")
+        #: ``name -> (file, dtype, shape, absolute start, end)``
+        self._tensors = {name: (e.file, _TORCH_DTYPES[e.dtype], e.shape, e.start, e.end) for name, e in layout.items()}
+        self.files = {name: e.file for name, e in layout.items()}
 
     def names(self) -> list[str]:
         return list(self.files)
@@ -94,13 +78,12 @@ class Checkpoint:
 
     def info(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
         """``(dtype, shape)`` of a tensor, from its file's header only."""
-        dtype, shape, _, _ = self._header(self.files[name])[name]
+        _, dtype, shape, _, _ = self._tensors[name]
         return dtype, shape
 
     def read_range(self, name: str, lo: int | None = None, hi: int | None = None) -> torch.Tensor:
         """Tensor ``name``, or its rows ``lo:hi`` (first dimension), on CPU in its stored dtype."""
-        file = self.files[name]
-        dtype, shape, start, end = self._header(file)[name]
+        file, dtype, shape, start, end = self._tensors[name]
         if lo is None:
             lo, hi = 0, (shape[0] if shape else 1)
         rows = shape[0] if shape else 1

@@ -22,6 +22,27 @@ def check_model_inputs(model: str, device: str = "auto") -> None:
         check_model_source(model)
 
 
+def check_layers(layers: int, num_layers: int) -> None:
+    """``--layers N`` must leave at least one layer: ``1 <= N < L``."""
+    if not 1 <= layers < num_layers:
+        raise ReplacemeError(f"--layers must be between 1 and {num_layers - 1} for a model with {num_layers} layers, "
+                             f"got {layers}")
+
+
+def check_layer_budget(layers: int, model: str | None) -> None:
+    """``--layers N`` before the model is loaded: at least 1, and below the layer count
+    of a local model's ``config.json`` (a hub id, or a model object given as None, is
+    checked once it is loaded)."""
+    from replaceme.loading import config_layer_count
+    from replaceme.model_sources import registered_name
+
+    total = None if model is None or registered_name(model) is not None else config_layer_count(model)
+    if total is not None:
+        check_layers(layers, total)
+    elif layers < 1:
+        raise ReplacemeError(f"--layers must be at least 1, got {layers} (it is the number of layers to remove)")
+
+
 def check_text_input(source: Any, option: str) -> None:
     """A local text source exists and decodes completely (every record has the
     column); the records are kept in memory, so the run does not read it twice.

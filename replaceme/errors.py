@@ -57,6 +57,17 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit + 5 else text[:limit] + "..."
 
 
+def shorten(value: Any, limit: int = 200) -> str:
+    """``value`` as plain text (a string without quotes: a path, a name) cut to about
+    ``limit`` characters, saying how much was left out; any other value as :func:`shown`."""
+    if not isinstance(value, str):
+        return shown(value, limit)
+    if len(value) <= limit:
+        return value
+    keep = max(limit - 30, 10)
+    return f"{value[:keep]}... ({len(value) - keep} more characters)"
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``" (did you mean 'x'?)"`` for the closest choice, or ``""``."""
     if len(word) > 200:  # no close match is that long; difflib would take long to say so
@@ -145,7 +156,7 @@ def _known(exc: BaseException) -> str | None:
         reason = exc.strerror or text or name
         if what is not None:
             other = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""
-            return f"{what}{other}: {reason}"
+            return f"{shorten(str(what))}{shorten(other)}: {reason}"
         if exc.errno is not None:
             return f"input/output error: {reason}"
         return None
@@ -181,7 +192,7 @@ def explain(exc: BaseException) -> tuple[str, int]:
     for link in _chain(exc):
         message = _known(link)
         if message is not None:
-            return message.replace("\n", " "), USER_ERROR
-    text = first_line(str(exc))
+            return shorten(message.replace("\n", " "), MAX_MESSAGE), USER_ERROR
+    text = shorten(first_line(str(exc)), MAX_MESSAGE)
     return (f"unexpected {type(exc).__name__}" + (f": {text}" if text else "")
             + " (rerun with --debug to see the traceback, and please report it)"), INTERNAL_ERROR

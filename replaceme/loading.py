@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from replaceme.errors import ReplacemeError, first_line
+from replaceme.errors import ReplacemeError, first_line, shorten
 
 log = logging.getLogger(__name__)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -42,28 +42,31 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,4})?)$")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 
 
-def check_device_name(device: Any) -> str:
-    """Refuse a device string torch would not understand (no torch import)."""
+def check_device_name(device: Any, option: str = "--device") -> str:
+    """Refuse a device string torch would not understand (no torch import); ``option``
+    names the flag it came from in the error."""
     if not isinstance(device, str) or not DEVICE_PATTERN.match(device.strip()):
-        raise ReplacemeError(f"invalid --device {device!r}; choose from: {', '.join(DEVICE_CHOICES)}")
+        raise ReplacemeError(f"invalid {option} '{shorten(device, 100)}'; choose from: {', '.join(DEVICE_CHOICES)}")
     return device.strip()
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` means CUDA when available, else CPU; an unknown or absent device is a one-line error."""
+def resolve_device(device: str = "auto", option: str = "--device") -> str:
+    """The device name to use (the one resolver of replaceme: ``torch.device(...)`` of it
+    where a device object is needed): ``auto`` means CUDA when available, else CPU; an
+    unknown or absent device is a one-line error naming ``option``."""
     import torch
 
-    device = check_device_name(device)
+    device = check_device_name(device, option)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ReplacemeError(f"--device {device} was asked for, but no CUDA device is available")
+            raise ReplacemeError(f"{option} {device} was asked for, but no CUDA device is available")
         index = int(device.partition(":")[2] or 0)
         if index >= torch.cuda.device_count():
-            raise ReplacemeError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s)")
+            raise ReplacemeError(f"{option} {device}: there are only {torch.cuda.device_count()} CUDA device(s)")
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ReplacemeError("--device mps was asked for, but MPS is not available")
+        raise ReplacemeError(f"{option} mps was asked for, but MPS is not available")
     return device
 
 
@@ -108,21 +111,19 @@ def stored_dtype(name_or_path: str | Path) -> str | None:
     path = Path(name_or_path).expanduser()
     if not path.is_dir():
         return None
+    from replaceme.model_files import checkpoint_layout
+
+    try:
+        layout = checkpoint_layout(path) or {}  # the one header reader; a broken checkpoint is refused elsewhere
+    except (ReplacemeError, OSError):
+        layout = {}
     counts: dict[str, int] = {}
-    for file in sorted(path.glob("*.safetensors")):
-        try:
-            with open(file, "rb") as fh:
-                length = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(length).decode("utf-8")) if 0 < length <= 100 * 2**20 else {}
-        except (OSError, ValueError, UnicodeDecodeError):
-            continue
-        for key, entry in header.items():
-            if key == "__metadata__" or not isinstance(entry, dict) or entry.get("dtype") not in _STORED_NAMES:
-                continue
+    for entry in layout.values():
+        if entry.dtype in _STORED_NAMES:
             elements = 1
-            for size in entry.get("shape") or []:
-                elements *= int(size)
-            dtype = _STORED_NAMES[entry["dtype"]]
+            for size in entry.shape:
+                elements *= size
+            dtype = _STORED_NAMES[entry.dtype]
             counts[dtype] = counts.get(dtype, 0) + elements
     if counts:
         return max(counts, key=counts.get)
@@ -167,14 +168,16 @@ def _describe(exc: Exception) -> str:
 
 def resolve_model_path(name_or_path: str) -> str:
     """Map a registered model name (:mod:`replaceme.model_sources`: the demo, ...) to its
-    directory; check that a local path is a model directory."""
+    directory; check a local path (and expand its ``~``: the loaders would take ``~/m``
+    for a hub id)."""
     from replaceme.model_sources import registered_name, source_dir
 
     name = registered_name(name_or_path)
     if name is not None:
         return str(source_dir(name))
     check_model_source(name_or_path)
-    return name_or_path
+    local = Path(name_or_path).expanduser()
+    return str(local) if local.exists() else name_or_path
 
 
 def local_model_dir(name_or_path: str | Path) -> Path | None:
@@ -195,58 +198,52 @@ TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json
 
 def check_model_source(name_or_path: str) -> None:
     """Cheap checks of a model before loading it: a local path exists, is a model
-    directory (a readable ``config.json`` mapping with ``model_type``) and has a
-    tokenizer. Hub ids pass (the hub answers when loading)."""
+    directory (a readable ``config.json`` mapping with ``model_type``) holding no FIFO,
+    device or socket, has a tokenizer, and its checkpoint's headers (and index) are
+    sound and agree with the config (:mod:`replaceme.model_files`). Hub ids pass (the
+    hub answers when loading)."""
+    from replaceme.model_files import check_config_fits, check_folder_entries, check_regular, checkpoint_layout
+
     if not isinstance(name_or_path, str) or not name_or_path.strip():
         raise ReplacemeError("no model given")
     path = Path(name_or_path).expanduser()
     if not path.exists():
         if _looks_local(name_or_path):
-            raise ReplacemeError(f"model path not found: {name_or_path}")
+            raise ReplacemeError(f"model path not found: {shorten(name_or_path)}")
         return
     if not path.is_dir():
-        raise ReplacemeError(f"{name_or_path} is a file; give the model's directory")
+        raise ReplacemeError(f"{shorten(name_or_path)} is a file; give the model's directory")
+    check_folder_entries(path)
     config = path / "config.json"
     if not config.is_file():
-        raise ReplacemeError(f"{name_or_path} is not a model directory (no config.json)")
+        raise ReplacemeError(f"{shorten(name_or_path)} is not a model directory (no config.json)")
+    check_regular(config)
     try:
         data = json.loads(config.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ReplacemeError(f"{config}: not valid JSON ({first_line(exc)})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ReplacemeError(f"{config}: not valid JSON ({shorten(first_line(exc))})") from None
     if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
         raise ReplacemeError(f"{config}: not a model config (no 'model_type')")
     if not any((path / name).is_file() for name in TOKENIZER_MARKERS):
-        raise ReplacemeError(f"{name_or_path} has no tokenizer files ({', '.join(TOKENIZER_MARKERS[:3])}, ...)")
-    for weights in sorted(path.glob("*.safetensors")):
-        check_safetensors(weights)
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
-            raise ReplacemeError(f"{index}: not a valid safetensors index") from None
-        missing = sorted(str(s) for s in shards if not (path / str(s)).is_file())
-        if missing:
-            raise ReplacemeError(f"{index} names shard(s) that are missing: {', '.join(missing[:3])}")
+        raise ReplacemeError(f"{shorten(name_or_path)} has no tokenizer files ({', '.join(TOKENIZER_MARKERS[:3])}, ...)")
+    layout = checkpoint_layout(path)
+    if layout is not None:
+        check_config_fits(data, layout, f"cannot load model '{shorten(name_or_path)}'")
 
 
-def check_safetensors(path: Path) -> None:
-    """Read only the header of a safetensors file: a length, a JSON table of tensors, and
-    data that ends within the file. A truncated or damaged file is a one-line error."""
-    size = path.stat().st_size
+def config_layer_count(name_or_path: str) -> int | None:
+    """The layer count a local model's ``config.json`` states (None for a hub id, or none stated)."""
+    from replaceme.model_files import check_regular, config_layers
+
+    config = Path(name_or_path).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    check_regular(config)
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            length = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if not 0 < length <= min(size - 8, 100 * 2**20):
-                raise ValueError("bad header length")
-            header = json.loads(fh.read(length).decode("utf-8"))
-        ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError, IndexError) as exc:
-        raise ReplacemeError(f"{path}: corrupt safetensors file (unreadable header: {first_line(exc)})") from None
-    if 8 + length + max(ends, default=0) > size:
-        raise ReplacemeError(f"{path}: corrupt safetensors file (truncated: {size} bytes, the header needs "
-                             f"{8 + length + max(ends)})")
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None  # check_model_source names the problem
+    return config_layers(data) if isinstance(data, dict) else None
 
 
 @contextlib.contextmanager
@@ -271,10 +268,36 @@ def check_loading_info(name: str, info: dict[str, Any]) -> None:
         names = sorted(str(k if isinstance(k, str) else k[0]) for k in (info.get(key) or []))
         if names:
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            raise ReplacemeError(f"cannot load model '{name}': weights {what}: {shown}")
+            raise ReplacemeError(f"cannot load model '{shorten(name)}': weights {what}: {shown}")
     errors = list(info.get("error_msgs") or []) + [f"{k}: {v}" for k, v in (info.get("conversion_errors") or {}).items()]
     if errors:
-        raise ReplacemeError(f"cannot load model '{name}': {first_line(Exception(errors[0]))}")
+        raise ReplacemeError(f"cannot load model '{shorten(name)}': {first_line(Exception(errors[0]))}")
+
+
+def load_config(path: str, name: str, trust_remote_code: bool = False) -> Any:
+    """The model's config, read first, so that a bad value in ``config.json`` is blamed on
+    that file (and its key), not on whatever reads it next (the tokenizer)."""
+    from transformers import AutoConfig
+
+    try:
+        with quiet_transformers():
+            return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - a bad value, an unknown architecture, an unreachable hub
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        if isinstance(exc, ZeroDivisionError):
+            reason = f"a value is zero where it divides another ({reason})"
+        raise ReplacemeError(f"cannot load model '{shorten(name)}': config.json: {shorten(reason, 300)}") from exc
+
+
+def load_tokenizer(path: str, name: str, config: Any, trust_remote_code: bool = False) -> Any:
+    """The model's tokenizer (given the already-read ``config``); a failure names the tokenizer."""
+    from transformers import AutoTokenizer
+
+    try:
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - every loader failure is about the user's files
+        raise ReplacemeError(f"cannot load model '{shorten(name)}': tokenizer: {_describe(exc)}") from exc
 
 
 def load_model(
@@ -289,26 +312,23 @@ def load_model(
     ``trust_remote_code`` is off unless the user asks. Any failure (missing path,
     unreachable hub, not a causal LM) becomes a one-line :class:`ReplacemeError`.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
     device = resolve_device(device)
     use_device(device)
     torch_dtype = model_dtype(path, dtype, device)
-    try:
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except Exception as exc:  # noqa: BLE001 - every loader failure is about the user's files
-        raise ReplacemeError(f"cannot load model '{name_or_path}': tokenizer: {_describe(exc)}") from exc
+    config = load_config(path, name_or_path, trust_remote_code)
+    tokenizer = load_tokenizer(path, name_or_path, config, trust_remote_code)
     try:
         with quiet_transformers(), _quiet_load_report():  # its findings are checked below and reported in one line
             model, info = AutoModelForCausalLM.from_pretrained(
-                path, dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True,
+                path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code, output_loading_info=True,
                 ignore_mismatched_sizes=True)  # mismatches are reported (and refused) by check_loading_info
     except ReplacemeError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise ReplacemeError(f"cannot load model '{name_or_path}': {_describe(exc)}") from exc
+        raise ReplacemeError(f"cannot load model '{shorten(name_or_path)}': {_describe(exc)}") from exc
     check_loading_info(name_or_path, info)
     model.to(device)
     model.eval()
@@ -329,20 +349,22 @@ def load_model_4bit(name_or_path: str, *, device: str = "auto", dtype: str = "au
                     trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Load a causal LM quantised to 4 bits (bitsandbytes NF4, compute in ``dtype``) on
     one GPU, for the calibration pass only (the ReplaceMe reference's ``use_4bit``)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     check_4bit(device)
     path = resolve_model_path(name_or_path)
     device = resolve_device(device)
     use_device(device)
     compute = resolve_dtype(dtype, device)
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    config = load_config(path, name_or_path, trust_remote_code)
+    tokenizer = load_tokenizer(path, name_or_path, config, trust_remote_code)
     try:
         with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(path, quantization_config=config, dtype=compute,
-                                                         device_map={"": device}, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(path, config=config, quantization_config=quantization,
+                                                         dtype=compute, device_map={"": device},
+                                                         trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, ImportError) as exc:
-        raise ReplacemeError(f"cannot load model '{name_or_path}' in 4 bits: {first_line(exc)}") from exc
+        raise ReplacemeError(f"cannot load model '{shorten(name_or_path)}' in 4 bits: {first_line(exc)}") from exc
     model.eval()
     return model, tokenizer

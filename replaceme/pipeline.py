@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from replaceme.adapters import ModelAdapter
 from replaceme.calibration import CalibrationData, CalibrationSpec
+from replaceme.checks import check_layers  # noqa: F401  (re-exported: the check made again once the model is loaded)
 from replaceme.components import Compensation
 from replaceme.errors import ReplacemeError, first_line
 from replaceme.methods import ResolvedMethod
@@ -28,12 +29,6 @@ log = logging.getLogger(__name__)
 HOLDOUT_TOKENS = 8192
 #: statistics estimates from this size up are logged at INFO (below: DEBUG)
 ESTIMATE_SHOWN_AT = 16 * 2**20
-
-
-def check_layers(layers: int, num_layers: int) -> None:
-    """``--layers N`` must leave at least one layer: ``1 <= N < L``."""
-    if not 1 <= layers < num_layers:
-        raise ReplacemeError(f"--layers must be between 1 and {num_layers - 1} for a model with {num_layers} layers, got {layers}")
 
 
 def gather_stats(

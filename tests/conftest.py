@@ -75,7 +75,9 @@ def shared() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own statistics cache and no progress bars."""
+    """Every test gets its own statistics cache and no progress bars, and replaceme's log
+    records reach pytest's ``caplog`` (a command run by an earlier test stops their propagation)."""
+    monkeypatch.setattr(logging.getLogger("replaceme"), "propagate", True)
     monkeypatch.setenv("REPLACEME_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("REPLACEME_NO_PROGRESS", "1")
     torch.set_num_threads(1)  # tiny tensors: one thread is faster, and robust on a busy machine

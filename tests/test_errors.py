@@ -114,6 +114,31 @@ def world(tmp_path_factory, tokenizer):
     config = json.loads((shape / "config.json").read_text())
     config["intermediate_size"] *= 2
     (shape / "config.json").write_text(json.dumps(config))
+    hidden = root / "wrong_hidden"
+    tiny_model("llama").save_pretrained(hidden)
+    tokenizer.save_pretrained(hidden)
+    config = json.loads((hidden / "config.json").read_text())
+    config["hidden_size"] *= 2
+    (hidden / "config.json").write_text(json.dumps(config))
+    fifo = root / "fifo_weights"  # a FIFO named like the weights: opening it would block forever
+    fifo.mkdir()
+    tokenizer.save_pretrained(fifo)
+    tiny_model("llama").config.save_pretrained(fifo)
+    os.mkfifo(fifo / "model.safetensors")
+    sharded = root / "wrongly_sharded"  # the index sends a tensor to a shard that does not hold it
+    tiny_model("llama").save_pretrained(sharded, max_shard_size="40KB")
+    tokenizer.save_pretrained(sharded)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    names = sorted(index["weight_map"])
+    first, last = names[0], next(n for n in names if index["weight_map"][n] != index["weight_map"][names[0]])
+    index["weight_map"][first], index["weight_map"][last] = index["weight_map"][last], index["weight_map"][first]
+    (sharded / "model.safetensors.index.json").write_text(json.dumps(index))
+    bad_value = root / "bad_config_value"
+    tiny_model("llama").save_pretrained(bad_value)
+    tokenizer.save_pretrained(bad_value)
+    config = json.loads((bad_value / "config.json").read_text())
+    config["hidden_size"] = "big"
+    (bad_value / "config.json").write_text(json.dumps(config))
     (root / "not_a_model").mkdir()
     (root / "not_a_model" / "readme.txt").write_text("hello")
     no_tok = root / "no_tokenizer"
@@ -217,6 +242,12 @@ CASES = {
     "seed-overflow": (lambda w: _prune(w, "--seed", "9" * 25), "--seed"),
     "layers-overflow": (lambda w: _prune(w, "-n", "9" * 25), "--layers"),
     "limit-nan": (lambda w: ["evaluate", w / "model", "--ppl", w / "calib.txt", "--limit", "nan"], "--limit"),
+    "layers-zero-before-loading": (lambda w: _prune(w, "-n", "0", model="unloadable"),
+                                   "--layers must be between 1 and 5 for a model with 6 layers, got 0"),
+    "layers-too-many-before-loading": (lambda w: _prune(w, "-n", "6", model="unloadable"),
+                                       "--layers must be between 1 and 5 for a model with 6 layers, got 6"),
+    "gram-device-unknown": (lambda w: _prune(w, "--gram-device", "tpu", model="unloadable"),
+                            "invalid --gram-device 'tpu'; choose from"),
     "unknown-device": (lambda w: _prune(w, "--device", "tpu:0", model="unloadable"), "invalid --device .tpu:0.; choose from"),
     # --config and --plan
     "config-string-is-not-bool": (lambda w: ["prune", "--config", w / "cfg_string_bool.yaml"], "'overwrite' must be true or false, got the string"),
@@ -245,11 +276,21 @@ CASES = {
         lambda w: ["compare", w / "unloadable", "-m", "uidl", "--calib", w / "calib.txt", "--ppl", w / "broken.jsonl",
                    "--output", w / "cmp_new"], "--ppl: .*line 2 is not valid JSON"),
     # models
-    "model-more-layers-than-weights": (lambda w: _prune(w, model="more_layers"), "missing from the checkpoint"),
+    "model-more-layers-than-weights": (lambda w: _prune(w, model="more_layers"),
+                                       "config.json says 7 layers but the checkpoint holds 6 .*missing from the checkpoint"),
     "model-corrupt-safetensors": (lambda w: _prune(w, model="corrupt_weights"), "model.safetensors: corrupt safetensors file"),
     "model-corrupt-safetensors-offload": (lambda w: _prune(w, "--offload", model="corrupt_weights"),
                                           "model.safetensors: corrupt safetensors file"),
-    "model-more-layers-offload": (lambda w: _prune(w, "--offload", model="more_layers"), "checkpoint has no tensor 'model.layers.6"),
+    "model-more-layers-offload": (lambda w: _prune(w, "--offload", model="more_layers"),
+                                  "config.json says 7 layers but the checkpoint holds 6"),
+    "model-hidden-size-mismatch": (lambda w: _prune(w, model="wrong_hidden"),
+                                   "config.json says hidden size 64 but the checkpoint's embedding has width 32"),
+    "model-config-bad-value": (lambda w: _prune(w, model="bad_config_value"),
+                               "cannot load model .*: config.json: .*field 'hidden_size'.*expected int"),
+    "model-fifo-weights": (lambda w: _prune(w, model="fifo_weights"), "model.safetensors is a FIFO, not a file"),
+    "model-index-wrongly-sharded": (lambda w: _prune(w, model="wrongly_sharded"), "index.json is wrongly sharded: tensor"),
+    "model-index-wrongly-sharded-offload": (lambda w: _prune(w, "--offload", model="wrongly_sharded"),
+                                            "index.json is wrongly sharded: tensor"),
     "model-shape-mismatch-offload": (lambda w: _prune(w, "--offload", model="wrong_shape"),
                                      "checkpoint does not match the model's config: size mismatch"),
     "failed-run-leaves-no-folders": (lambda w: _prune(w, model="unloadable", output=w / "new" / "deeper" / "out"),

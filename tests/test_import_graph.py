@@ -131,7 +131,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "replaceme.escaping", "replaceme.formats", "replaceme.plots", "replaceme.hookspecs", "replaceme.hub_ids",
               # plain data (blocks and plans): statistics are keyed by blocks
               "replaceme.plan")),
-    ("model", ("replaceme.model_sources", "replaceme.adapters", "replaceme.loading", "replaceme.surgery", "replaceme.checkpoint",
+    ("model", ("replaceme.model_sources", "replaceme.adapters", "replaceme.loading", "replaceme.model_files", "replaceme.surgery", "replaceme.checkpoint",
                "replaceme.calibration", "replaceme.data", "replaceme.offload", "replaceme.demo")),
     ("stats", ("replaceme.stats",)),
     ("methods", ("replaceme.components", "replaceme.registry", "replaceme.methods", "replaceme.scoring",

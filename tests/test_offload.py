@@ -203,7 +203,7 @@ def test_offload_names_the_layer_that_overflows(tmp_path, calib_file):
         (["--device", "cuda:1"], "no CUDA device is available" if not torch.cuda.is_available() else "CUDA device(s)"),
         (["--device", "gpu0"], "invalid --device 'gpu0'"),
         (["--calib-4bit"], "--calib-4bit needs a CUDA GPU and the bitsandbytes package"),
-        (["--gram-device", "gpu"], "invalid --device 'gpu'"),
+        (["--gram-device", "gpu"], "invalid --gram-device 'gpu'"),
     ],
 )
 def test_device_and_4bit_errors_are_one_line(args, fragment, tmp_path, calib_file):

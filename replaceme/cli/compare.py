@@ -92,6 +92,7 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
     (uidl+lora) beside the training-free one, with the healing time as a
     column; healer options are given as -o heal.KEY VALUE.
     """
+    from replaceme.checks import check_layer_budget
     from replaceme.compare.plan import read_plan_file
     from replaceme.compare.runner import run_comparison
 
@@ -104,6 +105,8 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
     model = model or model_opt or settings.get("model") or _demo_name()
     entries = _method_entries(methods, settings, options, list(heal) or settings.get("heal") or [])
     budgets = _budgets(layers, settings, model)
+    for budget in budgets:
+        check_layer_budget(budget, model)
     spec = _calibration(ctx, model, {k: values[k] for k in calib}, settings)
     ppl_sources = list(ppl) or settings.get("ppl") or _demo_ppl(model)
     include = list(include_models) or settings.get("include_models") or []

@@ -58,7 +58,7 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
     from replaceme.console import print_rows
     from replaceme.distances import distance_frame
     from replaceme.loading import load_model
-    from replaceme.checks import check_model_inputs, check_text_input
+    from replaceme.checks import check_layer_budget, check_model_inputs, check_text_input
     from replaceme.errors import ReplacemeError
     from replaceme.outputs import check_work_dirs, output_file, write_text_atomic
     from replaceme.outputs.lock import breaking_locks
@@ -69,6 +69,7 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
 
     spec = calibration_spec(**calib)
     check_model_inputs(model, device)
+    check_layer_budget(layers, model)
     check_text_input(spec.text_source, "--calib")
     if plot_path and Path(plot_path).suffix.lower() not in FORMATS:
         raise ReplacemeError(f"--plot {plot_path}: give a file name ending in {', '.join(FORMATS)}")

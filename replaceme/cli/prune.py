@@ -109,7 +109,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     missing = [name for name, value in (("MODEL", model), ("--method", method), ("--layers", layers), ("--output", output)) if value is None]
     if missing:
         raise ReplacemeError(f"missing {', '.join(missing)} (see 'replaceme prune --help')")
-    from replaceme.checks import check_model_inputs, check_text_input
+    from replaceme.checks import check_layer_budget, check_model_inputs, check_text_input
     from replaceme.outputs import check_output, check_work_dirs
 
     out = Path(output).expanduser()  # as the checks and the writes see it
@@ -120,6 +120,11 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     spec = calibration_spec(**calib) if calib["calib"] else None
     # everything that can fail fast does, before the model is loaded
     check_model_inputs(model, device)
+    check_layer_budget(int(layers), model)
+    if gram_device is not None:
+        from replaceme.loading import check_device_name
+
+        check_device_name(gram_device, "--gram-device")
     if spec is not None:
         check_text_input(spec.text_source, "--calib")
     heal_spec = heal_data_spec(heal_data, heal_column, heal_split, heal_samples)

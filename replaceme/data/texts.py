@@ -15,13 +15,15 @@ calibration and evaluation text can be kept apart.
 
 from __future__ import annotations
 
+import codecs
+import io
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from replaceme.errors import ReplacemeError, first_line
+from replaceme.errors import ReplacemeError, first_line, shorten
 
 _SLICE = re.compile(r"^(?P<base>.*)\[(?P<start>-?\d*%?):(?P<end>-?\d*%?)\]$")
 LOCAL_SUFFIXES = (".txt", ".raw", ".jsonl", ".json", ".parquet", ".csv")
@@ -93,14 +95,44 @@ def _split_txt(text: str) -> list[str]:
     return paragraphs
 
 
+#: byte-order marks, longest first (UTF-32's LE mark begins with UTF-16's)
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le", "UTF-32"), (codecs.BOM_UTF32_BE, "utf-32-be", "UTF-32"),
+         (codecs.BOM_UTF8, "utf-8", "UTF-8"), (codecs.BOM_UTF16_LE, "utf-16-le", "UTF-16"),
+         (codecs.BOM_UTF16_BE, "utf-16-be", "UTF-16"))
+
+
 def _read_text(path: Path) -> str:
+    """The text of ``path``: UTF-8, or UTF-8/16/32 with a byte-order mark, or UTF-16
+    without one (recognised by its zero bytes); anything else is refused in one line."""
     data = path.read_bytes()
-    if b"\x00" in data[:65536]:
+    encoding, label, skip = _encoding(data)
+    if encoding is None:
         raise ReplacemeError(f"{path}: binary data, not text")
     try:
-        return data.decode("utf-8")
+        text = data[skip:].decode(encoding)
     except UnicodeDecodeError as exc:
-        raise ReplacemeError(f"{path}: not UTF-8 text (undecodable byte at offset {exc.start})") from None
+        raise ReplacemeError(f"{path}: not {label} text (undecodable byte at offset {skip + exc.start})") from None
+    if "\x00" in text[:65536]:
+        raise ReplacemeError(f"{path}: binary data, not text")
+    return text
+
+
+def _encoding(data: bytes) -> tuple[str | None, str, int]:
+    """``(codec, name, bytes to skip)`` of ``data``; codec None for binary data."""
+    for bom, codec, label in _BOMS:
+        if data.startswith(bom):
+            return codec, label, len(bom)
+    head = data[:65536]
+    if b"\x00" not in head:
+        return "utf-8", "UTF-8", 0
+    # UTF-16 without a mark: text in the first 256 code points has a zero in every other byte
+    even, odd = head[0::2], head[1::2]
+    if len(head) % 2 == 0 and head:
+        if odd.count(0) >= 0.9 * len(odd) and even.count(0) == 0:
+            return "utf-16-le", "UTF-16", 0
+        if even.count(0) >= 0.9 * len(even) and odd.count(0) == 0:
+            return "utf-16-be", "UTF-16", 0
+    return None, "", 0
 
 
 def _json_rows(path: Path) -> list[Any]:
@@ -132,7 +164,7 @@ def _table_rows(path: Path) -> list[Any]:
     import pandas as pd
 
     try:
-        frame = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
+        frame = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(io.StringIO(_read_text(path)))
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ReplacemeError(f"{path}: cannot read it as {path.suffix.lower()[1:]} ({first_line(exc)})") from None
     except Exception as exc:  # pyarrow's own errors for corrupt files
@@ -147,17 +179,19 @@ def _column(path: Path, rows: list[Any], column: str) -> list[Any]:
     out = []
     for number, row in enumerate(rows, 1):
         if not isinstance(row, dict):
-            raise ReplacemeError(f"{path}: record {number} is a {type(row).__name__}, not an object with a '{column}' field")
+            raise ReplacemeError(f"{path}: record {number} is a {type(row).__name__}, not an object with a "
+                                 f"'{shorten(column)}' field")
         if column not in row:
-            keys = ", ".join(map(str, row.keys())) or "(none)"
-            raise ReplacemeError(f"{path}: record {number} has no column '{column}'; its columns are: {keys}")
+            keys = shorten(", ".join(shorten(k, 100) for k in list(row)[:20]) or "(none)")
+            raise ReplacemeError(f"{path}: record {number} has no column '{shorten(column)}'; its columns are: {keys}")
         value = row[column]
         if isinstance(value, float) and value != value:  # pandas' missing value
             value = None
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             value = str(value)
         elif value is not None and not isinstance(value, (str, list)):
-            raise ReplacemeError(f"{path}: record {number}, column '{column}': expected text, got {type(value).__name__}")
+            raise ReplacemeError(f"{path}: record {number}, column '{shorten(column)}': expected text, "
+                                 f"got {type(value).__name__}")
         out.append(value)
     return out
 
@@ -193,10 +227,11 @@ def _read_hub(name: str, split: str, column: str) -> list[Any]:
     try:
         ds = datasets.load_dataset(dataset_name, config or None, split=split)
     except Exception as exc:  # network, missing dataset, bad split ...
-        raise ReplacemeError(f"cannot load dataset '{name}' (split '{split}'): {first_line(exc)}") from exc
+        raise ReplacemeError(f"cannot load dataset '{shorten(name)}' (split '{shorten(split)}'): "
+                             f"{shorten(first_line(exc))}") from exc
     if column not in ds.column_names:
         raise ReplacemeError(
-            f"dataset '{name}': no column '{column}'; columns are: {', '.join(ds.column_names)}"
+            f"dataset '{shorten(name)}': no column '{shorten(column)}'; columns are: {shorten(', '.join(ds.column_names))}"
         )
     return list(ds[column])
 
@@ -213,16 +248,16 @@ def load_texts(source: TextSource | str) -> list[Any]:
     if source.is_local:
         path = Path(base).expanduser()
         if not path.exists():
-            raise ReplacemeError(f"text file not found: {base}")
+            raise ReplacemeError(f"text file not found: {shorten(base)}")
         if not path.is_file():
-            raise ReplacemeError(f"{base} is not a file")
+            raise ReplacemeError(f"{shorten(base)} is not a file")
         try:
             records = _read_local_cached(path, source.column)
         except OSError as exc:
-            raise ReplacemeError(f"cannot read {base}: {exc.strerror or exc}") from None
+            raise ReplacemeError(f"cannot read {shorten(base)}: {exc.strerror or exc}") from None
     else:
         records = _read_hub(base, source.split, source.column)
     records = [r for r in _slice(records, source.spec) if r is not None and (not isinstance(r, str) or r.strip())]
     if not records:
-        raise ReplacemeError(f"no text records in {source.spec}")
+        raise ReplacemeError(f"no text records in {shorten(source.spec)}")
     return records

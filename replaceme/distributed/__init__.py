@@ -314,7 +314,8 @@ REDUCED_FIELDS = {
     "angular": "float64 sum of per-sequence distances / total sequences",
     "token_cosine": "float64 sum of per-token cosines / total tokens",
     "gram": "float64 sums", "sample": "gathered to rank 0", "sequences": "sum", "tokens": "sum",
-    "seconds": "max",
+    "seconds": "max", "holdout_batches": "same on every rank (the held-out batches are chosen globally)",
+    "holdout_tokens": "same on every rank",
 }
 
 

@@ -17,11 +17,6 @@ from replaceme import loading
 log = logging.getLogger(__name__)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error."""
-    return torch.device(loading.resolve_device(name))
-
-
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto`` -> bfloat16 on CUDA, float32 elsewhere (used when the model's own dtype is unknown); else the named dtype."""
     return loading.resolve_dtype(name, str(device))
@@ -49,7 +44,7 @@ def place_model(model: torch.nn.Module, device: str = "auto", dtype: str = "auto
         log.info("the model is dispatched over several devices; leaving it in place")
         model.eval()
         return model_device(model), next(model.parameters()).dtype
-    target = resolve_device(device)
+    target = torch.device(loading.resolve_device(device))
     current = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     # auto keeps the dtype the model was loaded in (its checkpoint's, see loading.stored_dtype)
     target_dtype = current if dtype == "auto" and current is not None else resolve_dtype(dtype, target)

@@ -8,7 +8,7 @@ from typing import Any
 
 from replaceme.adapters import ModelAdapter
 from replaceme.checkpoint import Checkpoint
-from replaceme.errors import ReplacemeError, first_line
+from replaceme.errors import ReplacemeError, first_line, shorten
 from replaceme.offload.skeleton import OffloadedModel
 
 
@@ -20,9 +20,11 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
     ``disk_budget``: bytes of activations the engine may keep on disk between layers
     (None: half the free space; see :mod:`replaceme.offload.budget`)."""
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from replaceme.loading import (
+        load_config,
+        load_tokenizer,
         model_dtype,
         quiet_transformers,
         resolve_device,
@@ -33,19 +35,18 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
 
     local = Path(resolve_model_path(path)).expanduser()
     if not local.is_dir():
-        raise ReplacemeError(f"--offload needs a local model directory (got '{path}'); download it first")
+        raise ReplacemeError(f"--offload needs a local model directory (got '{shorten(path)}'); download it first")
     device = resolve_device(device)
     use_device(device)
     torch_dtype = model_dtype(str(local), dtype, device)
     checkpoint = Checkpoint(local)
+    config = load_config(str(local), path, trust_remote_code)
+    tokenizer = load_tokenizer(str(local), path, config, trust_remote_code)
     try:
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
-            config = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
-            with init_empty_weights():
-                model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        with quiet_transformers(), init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, ImportError) as exc:
-        raise ReplacemeError(f"cannot load model '{path}': {first_line(exc)}") from exc
+        raise ReplacemeError(f"cannot load model '{shorten(path)}': {first_line(exc)}") from exc
     model.tie_weights()  # as from_pretrained does (from_config leaves tied weights apart on meta)
     model.eval()
     offloaded = OffloadedModel(model, adapter_for(model), checkpoint, torch_dtype, device)

@@ -22,8 +22,8 @@ from replaceme.stats.request import StatsRequest
 from replaceme.stats.store import ActivationSample, ActivationStats, BatchActivations, GramKey, GramSums
 
 log = logging.getLogger(__name__)
-#: the layout of a cache file; a file of another version is recomputed (4: typed Gram keys)
-FORMAT_VERSION = 4
+#: the layout of a cache file; a file of another version is recomputed (4: typed Gram keys, 5: held-out count)
+FORMAT_VERSION = 5
 
 
 def model_fingerprint(model: Any) -> str:
@@ -61,6 +61,8 @@ def _stats_to_dict(stats: ActivationStats) -> dict[str, Any]:
         "sequences": stats.sequences,
         "tokens": stats.tokens,
         "seconds": stats.seconds,
+        "holdout_batches": stats.holdout_batches,
+        "holdout_tokens": stats.holdout_tokens,
     }
 
 
@@ -78,6 +80,8 @@ def _stats_from_dict(d: dict[str, Any]) -> ActivationStats:
         sequences=d["sequences"],
         tokens=d["tokens"],
         seconds=d["seconds"],
+        holdout_batches=d["holdout_batches"],
+        holdout_tokens=d["holdout_tokens"],
     )
 
 

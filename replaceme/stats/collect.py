@@ -339,13 +339,22 @@ def check_gram_blocks(request: StatsRequest) -> None:
 
 
 def plan_batches(calib: CalibrationData, request: StatsRequest, holdout_tokens: int) -> tuple[list[int], list[int]]:
-    """Held-out and sampled batches of a pass (see :func:`split_batches`); no sample unless asked."""
-    holdout, sample = split_batches(
-        calib, request.sample_tokens if request.wants_sample else 0,
-        holdout_tokens if request.wants_sample or request.gram_blocks else 0, calib.spec.seed,
-        holdout_fraction=calib.spec.holdout_fraction,
-    )
+    """Held-out and sampled batches of a pass (see :func:`split_batches`); no sample unless
+    asked. A hold-out asked for but too small to hold one batch is a warning."""
+    fraction = calib.spec.holdout_fraction
+    wanted = holdout_tokens if request.wants_sample or request.gram_blocks else 0
+    holdout, sample = split_batches(calib, request.sample_tokens if request.wants_sample else 0, wanted,
+                                    calib.spec.seed, holdout_fraction=fraction)
+    if wanted and fraction > 0 and not holdout:
+        log.warning("calibration: %d batch(es) are too few to hold any out at --holdout-fraction %g (it takes at least "
+                    "%d); every batch is fitted on and there are no held-out diagnostics", calib.num_batches, fraction,
+                    math.ceil(1 / fraction - 1e-9))
     return holdout, sample if request.wants_sample else []
+
+
+def held_out(calib: CalibrationData, holdout: list[int]) -> dict[str, int]:
+    """``holdout_batches`` and ``holdout_tokens`` of a pass (the same on every rank of a torchrun job)."""
+    return {"holdout_batches": len(holdout), "holdout_tokens": sum(int(calib.masks[b].sum()) for b in holdout)}
 
 
 def batch_keep(calib: CalibrationData, b: int, request: StatsRequest, kept_batches: set[int]) -> BatchActivations | None:
@@ -395,7 +404,7 @@ def collect_stats(
     check_gram_blocks(request)
     acc = Accumulator(L, hidden, request, stats_device, device, sample_store=spill)
     holdout, sample = plan_batches(calib, request, holdout_tokens)
-    stats = ActivationStats(num_layers=L, hidden_size=hidden)
+    stats = ActivationStats(num_layers=L, hidden_size=hidden, **held_out(calib, holdout))
     kept: dict[int, BatchActivations] = {}
     want_kwargs = set(request.layer_kwargs)
     current: list[BatchState] = []

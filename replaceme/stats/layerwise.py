@@ -42,6 +42,7 @@ from replaceme.stats.collect import (
     bind_arguments,
     check_gram_blocks,
     complete_pass,
+    held_out,
     plan_batches,
     portable_kwargs,
 )
@@ -110,7 +111,7 @@ def _collect_layerwise(
     holdout, sample = plan_batches(calib, request, holdout_tokens)
     holdout_set, kept_batches = set(holdout), set(holdout) | set(sample)
     store = window
-    stats = ActivationStats(num_layers=L, hidden_size=hidden)
+    stats = ActivationStats(num_layers=L, hidden_size=hidden, **held_out(calib, holdout))
 
     states: dict[int, BatchState] = {}
     keeps: dict[int, BatchActivations] = {}

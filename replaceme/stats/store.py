@@ -124,6 +124,8 @@ class ActivationStats:
             excluded unless ``with_pad`` (requested with ``gram_with_pad``).
         sample: the kept activations, if any method asked.
         sequences, tokens: how much calibration data went in (non-pad tokens).
+        holdout_batches, holdout_tokens: the calibration batches (and their non-pad tokens)
+            held out of every fit, whether or not their activations were kept.
         seconds: wall time of the pass.
     """
 
@@ -136,6 +138,8 @@ class ActivationStats:
     sequences: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    holdout_batches: int = 0
+    holdout_tokens: int = 0
 
     def block_distance(self, block: Block, kind: str = "angular") -> float:
         table = self.angular if kind == "angular" else self.token_cosine
