@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from replaceme.calibration import CalibrationSpec
-from replaceme.distributed import root_result
+from replaceme.distributed import ddp, root_result
 from replaceme.errors import ReplacemeError
 from replaceme.pipeline import MethodOutcome
 from replaceme.resources import Usage
@@ -173,13 +173,10 @@ def prune(
             (tables, then what the compensator needs for the chosen blocks only) hold
             far smaller statistics at the cost of a second forward pass; ``auto``
             takes them above 1 GiB of one-pass statistics (:mod:`replaceme.passes`).
-        heal: a healer (``replaceme methods`` lists them) that trains the pruned model
-            back after the merge, distilling from the unpruned model by default;
-            ``"none"`` turns off a recipe's default healer. Its options go in
-            ``options`` (``heal.KEY`` or a plain key no other stage declares).
-        heal_data: the healing text: a :class:`replaceme.healer.HealData` or a source
-            string (same formats and record slices as calibration); default: the
-            calibration records the compensation was fit on.
+        heal: a healer that trains the pruned model back, distilling from the unpruned one by
+            default (``"none"``: off even if the recipe names one); options ``heal.KEY``.
+        heal_data: the healing text (:class:`replaceme.healer.HealData` or a source string as
+            for calibration); default: the calibration records the compensation was fit on.
         **method_options: shorthand for ``options`` where the name is unambiguous
             (``prune(..., alpha=1e-3)``); a key given both ways is an error.
 
@@ -235,6 +232,8 @@ def prune(
                                                        offload, calib_4bit, disk_budget)
     adapter = adapter_for(model)
     torch.manual_seed(seed)
+    if resolved.healer is not None:  # under torchrun every process stays after the pass: all heal (DDP)
+        ddp.keep(device)
     prepared = prepare(model, adapter, [Run(resolved, layers)], calibration, tokenizer, use_cache=use_cache, seed=seed,
                        offloaded=offloaded, spill_dir=spill_dir, gram_device=gram_device, passes=str(stats_passes))
     usage.update(prepared.usage)
@@ -250,23 +249,15 @@ def prune(
 
         outcome = apply_method(model, adapter, resolved, layers, prepared.stats, seed=seed, device=offloaded.device,
                                target=OnDemandTarget(offloaded))
-    else:  # with a healer the unpruned model stays intact: it is the teacher
-        from replaceme.variant import IN_PLACE, VARIANT
+    elif resolved.healer is not None:  # a variant is healed: the unpruned model is the teacher
+        from replaceme.healing.run import prune_and_heal
 
-        target = VARIANT if resolved.healer is not None else IN_PLACE
-        outcome = apply_method(model, adapter, resolved, layers, prepared.stats, seed=seed, target=target)
+        outcome, record = prune_and_heal(model, adapter, resolved, layers, prepared, tokenizer, heal_data, seed=seed,
+                                         source=source)
+        model, outcome.usage["heal"] = outcome.model, record.usage
+    else:
+        outcome = apply_method(model, adapter, resolved, layers, prepared.stats, seed=seed)
     usage.update(outcome.usage)
-    healing = None
-    if resolved.healer is not None:
-        from replaceme.healer import HealData
-        from replaceme.healing.run import heal_outcome
-
-        data = HealData(str(heal_data)) if isinstance(heal_data, (str, Path)) else heal_data
-        healed, record = heal_outcome(model, adapter, resolved, outcome, tokenizer, data,
-                                      calibration=prepared.calibration, request=prepared.request, seed=seed,
-                                      source=source)
-        model, outcome.model, healing = healed, healed, record.to_dict()
-        usage["heal"] = record.usage
     return PruneResult(
         model=model,
         tokenizer=tokenizer,
@@ -286,7 +277,7 @@ def prune(
         stages=resolved.stages(),
         holdout=_holdout(prepared.stats),
         dtype=dtype,
-        healing=healing,
+        healing=record.to_dict() if resolved.healer is not None else None,
     )
 
 

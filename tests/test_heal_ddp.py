@@ -75,3 +75,44 @@ def test_two_gloo_processes_heal_what_one_does(tmp_path):
         assert torch.equal(ranks[0][name], ranks[1][name]), name  # DDP keeps the processes identical
         torch.testing.assert_close(ranks[0][name], t, rtol=1e-5, atol=1e-6, msg=name)
     assert any(not torch.equal(t, tiny_model("llama", layers=3, seed=1).state_dict()[n]) for n, t in one.items())
+
+
+PRUNE_HEAL = {"heal.steps": 3, "heal.batch_size": 4, "heal.seq_len": 16, "heal.heldout": 2, "heal.eval_every": 0,
+              "heal.lr": 1e-2}
+
+
+def _prune_heal(model_dir: str, calib: str) -> dict[str, torch.Tensor] | None:
+    import replaceme
+    from replaceme.calibration import CalibrationSpec
+
+    spec = CalibrationSpec(calib, samples=16, max_length=32, batch_size=4)
+    result = replaceme.prune(model_dir, method="replaceme-lstsq", layers=1, calibration=spec, heal="full",
+                             options=dict(PRUNE_HEAL), use_cache=False)
+    return None if result is None else {n: t.detach().clone() for n, t in result.model.state_dict().items()}
+
+
+def _prune_worker(rank: int, port: int, model_dir: str, calib: str, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), REPLACEME_NO_PROGRESS="1")
+    weights = _prune_heal(model_dir, calib)
+    torch.save({"weights": weights}, Path(out) / f"prune{rank}.pt")
+
+
+@pytest.mark.slow
+def test_prune_heal_under_two_processes_equals_one(tmp_path, tokenizer):
+    """``torchrun ... replaceme prune --heal``: every process stays after the pass and trains
+    (DDP); rank 0 returns the healed model, the other rank None."""
+    import torch.multiprocessing as mp
+    from tiny import calibration_text
+
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama", layers=4).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    calib = calibration_text(tmp_path / "calib.txt", records=40)
+    mp.spawn(_prune_worker, args=(_free_port(), str(model_dir), str(calib), str(tmp_path)), nprocs=2, join=True)
+    one = _prune_heal(str(model_dir), str(calib))
+    two = [torch.load(tmp_path / f"prune{r}.pt", weights_only=True)["weights"] for r in range(2)]
+    assert two[1] is None and two[0] is not None
+    for name, t in one.items():
+        torch.testing.assert_close(two[0][name], t, rtol=1e-4, atol=1e-5, msg=name)

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_kept = False  # set by ddp.keep(): a later collective stage (healing) follows the pass
 
 
 class RankDone(Exception):  # noqa: N818 - not an error: the normal end of a rank > 0
@@ -220,7 +221,7 @@ def joined() -> bool:
 def leave() -> None:
     """End of the collective part: barrier and leave the group; ranks other than 0
     then raise :class:`RankDone` (they have nothing left to do)."""
-    if not joined():
+    if not joined() or _kept:
         return
     import torch.distributed as dist
 

@@ -6,13 +6,21 @@ process's, the module to train (wrapped in DDP, which broadcasts rank 0's parame
 at construction and all-reduces gradients as their mean over processes), a float
 summed over processes, and whether this process shows progress. Outside a joined
 ``torchrun`` job everything is the one-process answer.
+
+``prune --heal`` under ``torchrun``: :func:`keep` keeps every process in the group after
+the statistics pass; rank 0 selects, compensates and merges, and :func:`from_root` gives
+every process its plan and compensations, which each merges into its own variant; all
+train together; :func:`release` then ends the job for ranks other than 0 (rank 0 writes).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from replaceme.distributed import _nccl_device, all_reduce_, joined, world
+from replaceme.distributed import _nccl_device, all_reduce_, broadcast, join, joined, leave, on_root, world
+
+T = TypeVar("T")
 
 
 def size() -> int:
@@ -56,3 +64,30 @@ def sum_over_ranks(value: float) -> float:
 def shows_progress() -> bool:
     """Whether this process draws progress bars (rank 0 of a job, or a lone process)."""
     return world().is_root
+
+
+def keep(device: Any) -> None:
+    """Keep every process of a ``torchrun`` job in the group after the statistics pass, so
+    that healing trains on all of them; :func:`release` ends it. Nothing alone."""
+    import replaceme.distributed as group
+
+    if world().active:
+        join(device)
+        group._kept = True
+
+
+def release() -> None:
+    """End what :func:`keep` kept: barrier, leave; ranks other than 0 raise ``RankDone``."""
+    import replaceme.distributed as group
+
+    if group._kept:
+        group._kept = False
+        leave()
+
+
+def from_root(compute: Callable[[], T]) -> T:
+    """``compute()`` on rank 0 and its (picklable) result on every process; alone, ``compute()``.
+    An error on rank 0 stops every rank (:func:`replaceme.distributed.on_root`)."""
+    if not joined():
+        return compute()
+    return broadcast(on_root(compute))
