@@ -70,6 +70,8 @@ class SelectionContext:
             merger to a variant of the model and measures the calibration loss,
             KL and last-hidden-state cosine, so a selector can choose by what
             the model actually loses, whatever the compensator.
+        seed: the run's seed (``--seed``), for a selector that draws anything at
+            random; the same seed gives the same plan.
     """
 
     num_layers: int
@@ -77,6 +79,7 @@ class SelectionContext:
     layers_added_per_block: int = 0
     separate_blocks: bool = False
     scorer: Any = None
+    seed: int = 0
 
 
 class Selector(Component):

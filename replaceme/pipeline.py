@@ -322,7 +322,7 @@ def apply_method(
     offloaded = getattr(target, "offloaded", None)
     scorer = PlanScorer(model, adapter, stats, method.compensator, method.merger, device=device, seed=seed,
                         offloaded=offloaded)
-    ctx = dataclasses.replace(method.selection_context(num_layers, layers), scorer=scorer)
+    ctx = dataclasses.replace(method.selection_context(num_layers, layers), scorer=scorer, seed=seed)
     usage: dict[str, Usage] = {}
     with Meter() as m:
         plan = method.selector.select(stats, ctx)

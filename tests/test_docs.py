@@ -73,3 +73,19 @@ def test_contributing_second_example_runs_and_picks_the_lowest_influence_layers(
     assert removed == want
     torch.testing.assert_close(torch.tensor(result.plan.details["block_influence"], dtype=torch.float64), bi,
                                rtol=1e-6, atol=1e-9)
+
+
+def test_batch_size_means_what_the_readme_table_says():
+    """Each command's --batch-size (and evaluation batch size) help says what the README's table says."""
+    from replaceme.cli import cli
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (`[^|]+`) \| ([^|]+) \| ([^|]+) \|$", text[text.index("`--batch-size` counts"):], flags=re.M)
+    assert rows
+    for commands, counts, own in rows:
+        for name in re.findall(r"`(\w+)`", commands):
+            params = {p.name: p for p in cli.get_command(None, name).params}
+            assert params["batch_size"].help.rstrip(".").lower() == counts.strip().lower(), name
+            if own.strip() != "—":
+                flag, meaning = re.match(r"`--([\w-]+)`: (.+)", own.strip()).groups()
+                assert params[flag.replace("-", "_")].help.rstrip(".").lower() == meaning.lower(), name

@@ -118,3 +118,31 @@ def test_num_blocks_and_merge_consecutive_against_a_direct_greedy_choice(setup, 
     # a compensator that writes into the layer before each block keeps blocks apart
     separate = plan_for(setup, selector, 2, {"num_blocks": 2}, compensator="lstsq")
     assert separate.blocks == greedy(scores, 2, allow_touching=False)
+
+
+def test_a_selector_gets_the_run_seed(tokenizer, calib_file):
+    """A selector that draws at random gets --seed through its context: same seed, same plan."""
+    import random
+
+    import replaceme
+    from replaceme.plugin import Method, Plan, Selector, temporary_plugin
+
+    seen = []
+
+    class RandomSelector(Selector):
+        name = "random-block"
+        description = "a seeded random block"
+
+        def candidates(self, ctx):
+            return [Block(s, s + ctx.layers) for s in range(1, ctx.num_layers - ctx.layers)]
+
+        def select(self, stats, ctx):
+            seen.append(ctx.seed)
+            return Plan([random.Random(ctx.seed).choice(self.candidates(ctx))])
+
+    spec = CalibrationSpec(str(calib_file), samples=8, max_length=16, batch_size=4)
+    with temporary_plugin("random", selectors=[RandomSelector], methods=[Method("random", "random-block", "none")]):
+        plans = [replaceme.prune(tiny_model("llama", layers=8), method="random", layers=1, calibration=spec,
+                                 tokenizer=tokenizer, seed=seed).plan.blocks for seed in (7, 7, 8)]
+    assert seen == [7, 7, 8] and plans[0] == plans[1]
+    assert plans[0] == [random.Random(7).choice([Block(s, s + 1) for s in range(1, 7)])]

@@ -71,7 +71,7 @@ def calibration_options(f: F) -> F:
         click.option("--max-length", type=count(), default=512, show_default=True,
                      help="Tokens per calibration sequence."),
         click.option("--batch-size", type=count(), default=8, show_default=True,
-                     help="Sequences per forward pass."),
+                     help="Calibration sequences per forward pass of the statistics pass."),
         click.option("--chat-template", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
                      help="Format conversation records with the tokenizer's chat template."),
         click.option("--seed", type=SEED, default=0, show_default=True, help="Seed for shuffling, samples and training."),

@@ -44,7 +44,7 @@ from replaceme.cli.common import (
 @click.option("--num-fewshot", type=count(0), help="Few-shot examples (default: each task's own).")
 @click.option("--limit", type=LimitType(), help="Documents per task (an integer, or a fraction < 1).")
 @click.option("--eval-batch-size", type=count(), default=8, show_default=True,
-              help="Evaluation batch size: lm-eval requests, and perplexity windows, per forward pass.")
+              help="lm-eval requests, and perplexity windows, per forward pass.")
 @bootstrap_option
 @model_options
 @offload_option("the calibration pass, plan scoring and every row's evaluation; each method's variant holds only "

@@ -6,8 +6,10 @@
 
 ``--verify`` fails (exit status 1) unless the retrained model's validation
 perplexity is within ``--tolerance`` (relative, default 0.5 %) of the shipped
-one; bit-identical weights are reported but not required, since other torch or
-transformers versions and other CPUs round differently.
+one. Its last line says which of three outcomes it was (:func:`verdict`): ``OK``
+only for bit-identical weights; ``WEIGHTS DIFFER`` when the perplexity agrees
+but the weights do not (other torch or transformers versions and other CPUs
+round differently, and training amplifies it); ``FAILED`` otherwise.
 """
 
 from __future__ import annotations
@@ -58,8 +60,24 @@ def main(argv: list[str] | None = None) -> int:
             shipped.install(tmp, args.dest)
             print(f"wrote the retrained demo model into {args.dest}")
     if args.verify:
-        print("verify: " + ("OK" if status == 0 else f"FAILED (validation perplexity differs by more than {args.tolerance:.1%})"))
+        print(verdict(report, args.tolerance))
     return status
+
+
+def verdict(report: dict, tolerance: float) -> str:
+    """The last line of ``--verify``: ``OK`` only when the retrained weights are bit-identical."""
+    weights = report.get("weights") or {}
+    diff = report.get("validation_ppl_rel_diff")
+    if diff is None:
+        return "verify: FAILED (the shipped files do not match their checksums; nothing to compare with)"
+    ppl = f"validation perplexity differs by {diff:.2%}"
+    if diff > tolerance:
+        return f"verify: FAILED ({ppl}, more than the tolerance {tolerance:.1%})"
+    if weights.get("identical"):
+        return f"verify: OK (bit-identical weights; {ppl})"
+    spread = f"max relative difference {weights['max_rel_diff']:.3g}" if "max_rel_diff" in weights else "another layout"
+    return (f"verify: WEIGHTS DIFFER ({spread}); {ppl}, within the tolerance {tolerance:.1%}: "
+            "other software versions or CPUs round differently")
 
 
 if __name__ == "__main__":

@@ -107,3 +107,15 @@ def test_a_non_editable_wheel_ships_the_weights(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in (*shipped.SHIPPED_FILES, shipped.CHECKSUM_FILE):
         assert f"replaceme/demo/weights/{name}" in names
+
+
+def test_verify_says_ok_only_for_identical_weights():
+    from replaceme.demo.__main__ import verdict
+
+    same = {"weights": {"identical": True, "max_rel_diff": 0.0}, "validation_ppl_rel_diff": 0.0}
+    drifted = {"weights": {"identical": False, "max_rel_diff": 1.19}, "validation_ppl_rel_diff": 0.001}
+    off = {"weights": {"identical": False, "max_rel_diff": 1.19}, "validation_ppl_rel_diff": 0.2}
+    assert verdict(same, 0.005).startswith("verify: OK")
+    assert verdict(drifted, 0.005).startswith("verify: WEIGHTS DIFFER") and "1.19" in verdict(drifted, 0.005)
+    assert "OK" not in verdict(drifted, 0.005) and verdict(off, 0.005).startswith("verify: FAILED")
+    assert verdict({}, 0.005).startswith("verify: FAILED")

@@ -38,3 +38,21 @@ def test_readme_demo_baseline_is_the_shipped_models():
     result = evaluate(model, tokenizer, EvalSpec(ppl=[str(files["validation"])], device="cpu", dtype="float32"))
     (measured,) = result.metrics.values()
     assert measured == pytest.approx(value, rel=5e-4), (measured, value)
+
+
+def test_readme_demo_rows_are_the_plan_files():
+    """The README's second demo command (a plan file) gives exactly the table's rows, the marked one included."""
+    import re
+
+    from replaceme.compare.plan import read_plan_file
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### On the demo model") :]
+    section = section[: section.index("\n### ", 1)]
+    (plan_path,) = re.findall(r"replaceme compare --plan (\S+)", section.split("```")[1])
+    plan = read_plan_file(str(ROOT / plan_path))
+    labels = [m.label for m in plan["methods"]]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
+    table = [(r[0], int(r[1])) for r in rows[2:] if r[0] != "baseline"]
+    assert table == [(label, n) for n in plan["layers"] for label in labels]
+    assert "replaceme-cosine (-o preset reference)" in labels

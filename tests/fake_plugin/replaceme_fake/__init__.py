@@ -18,11 +18,11 @@ class FirstOptions:
 
 class FirstBlockSelector(Selector):
     name = "fake-first-block"
-    description = "The block starting at `offset` (a test plugin)."
+    description = "The block starting at `offset`."
     Options = FirstOptions
 
     def candidates(self, ctx):
-        size = ctx.layers + ctx.layers_added_per_block
+        size = ctx.layers + ctx.layers_added_per_block   # --layers is always net removal
         return [Block(self.options.offset, self.options.offset + size)]
 
     def select(self, stats, ctx):
@@ -36,5 +36,5 @@ def register_selectors(register):
 
 @hookimpl
 def register_methods(register):
-    register(Method("fake-first", selector="fake-first-block", compensator="none", merger="remove",
-                    description="Remove the first block after layer 0 (test plugin)."))
+    register(Method("fake-first", selector="fake-first-block", compensator="none",
+                    merger="remove", description="Remove the first block after layer 0."))
