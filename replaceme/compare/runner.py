@@ -136,7 +136,9 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, overwrite
 
     def finish() -> Comparison:
         table = schedule.table(rows)
-        return Comparison(table, provenance, store.export(table, provenance))
+        written = store.export(table, provenance)
+        store.finish()
+        return Comparison(table, provenance, written)
 
     for i, slot in enumerate(pending, 1):
         log.info("[%d/%d] %s, %d layer(s) removed", i, len(pending), slot.label, slot.layers)

@@ -63,14 +63,17 @@ class RowStore:
         comparison there is replaced only with ``overwrite``."""
         if self.out is None:
             return
-        from replaceme.outputs import discard_directory, ordinary_permissions, recording, write_json_atomic
+        from replaceme.outputs import mark_replacing, ordinary_permissions, recording, set_aside, write_json_atomic
 
         out = self.out
         resume = self.check(identity, inputs, overwrite)
-        if out.exists() and any(out.iterdir()) and not resume:
-            discard_directory(out)
+        # another comparison there is kept aside, whole, until this one is complete (see finish)
+        backup = set_aside(out) if out.exists() and any(out.iterdir()) and not resume else None
         created = not out.exists()
-        (out / "rows").mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        if backup is not None:
+            mark_replacing(out, backup, KIND)
+        (out / "rows").mkdir(exist_ok=True)
         if created:
             ordinary_permissions(out)
         with recording(out, out / MANIFEST, kind=KIND):
@@ -105,6 +108,13 @@ class RowStore:
 
         with recording(self.out, *(self.out / name for name in EXPORTS)):
             return write_exports(rows, self.out, provenance)
+
+    def finish(self) -> None:
+        """The comparison is complete: delete the one it replaced (kept aside until now)."""
+        if self.out is not None:
+            from replaceme.outputs import finish_replacement
+
+            finish_replacement(self.out)
 
     def _load(self, key: str) -> Row | None:
         if self.out is None:

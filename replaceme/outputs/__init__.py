@@ -36,7 +36,14 @@ from replaceme.outputs.checks import (
     local_inputs,
     resolve,
 )
-from replaceme.outputs.directories import atomic_directory, discard_directory, place_directory
+from replaceme.outputs.directories import (
+    atomic_directory,
+    discard_directory,
+    finish_replacement,
+    mark_replacing,
+    place_directory,
+    set_aside,
+)
 from replaceme.outputs.file_outputs import output_file
 from replaceme.outputs.files import atomic_file, write_json_atomic, write_text_atomic
 from replaceme.outputs.lock import output_lock
@@ -65,8 +72,8 @@ from replaceme.outputs.runs import (
 
 __all__ = [
     "FILES_KIND", "OWNER_FILE", "RECORD_FILE", "OutputStatus", "Ownership", "atomic_directory", "atomic_file",
-    "check_not_input", "check_output", "check_work_dirs", "check_owned_file", "claim", "clean_stale", "discard_directory", "listing",
-    "local_inputs", "make_parents", "ordinary_permissions", "output_file", "output_lock", "place_directory",
+    "check_not_input", "check_output", "check_work_dirs", "check_owned_file", "claim", "clean_stale",
+    "discard_directory", "finish_replacement", "listing", "mark_replacing", "set_aside", "local_inputs", "make_parents", "ordinary_permissions", "output_file", "output_lock", "place_directory",
     "read_ownership", "record_tree", "record_written", "recording", "remove_if_empty", "rename_noreplace", "resolve",
     "restore_orphan", "temp_name", "write_json_atomic", "write_text_atomic",
 ]

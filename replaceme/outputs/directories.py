@@ -28,7 +28,7 @@ from replaceme.errors import ReplacemeError
 from replaceme.outputs.checks import check_output, resolve
 from replaceme.outputs.failures import writing
 from replaceme.outputs.lock import output_lock
-from replaceme.outputs.ownership import read_ownership, record_tree
+from replaceme.outputs.ownership import Ownership, read_ownership, record_tree, write_record
 from replaceme.outputs.rename import raced, rename_noreplace
 from replaceme.outputs.runs import OWNER_FILE, clean_stale, ordinary_permissions, run_owner, temp_name
 
@@ -140,9 +140,13 @@ def atomic_directory(
             raise
 
 
-def discard_directory(target: Path) -> None:
-    """Delete a directory that ``check_output`` found to be replaceme's, unchanged:
-    moved to a unique name first, checked again there, then removed."""
+def set_aside(target: Path) -> Path:
+    """Move a directory that ``check_output`` found to be replaceme's, unchanged, to a
+    unique ``.old`` name beside it, check it again there, and return that name; the
+    caller writes the new output at ``target``, records the backup there with
+    :func:`mark_replacing`, and deletes it with :func:`finish_replacement` once the new
+    output is complete. Until then a later run keeps it (or restores it when nothing
+    is at ``target``)."""
     backup = temp_name(target, ".old")
     os.rename(target, backup)
     own = read_ownership(backup)
@@ -150,4 +154,27 @@ def discard_directory(target: Path) -> None:
     if foreign:
         rename_noreplace(backup, target)
         raise ReplacemeError(f"{target} changed while checking it ({', '.join(foreign[:3])}); left as it was")
-    shutil.rmtree(backup, ignore_errors=True)
+    return backup
+
+
+def mark_replacing(target: Path, backup: Path, kind: str) -> None:
+    """Record in ``target``'s record that it replaces ``backup`` (see :func:`set_aside`)."""
+    own = read_ownership(target) or Ownership(kind)
+    own.replacing = backup.name
+    write_record(target, own)
+
+
+def finish_replacement(target: Path) -> None:
+    """The output at ``target`` is complete: delete the previous one it replaced, if any."""
+    own = read_ownership(target)
+    if own is None or not own.replacing:
+        return
+    shutil.rmtree(target.parent / own.replacing, ignore_errors=True)
+    own.replacing = None
+    write_record(target, own)
+
+
+def discard_directory(target: Path) -> None:
+    """Delete a directory that ``check_output`` found to be replaceme's, unchanged
+    (:func:`set_aside`, then removed)."""
+    shutil.rmtree(set_aside(target), ignore_errors=True)

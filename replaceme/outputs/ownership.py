@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from replaceme.errors import ReplacemeError
+from replaceme.outputs.runs import RECORD_FILE
 
-#: the record's file name, in the folder it describes
-RECORD_FILE = ".replaceme-record.json"
 #: the kind of a record that lists single files written into a folder that is not an output
 FILES_KIND = "files"
 #: key of the ownership record in marker files of replaceme before 0.3 (glob patterns, no contents)
@@ -91,6 +90,8 @@ class Ownership:
     files: dict[str, Any] = field(default_factory=dict)
     legacy: bool = False
     marker: str = RECORD_FILE
+    #: the previous output this one replaces, kept beside it until this one is complete
+    replacing: str | None = None
 
     def problems(self, directory: Path) -> tuple[list[str], list[str]]:
         """Files under ``directory`` that are not replaceme's as it wrote them:
@@ -128,7 +129,8 @@ class Ownership:
         return rel in self.files and unchanged(path, self.files[rel])
 
     def to_json(self) -> dict[str, Any]:
-        return {"tool": "replaceme", "kind": self.kind, "files": dict(sorted(self.files.items()))}
+        data = {"tool": "replaceme", "kind": self.kind, "files": dict(sorted(self.files.items()))}
+        return {**data, "replacing": self.replacing} if self.replacing else data
 
 
 def read_ownership(directory: Path) -> Ownership | None:
@@ -146,7 +148,9 @@ def read_ownership(directory: Path) -> Ownership | None:
             data = None
         if (isinstance(data, dict) and data.get("tool") == "replaceme" and isinstance(data.get("kind"), str)
                 and isinstance(data.get("files"), dict)):
-            return Ownership(data["kind"], dict(data["files"]))
+            replacing = data.get("replacing")
+            return Ownership(data["kind"], dict(data["files"]),
+                             replacing=replacing if isinstance(replacing, str) else None)
     for name in MARKER_FILES:
         marker = Path(directory) / name
         if not marker.is_file() or marker.is_symlink():

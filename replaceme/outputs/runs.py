@@ -28,6 +28,8 @@ log = logging.getLogger("replaceme.outputs")
 
 #: owner file inside a temporary directory of a running (or killed) run
 OWNER_FILE = ".replaceme-owner.json"
+#: the ownership record's file name, in the folder it describes (see :mod:`replaceme.outputs.ownership`)
+RECORD_FILE = ".replaceme-record.json"
 TAG = "replaceme"
 
 
@@ -167,9 +169,21 @@ def _temporaries(target: Path) -> list[Path]:
                   key=lambda p: p.name)
 
 
+def replaced_by(target: Path) -> str | None:
+    """The name of the previous output that ``target`` is still replacing (kept until
+    the new one is complete: see ``directories.set_aside``), else None."""
+    record = read_owner(target / RECORD_FILE)
+    name = record.get("replacing") if record else None
+    return name if isinstance(name, str) else None
+
+
 def restore_orphan(target: Path) -> bool:
-    """When no output is at ``target`` but a killed run left the previous one moved
-    aside (``.old``), put it back (with a warning); True when one was restored."""
+    """When no output is at ``target`` (or only an empty folder) but a killed run left
+    the previous one moved aside (``.old``), put it back (with a warning); True when
+    one was restored."""
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        with contextlib.suppress(OSError):
+            target.rmdir()  # an empty folder a killed run had just made holds nothing
     if os.path.lexists(target):
         return False
     for entry in _temporaries(target):
@@ -198,6 +212,10 @@ def clean_stale(target: Path) -> list[Path]:
             continue
         if entry.name.endswith(".old") and not os.path.lexists(target):
             continue  # could not be restored: keep it
+        if entry.name.endswith(".old") and replaced_by(target) == entry.name:
+            log.warning("keeping %s, the previous %s: the run replacing it did not finish (it is deleted once "
+                        "a run completes the new one)", entry, target.name)
+            continue
         log.warning("removing %s, left behind by an interrupted replaceme run", entry)
         _remove(entry)
         removed.append(entry)
