@@ -178,18 +178,20 @@ def replaced_by(target: Path) -> str | None:
 
 
 def restore_orphan(target: Path) -> bool:
-    """When no output is at ``target`` (or only an empty folder) but a killed run left
-    the previous one moved aside (``.old``), put it back (with a warning); True when
-    one was restored."""
-    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
-        with contextlib.suppress(OSError):
-            target.rmdir()  # an empty folder a killed run had just made holds nothing
-    if os.path.lexists(target):
+    """When no output is at ``target`` (or only an empty folder a killed run had just
+    made) but a killed run left the previous one moved aside (``.old``), put it back
+    (with a warning); True when one was restored."""
+    if os.path.lexists(target) and not (target.is_dir() and not target.is_symlink()):
         return False
-    for entry in _temporaries(target):
-        if entry.name.endswith(".old") and _stale(entry, target) is not None and _restore(entry, target):
-            return True
-    return False
+    orphans = [e for e in _temporaries(target) if e.name.endswith(".old") and _stale(e, target) is not None]
+    if not orphans:
+        return False
+    if os.path.lexists(target):
+        if any(target.iterdir()):
+            return False
+        with contextlib.suppress(OSError):
+            target.rmdir()  # empty: it holds nothing
+    return any(_restore(entry, target) for entry in orphans)  # stops at the first restored
 
 
 def clean_stale(target: Path) -> list[Path]:
