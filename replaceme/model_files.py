@@ -177,3 +177,23 @@ def check_config_fits(config: dict[str, Any], layout: dict[str, TensorEntry], wh
         raise ReplacemeError(f"{where}: config.json says hidden size {hidden} but the checkpoint's embedding has "
                              f"width {embedding.shape[1]}")
 
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """Who a model folder is: a hash of its ``pruning.json`` (which a new prune rewrites,
+    with its own creation time) and of the name, size and modification time of its
+    config and weights. ``evaluate --model-card`` takes it before loading and again
+    before writing the card, so one model's results never land in another's card."""
+    import hashlib
+
+    folder = Path(folder).expanduser()
+    digest = hashlib.sha256()
+    record = folder / "pruning.json"
+    if record.is_file():
+        check_regular(record)
+        digest.update(record.read_bytes())
+    for path in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.json")):
+        if path.is_file():
+            info = path.stat()
+            digest.update(f"{path.name}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

@@ -283,3 +283,22 @@ def test_values_echoed_in_errors_are_cut(tmp_path):
     for _ in range(30):
         bomb = [bomb] * 9  # what a YAML alias bomb expands to: 9**30 strings by reference
     assert len(shorten(bomb)) <= 210
+
+
+def test_a_model_folder_replaced_during_evaluation_is_told_apart_from_the_one_evaluated(model_dir):
+    """The fingerprint evaluate --model-card takes before loading and again before writing the card."""
+    import json
+
+    from replaceme.model_files import folder_fingerprint
+
+    (model_dir / "pruning.json").write_text(json.dumps({"method": "uidl", "created": "2026-01-01T00:00:00Z"}))
+    evaluated = folder_fingerprint(model_dir)
+    assert folder_fingerprint(str(model_dir)) == evaluated  # reading changes nothing
+    (model_dir / "README.md").write_text("a card written meanwhile is not the model")
+    assert folder_fingerprint(model_dir) == evaluated
+    (model_dir / "pruning.json").write_text(json.dumps({"method": "uidl", "created": "2026-01-01T00:00:01Z"}))
+    assert folder_fingerprint(model_dir) != evaluated  # another prune into the same folder
+    now = folder_fingerprint(model_dir)
+    weights = model_dir / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert folder_fingerprint(model_dir) != now  # the weights rewritten in place

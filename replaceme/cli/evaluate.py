@@ -118,7 +118,7 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
           --context-length 2048 --tasks arc_easy,winogrande --json > scores.json
     """
     from replaceme.console import print_rows
-    from replaceme.errors import ReplacemeError
+    from replaceme.errors import ReplacemeError, shorten
     from replaceme.evaluation import EvalSpec
 
     spec = EvalSpec(
@@ -142,6 +142,9 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
     # the card is written into the model's folder: hold its lock from loading to writing, so that
     # a prune --overwrite of that folder cannot swap the model between the two
     with _model_lock(model_or_dir, model_card, break_lock):
+        from replaceme.model_files import folder_fingerprint
+
+        evaluated = folder_fingerprint(model_or_dir) if model_card else None
         result = _load_and_evaluate(model_or_dir, spec, device, dtype, trust_remote_code, offload, disk_budget)
         if model_card:
             from replaceme import model_card as card
@@ -149,6 +152,9 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
 
             base = _baseline(model_or_dir, spec, device, dtype, trust_remote_code, offload) if baseline else None
             check_owned_file(model_or_dir, CARD_FILE, kind="pruned-model", option="--model-card")
+            if folder_fingerprint(model_or_dir) != evaluated:  # e.g. replaced by a run that broke the lock
+                raise ReplacemeError(f"--model-card: the model in {shorten(model_or_dir)} changed while it was being "
+                                     "evaluated (its pruning.json or weights differ); its card was not updated")
             folder = Path(model_or_dir).expanduser()
             card.add_results(folder, {"metrics": result.metrics, "stderr": result.stderr, "chance": result.chance,
                                       "task_metrics": result.task_metrics, "baseline": base,
