@@ -1,4 +1,4 @@
-"""The Python API: ``replaceme.prune`` and ``replaceme.save_pruned``."""
+"""The Python API: ``replaceme.prune`` (and ``replaceme.save_pruned``, from :mod:`replaceme.saving`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from replaceme.distributed import ddp, root_result
 from replaceme.errors import ReplacemeError
 from replaceme.pipeline import MethodOutcome
 from replaceme.resources import Usage
+from replaceme.saving import TOKENIZER_FILES, copy_tokenizer_files, save_pruned  # noqa: F401 (the API's save step)
+from replaceme.settings import LoadSettings, MemorySettings
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ class PruneResult:
         stages: each stage's component and the distribution that provides it.
         holdout: the calibration actually held out of every fit (batches, tokens, fraction of tokens).
         dtype: the ``dtype`` asked for.
+        loading, memory: the run's settings groups (:mod:`replaceme.settings`).
         healing: with a healer, what healing did (:class:`replaceme.healing.stage.HealRecord`
             as a dict: healer, options, data, tokens seen, loss curve, time, memory).
     """
@@ -55,13 +58,18 @@ class PruneResult:
     source: str | None = None
     offloaded: Any = None
     stats_memory: dict[str, Any] = field(default_factory=dict)
-    calib_4bit: bool = False
     base_model: str | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, Any] = field(default_factory=dict)
     holdout: dict[str, Any] = field(default_factory=dict)
     dtype: str = "auto"
     healing: dict[str, Any] | None = None
+    loading: LoadSettings = field(default_factory=LoadSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
+
+    @property
+    def calib_4bit(self) -> bool:
+        return self.memory.calib_4bit
 
     @property
     def plan(self):
@@ -95,6 +103,8 @@ class PruneResult:
             "calibration_4bit": self.calib_4bit,
             "healing": self.healing,
             "offload": self.offloaded.describe() if self.offloaded is not None else {"enabled": False},
+            "settings": {"loading": self.loading.to_dict(), "memory": self.memory.to_dict(),
+                         "calibration": self.calibration.to_dict() if self.calibration else None},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
@@ -125,6 +135,8 @@ def prune(
     stats_passes: str = "auto",
     heal: str | None = None,
     heal_data: Any = None,
+    loading: LoadSettings | None = None,
+    memory: MemorySettings | None = None,
     **method_options: Any,
 ) -> PruneResult | None:
     """Prune ``layers`` decoder layers with ``method``.
@@ -177,6 +189,10 @@ def prune(
             default (``"none"``: off even if the recipe names one); options ``heal.KEY``.
         heal_data: the healing text (:class:`replaceme.healer.HealData` or a source string as
             for calibration); default: the calibration records the compensation was fit on.
+        loading: ``device``, ``dtype`` and ``trust_remote_code`` as one
+            :class:`~replaceme.settings.LoadSettings` (instead of the keywords).
+        memory: ``offload``, ``disk_budget``, ``spill_dir``, ``gram_device``, ``calib_4bit`` and
+            ``stats_passes`` as one :class:`~replaceme.settings.MemorySettings` (instead of the keywords).
         **method_options: shorthand for ``options`` where the name is unambiguous
             (``prune(..., alpha=1e-3)``); a key given both ways is an error.
 
@@ -188,62 +204,78 @@ def prune(
         A :class:`PruneResult` with the pruned model, the plan and the timings;
         ``None`` on a ``torchrun`` rank other than 0.
     """
-    import torch
-
-    from replaceme import distributed
     from replaceme.checks import check_layer_budget
     from replaceme.hub_ids import base_model_id
-    from replaceme.loading import load_model
     from replaceme.methods import resolve_method
-    from replaceme.pipeline import Run, apply_method, prepare
-    from replaceme.registry import adapter_for
-    from replaceme.resources import Meter
 
     check_layer_budget(layers, str(model_or_path) if isinstance(model_or_path, (str, Path)) else None)
+    loading = LoadSettings.merged(loading, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    memory = MemorySettings.merged(memory, offload=offload, spill_dir=spill_dir, gram_device=gram_device,
+                                   calib_4bit=calib_4bit, stats_passes=str(stats_passes), disk_budget=disk_budget)
     resolved = resolve_method(method, _merge_options(options, method_options), selector=selector, compensator=compensator,
                               strict=strict, healer=heal)
     hub_id = base_model_id(str(model_or_path), base_model) if isinstance(model_or_path, (str, Path)) else base_model
     if resolved.healer is None and heal_data is not None and getattr(heal_data, "source", heal_data) is not None:
         raise ReplacemeError("healing data was given but no healer (--heal NAME)")
-    if resolved.healer is not None and offload:
+    if resolved.healer is not None and memory.offload:
         raise ReplacemeError("healing needs the whole model in memory: it cannot be combined with offload")
-    if gram_device is not None:
+    return _prune(model_or_path, tokenizer, resolved, layers, calibration, loading, memory, seed=seed,
+                  use_cache=use_cache, hub_id=hub_id, heal_data=heal_data)
+
+
+def _prune(model_or_path: Any, tokenizer: Any, resolved: Any, layers: int, calibration: Any, loading: LoadSettings,
+           memory: MemorySettings, *, seed: int, use_cache: bool, hub_id: str | None, heal_data: Any) -> PruneResult:
+    """:func:`prune` once its settings are grouped and its method resolved."""
+    import dataclasses
+
+    import torch
+
+    from replaceme import distributed
+    from replaceme.loading import load_model
+    from replaceme.pipeline import Run, apply_method, prepare
+    from replaceme.registry import adapter_for
+    from replaceme.resources import Meter
+
+    if memory.gram_device is not None:  # a bad device is an error before the model loads
         from replaceme.loading import resolve_device
 
-        gram_device = resolve_device(gram_device, option="--gram-device")
-    if spill_dir is not None and isinstance(model_or_path, (str, Path)):  # temporaries never go into an input
+        resolve_device(memory.gram_device, option="--gram-device")
+    if memory.spill_dir is not None and isinstance(model_or_path, (str, Path)):  # temporaries never go into an input
         from replaceme.outputs import check_work_dirs
 
         calib_source = getattr(getattr(calibration, "text_source", None), "base", calibration)
-        check_work_dirs([model_or_path, calib_source], spill_dir=spill_dir, cache=use_cache)
-    if calib_4bit:
+        check_work_dirs([model_or_path, calib_source], spill_dir=memory.spill_dir, cache=use_cache)
+    if memory.calib_4bit:
         from replaceme.loading import check_4bit
 
-        if offload or not isinstance(model_or_path, (str, Path)):
+        if memory.offload or not isinstance(model_or_path, (str, Path)):
             raise ReplacemeError("calib_4bit needs a model path and cannot be combined with offload")
-        check_4bit(device)
-    if offload:
+        check_4bit(loading.device)
+    disk_budget = None
+    if memory.offload:
         from replaceme.offload.budget import parse_size
 
         resolved.check_offload()
-        disk_budget = parse_size(disk_budget)
-    device = distributed.device_name(device)  # under torchrun: this process's GPU
-    model, tokenizer, source, offloaded, usage = _load(model_or_path, tokenizer, device, dtype, trust_remote_code,
-                                                       offload, calib_4bit, disk_budget)
+        disk_budget = parse_size(memory.disk_budget)
+    # under torchrun: this process's GPU
+    run_loading = dataclasses.replace(loading, device=distributed.device_name(loading.device))
+    loaded = _load(model_or_path, tokenizer, run_loading, memory, disk_budget)
+    model, tokenizer, offloaded, usage = loaded.model, loaded.tokenizer, loaded.offloaded, loaded.usage
     adapter = adapter_for(model)
     torch.manual_seed(seed)
     if resolved.healer is not None:  # under torchrun every process stays after the pass: all heal (DDP)
-        ddp.keep(device)
+        ddp.keep(run_loading.device)
     prepared = prepare(model, adapter, [Run(resolved, layers)], calibration, tokenizer, use_cache=use_cache, seed=seed,
-                       offloaded=offloaded, spill_dir=spill_dir, gram_device=gram_device, passes=str(stats_passes))
+                       offloaded=offloaded, memory=memory)
     usage.update(prepared.usage)
-    if calib_4bit:  # statistics came from the 4-bit copy; prune the full-precision weights
+    if memory.calib_4bit:  # statistics came from the 4-bit copy; prune the full-precision weights
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         with Meter() as m:
-            model, _ = load_model(source, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+            model, _ = load_model(loaded.source, **run_loading.to_dict())
         usage["load_full_precision"] = m.usage
+    record = None
     if offloaded is not None:
         from replaceme.variant import OnDemandTarget
 
@@ -253,32 +285,17 @@ def prune(
         from replaceme.healing.run import prune_and_heal
 
         outcome, record = prune_and_heal(model, adapter, resolved, layers, prepared, tokenizer, heal_data, seed=seed,
-                                         source=source)
+                                         source=loaded.source)
         model, outcome.usage["heal"] = outcome.model, record.usage
     else:
         outcome = apply_method(model, adapter, resolved, layers, prepared.stats, seed=seed)
     usage.update(outcome.usage)
-    return PruneResult(
-        model=model,
-        tokenizer=tokenizer,
-        method=resolved.label,
-        layers=layers,
-        outcome=outcome,
-        calibration=prepared.calibration,
-        usage=usage,
-        options=resolved.options(),
-        seed=seed,
-        source=source,
-        offloaded=offloaded,
-        stats_memory=prepared.memory,
-        calib_4bit=calib_4bit,
-        base_model=hub_id,
-        recipe=resolved.recipe(),
-        stages=resolved.stages(),
-        holdout=_holdout(prepared.stats),
-        dtype=dtype,
-        healing=record.to_dict() if resolved.healer is not None else None,
-    )
+    return PruneResult(model=model, tokenizer=tokenizer, method=resolved.label, layers=layers, outcome=outcome,
+                       calibration=prepared.calibration, usage=usage, options=resolved.options(), seed=seed,
+                       source=loaded.source, offloaded=offloaded, stats_memory=prepared.memory, base_model=hub_id,
+                       recipe=resolved.recipe(), stages=resolved.stages(), holdout=_holdout(prepared.stats),
+                       dtype=loading.dtype, healing=record.to_dict() if record is not None else None, loading=loading,
+                       memory=memory)
 
 
 def _holdout(stats: Any) -> dict[str, Any]:
@@ -297,104 +314,51 @@ def _merge_options(options: dict[str, Any] | None, method_options: dict[str, Any
     return {**(options or {}), **method_options}
 
 
-def _load(model_or_path: Any, tokenizer: Any, device: str, dtype: str, trust_remote_code: bool, offload: bool,
-          calib_4bit: bool, disk_budget: int | None = None):
-    """Load a model path (a 4-bit copy for the pass, or an offloaded skeleton), or take a
-    model object: ``(model, tokenizer, source, offloaded, usage)``."""
+@dataclass
+class Loaded:
+    """What :func:`_load` produced: the model (a skeleton with ``offloaded``), its tokenizer,
+    the path it came from (None for a model object) and the time and memory it took."""
+
+    model: Any
+    tokenizer: Any
+    source: str | None = None
+    offloaded: Any = None
+    usage: dict[str, Usage] = field(default_factory=dict)
+
+
+def _load(model_or_path: Any, tokenizer: Any, loading: LoadSettings, memory: MemorySettings,
+          disk_budget: int | None = None) -> Loaded:
+    """Load a model path (a 4-bit copy for the pass, or an offloaded skeleton with its disk
+    budget in bytes), or take a model object."""
     from replaceme.loading import load_model
     from replaceme.resources import Meter
 
     source = None
     offloaded = None
     with Meter() as m:
-        if calib_4bit:  # the full-precision model is loaded after the pass
+        if memory.calib_4bit:  # the full-precision model is loaded after the pass
             from replaceme.loading import load_model_4bit
 
             source = str(model_or_path)
-            model, tokenizer = load_model_4bit(source, device=device, dtype=dtype,
-                                               trust_remote_code=trust_remote_code)
-        elif offload:
+            model, tokenizer = load_model_4bit(source, **loading.to_dict())
+        elif memory.offload:
             from replaceme.offload import load_offloaded
             from replaceme.registry import adapter_for
 
             if not isinstance(model_or_path, (str, Path)):
                 raise ReplacemeError("offload=True needs a model directory, not a loaded model")
             source = str(model_or_path)
-            offloaded, tokenizer = load_offloaded(source, device=device, dtype=dtype,
-                                                  trust_remote_code=trust_remote_code, adapter_for=adapter_for,
+            offloaded, tokenizer = load_offloaded(source, **loading.to_dict(), adapter_for=adapter_for,
                                                   disk_budget=disk_budget)
             model = offloaded.model
         elif isinstance(model_or_path, (str, Path)):
             source = str(model_or_path)
-            model, tokenizer = load_model(source, device=device, dtype=dtype,
-                                          trust_remote_code=trust_remote_code)
+            model, tokenizer = load_model(source, **loading.to_dict())
         else:
             model = model_or_path
             if tokenizer is None:
                 raise ReplacemeError("pass tokenizer= when pruning a model object")
             model.eval()
-    return model, tokenizer, source, offloaded, {"load": m.usage}
+    return Loaded(model, tokenizer, source, offloaded, {"load": m.usage})
 
 
-#: files of a source model directory that belong to its tokenizer (copied when save_pretrained did not write them)
-TOKENIZER_FILES = ("tokenizer*", "*.model", "vocab.*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
-                   "chat_template*", "*.tiktoken", "spiece*", "sentencepiece*")
-
-
-def copy_tokenizer_files(source: str | Path | None, target: Path) -> list[str]:
-    """Copy every tokenizer file of a local ``source`` directory missing from ``target``."""
-    import fnmatch
-    import shutil
-
-    if source is None or not Path(source).expanduser().is_dir():
-        return []
-    copied = []
-    for path in sorted(Path(source).expanduser().iterdir()):
-        if path.is_file() and any(fnmatch.fnmatch(path.name, p) for p in TOKENIZER_FILES) and not (target / path.name).exists():
-            shutil.copyfile(path, target / path.name)
-            copied.append(path.name)
-    return copied
-
-
-def save_pruned(result: PruneResult, output: str | Path, *, overwrite: bool = False, extra: dict[str, Any] | None = None,
-                save_transforms: bool = False) -> Path:
-    """Write the pruned model as a standard model directory plus ``pruning.json`` and a
-    model card (``README.md``, see :mod:`replaceme.model_card`); with ``save_transforms``
-    also the estimated maps and removed blocks as ``transforms.safetensors``
-    (layout in :mod:`replaceme.transforms`).
-
-    The directory appears only once complete (written beside it under a name
-    unique to the run, then renamed). An existing one is replaced only with
-    ``overwrite`` and only when replaceme wrote it (see :mod:`replaceme.outputs`);
-    the source model and the calibration file are never written. Tokenizer files
-    of the source that ``save_pretrained`` does not write (``tokenizer.model``, ...)
-    are copied.
-    """
-    from replaceme import model_card
-    from replaceme.loading import local_model_dir
-    from replaceme.outputs import atomic_directory, write_json_atomic
-
-    output = Path(output).expanduser()
-    source_dir = local_model_dir(result.source) if result.source else None
-    inputs = [source_dir, result.calibration.text_source.base if result.calibration else None]
-    with atomic_directory(output, overwrite=overwrite, inputs=inputs, marker=("pruning.json", "pruned-model")) as tmp:
-        if result.offloaded is not None:
-            result.offloaded.save(tmp)
-        else:
-            result.model.save_pretrained(tmp, safe_serialization=True)
-        if result.tokenizer is not None:
-            result.tokenizer.save_pretrained(tmp)
-        copy_tokenizer_files(source_dir, tmp)
-        if save_transforms:
-            from replaceme.transforms import TRANSFORMS_FILE, write_transforms
-
-            write_transforms(tmp, result.plan.blocks, result.outcome.compensations)
-        meta = {**result.metadata(), **(extra or {})}
-        if save_transforms:
-            meta["transforms_file"] = TRANSFORMS_FILE
-        meta.setdefault("source_license", model_card.source_license(result.source))
-        meta.setdefault("output", str(output))
-        meta.setdefault("output_name", output.name)
-        write_json_atomic(tmp / "pruning.json", meta)
-        model_card.write(tmp, meta)
-    return output

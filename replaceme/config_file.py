@@ -90,7 +90,8 @@ _RENAME = {"model_path": "model", "model": "model", "dataset": "calib", "dataset
 PRUNE_KEYS = {
     "method", "model", "layers", "calib", "calib_column", "calib_split", "calib_samples", "max_length",
     "batch_size", "seed", "output", "overwrite", "selector", "compensator", "device", "dtype", "chat_template",
-    "order", "holdout_fraction", "drop_last", "calib_4bit", "save_transforms",
+    "order", "holdout_fraction", "drop_last", "calib_4bit", "save_transforms", "offload", "spill_dir", "gram_device",
+    "stats_passes",
 }
 _WARN = {
     "token": "use HF_TOKEN or `hf auth login` for gated models",
@@ -139,7 +140,8 @@ def _prune_schema() -> dict[str, Any]:
         "dtype": Key(("str",), choices=("auto", "float32", "bfloat16", "float16")),
         "chat_template": Key(("str",), choices=("auto", "on", "off")),
         "order": STR, "holdout_fraction": Key(("float",), minimum=0, maximum=1), "drop_last": BOOL,
-        "calib_4bit": BOOL, "save_transforms": BOOL,
+        "calib_4bit": BOOL, "save_transforms": BOOL, "offload": BOOL, "spill_dir": STR, "gram_device": STR,
+        "stats_passes": Key(("str", "int"), minimum=1, maximum=2, choices=("auto", "1", "2")),
     }
 
 

@@ -19,6 +19,7 @@ from replaceme.errors import ReplacemeError, first_line
 from replaceme.methods import ResolvedMethod
 from replaceme.plan import Plan
 from replaceme.resources import Meter, Usage
+from replaceme.settings import MemorySettings
 from replaceme.stats.request import StatsRequest
 
 if TYPE_CHECKING:
@@ -167,9 +168,7 @@ def prepare(
     seed: int = 0,
     strict: bool = True,
     offloaded: Any = None,
-    spill_dir: Any = None,
-    gram_device: Any = None,
-    passes: str = "auto",
+    memory: MemorySettings | None = None,
 ) -> Prepared:
     """The one orchestration path of ``prune``, ``compare`` and ``distances``:
     (model, methods × budgets, calibration) → shared statistics.
@@ -185,11 +184,11 @@ def prepare(
             :attr:`Prepared.errors` and go on (``compare``).
         offloaded: an :class:`replaceme.offload.OffloadedModel` (``--offload``):
             the pass then reads the checkpoint one layer at a time.
-        spill_dir: keep the activation sample in memory-mapped files under this
-            directory (:mod:`replaceme.stats.spill`) instead of RAM.
-        gram_device: where the float64 Gram sums live during the pass (default:
-            the compute device).
-        passes: ``auto``, ``1`` or ``2`` statistics passes (:mod:`replaceme.passes`).
+        memory: the run's :class:`~replaceme.settings.MemorySettings`: ``spill_dir``
+            keeps the activation sample in memory-mapped files under this directory
+            (:mod:`replaceme.stats.spill`) instead of RAM; ``gram_device`` is where the
+            float64 Gram sums live during the pass (default: the compute device);
+            ``stats_passes``: ``auto``, ``1`` or ``2`` statistics passes (:mod:`replaceme.passes`).
     """
     num_layers = adapter.num_layers(model)
     errors: dict[tuple[str, int], str] = {}
@@ -206,27 +205,34 @@ def prepare(
     request = StatsRequest() if extra is None else extra
     for _, req in live:
         request = request.union(req)
-    stats, spec, usage, memory = _statistics(model, adapter, request, calibration, tokenizer, live, use_cache, seed,
-                                             offloaded, spill_dir, gram_device, passes=passes, extra=extra)
-    return Prepared(stats, request, spec, errors=errors, usage=usage, memory=memory)
-
-
-def _statistics(model, adapter, request, calibration, tokenizer, live, use_cache, seed, offloaded, spill_dir,
-                gram_device=None, passes="auto", extra=None):
-    """Calibration set + shared pass(es) for ``request`` (nothing when it is empty): the
-    estimate of what the statistics will hold is logged first, and recorded."""
-    from replaceme import distributed
-    from replaceme.calibration import build_calibration
-    from replaceme.stats.store import ActivationStats
-
-    usage: dict[str, Usage] = {}
     if request.is_empty:  # e.g. block-removal of a fixed range: no data needed
+        from replaceme import distributed
+        from replaceme.stats.store import ActivationStats
+
         distributed.skip_pass()  # under torchrun: nothing to share, rank 0 does it all
-        return ActivationStats(num_layers=adapter.num_layers(model), hidden_size=int(model.config.hidden_size)), None, usage, {}
+        empty = ActivationStats(num_layers=num_layers, hidden_size=int(model.config.hidden_size))
+        return Prepared(empty, request, None, errors=errors)
     if calibration is None:
         labels = ", ".join(sorted({run.key[0] for run, _ in live})) or "this command"
         raise ReplacemeError(f"{labels} needs calibration data (a text file or a hub dataset)")
     spec = calibration if isinstance(calibration, CalibrationSpec) else CalibrationSpec(str(calibration), seed=seed)
+    stats, usage, footprint = _statistics(model, adapter, request, spec, tokenizer, live, extra, use_cache=use_cache,
+                                          offloaded=offloaded, memory=memory or MemorySettings())
+    return Prepared(stats, request, spec, errors=errors, usage=usage, memory=footprint)
+
+
+def _statistics(model: Any, adapter: ModelAdapter, request: StatsRequest, spec: CalibrationSpec, tokenizer: Any,
+                live: list, extra: StatsRequest | None, *, use_cache: bool, offloaded: Any,
+                memory: MemorySettings) -> tuple[Any, dict[str, Usage], dict[str, Any]]:
+    """Calibration set + shared pass(es) for ``request``: the estimate of what the statistics
+    will hold is logged first, and recorded with the bytes they hold (and where)."""
+    from replaceme import distributed
+    from replaceme.calibration import build_calibration
+    from replaceme.loading import resolve_device
+
+    usage: dict[str, Usage] = {}
+    gram_device = resolve_device(memory.gram_device) if memory.gram_device is not None else None
+    spill_dir = memory.spill_dir
     with Meter() as m:
         calib = build_calibration(spec, tokenizer)
     usage["calibration"] = m.usage
@@ -235,7 +241,7 @@ def _statistics(model, adapter, request, calibration, tokenizer, live, use_cache
     # --offload keeps its activation sample on disk too (system temporary directory by
     # default): the whole point is memory that does not grow with the model or the data
     spill = Spill(spill_dir) if spill_dir is not None or offloaded is not None else None
-    plan = _plan_passes(model, adapter, calib, request, live, extra, passes)
+    plan = _plan_passes(model, adapter, calib, request, live, extra, str(memory.stats_passes))
 
     def one_pass(req: StatsRequest) -> Any:
         if offloaded is not None:
@@ -258,10 +264,10 @@ def _statistics(model, adapter, request, calibration, tokenizer, live, use_cache
     usage["statistics"] = m.usage
     log.info("shared calibration pass: %d tokens, %.1f s", stats.tokens, m.usage.seconds)
     gram_at = next((str(g.xtx.device) for g in stats.gram.values()), None)
-    memory = {**stats.memory_bytes(), "gram_device": gram_at, "sample_on_disk": spill is not None,
-              "spilled_bytes": spill.bytes_written if spill is not None else 0, "passes": 2 if plan.two else 1,
-              "estimate": plan.chosen.to_dict(), "one_pass_estimate": plan.one_pass.to_dict()}
-    return stats, spec, usage, memory
+    footprint = {**stats.memory_bytes(), "gram_device": gram_at, "sample_on_disk": spill is not None,
+                 "spilled_bytes": spill.bytes_written if spill is not None else 0, "passes": 2 if plan.two else 1,
+                 "estimate": plan.chosen.to_dict(), "one_pass_estimate": plan.one_pass.to_dict()}
+    return stats, usage, footprint
 
 
 def _plan_passes(model, adapter, calib, request, live, extra, passes):

@@ -129,6 +129,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("replaceme.errors", "replaceme.schema", "replaceme.options", "replaceme.console", "replaceme.resources",
               "replaceme.provenance", "replaceme.outputs", "replaceme.paths", "replaceme.cache_location",
               "replaceme.escaping", "replaceme.formats", "replaceme.plots", "replaceme.hookspecs", "replaceme.hub_ids",
+              "replaceme.settings",
               # plain data (blocks and plans): statistics are keyed by blocks
               "replaceme.plan")),
     ("model", ("replaceme.model_sources", "replaceme.adapters", "replaceme.loading", "replaceme.model_files", "replaceme.surgery", "replaceme.checkpoint",
@@ -140,7 +141,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # what runs the stages: pipeline, API, compare, torchrun, the checks made before any work
     ("orchestration", ("replaceme.pipeline", "replaceme.passes", "replaceme.api", "replaceme.compare", "replaceme.distributed",
                        "replaceme.checks", "replaceme.model_card", "replaceme.reproduce", "replaceme.transforms", "replaceme.config_file", "replaceme.testing",
-                       "replaceme.plugin", "replaceme.heal", "replaceme.healing")),
+                       "replaceme.plugin", "replaceme.heal", "replaceme.healing", "replaceme.saving")),
     ("cli", ("replaceme.cli",)),
 ]
 

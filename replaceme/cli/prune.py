@@ -91,40 +91,40 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     from replaceme.console import stdout
     from replaceme.errors import ReplacemeError
 
+    from replaceme.settings import LoadSettings, MemorySettings
+
     opts = parse_kv(options)
+    values = dict(model=model, method=method, layers=layers, output=output, selector=selector, compensator=compensator,
+                  overwrite=overwrite, device=device, dtype=dtype, trust_remote_code=trust_remote_code, offload=offload,
+                  disk_budget=disk_budget, spill_dir=spill_dir, gram_device=gram_device, calib_4bit=calib_4bit,
+                  stats_passes=stats_passes, save_transforms=save_transforms, **calib)
     if config_file:
         from replaceme.config_file import read_config
 
         params, file_options = read_config(config_file)
         opts = {**file_options, **opts}
-        values = merge_file_settings(ctx, params, dict(
-            model=model, method=method, layers=layers, output=output, selector=selector, compensator=compensator,
-            overwrite=overwrite, device=device, dtype=dtype, calib_4bit=calib_4bit, save_transforms=save_transforms,
-            **calib))
-        model, method, layers, output = values.pop("model"), values.pop("method"), values.pop("layers"), values.pop("output")
-        selector, compensator, overwrite = values.pop("selector"), values.pop("compensator"), bool(values.pop("overwrite"))
-        device, dtype, calib_4bit = values.pop("device"), values.pop("dtype"), bool(values.pop("calib_4bit"))
-        save_transforms = bool(values.pop("save_transforms"))
-        calib = values
+        values = merge_file_settings(ctx, params, values)
+    model, method, layers, output = values["model"], values["method"], values["layers"], values["output"]
     missing = [name for name, value in (("MODEL", model), ("--method", method), ("--layers", layers), ("--output", output)) if value is None]
     if missing:
         raise ReplacemeError(f"missing {', '.join(missing)} (see 'replaceme prune --help')")
     from replaceme.checks import check_layer_budget, check_model_inputs, check_text_input
     from replaceme.outputs import check_output, check_work_dirs
 
-    out = Path(output).expanduser()  # as the checks and the writes see it
+    loading, memory = LoadSettings.from_values(values), MemorySettings.from_values(values)
+    overwrite, out = bool(values["overwrite"]), Path(output).expanduser()  # as the checks and the writes see it
     if base_model is not None:
         from replaceme.hub_ids import check_repo_id
 
         check_repo_id(base_model)
-    spec = calibration_spec(**calib) if calib["calib"] else None
+    spec = calibration_spec(**{k: values[k] for k in calib}) if values["calib"] else None
     # everything that can fail fast does, before the model is loaded
-    check_model_inputs(model, device)
+    check_model_inputs(model, loading.device)
     check_layer_budget(int(layers), model)
-    if gram_device is not None:
+    if memory.gram_device is not None:
         from replaceme.loading import check_device_name
 
-        check_device_name(gram_device, "--gram-device")
+        check_device_name(memory.gram_device, "--gram-device")
     if spec is not None:
         check_text_input(spec.text_source, "--calib")
     heal_spec = heal_data_spec(heal_data, heal_column, heal_split, heal_samples)
@@ -132,21 +132,18 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
         check_text_input(heal_spec.text_source, "--heal-data")
     inputs = [model, spec.text_source.base if spec else None, heal_spec.text_source.base if heal_data else None]
     check_output(out, inputs=inputs, overwrite=overwrite, owner_kind="pruned-model")
-    check_work_dirs(inputs, spill_dir=spill_dir, output=out, cache=not no_cache or bool(heal))  # heal: checkpoints
+    check_work_dirs(inputs, spill_dir=memory.spill_dir, output=out, cache=not no_cache or bool(heal))  # heal: checkpoints
     from replaceme.distributed import writer_lock
     from replaceme.outputs.lock import breaking_locks
 
     with breaking_locks(break_lock), writer_lock(out):  # under torchrun rank 0 alone writes
-        result = replaceme.prune(model, method=method, layers=int(layers), calibration=spec, selector=selector,
-                                 compensator=compensator, device=device, dtype=dtype, seed=calib["seed"],
-                                 use_cache=not no_cache, trust_remote_code=trust_remote_code, offload=offload,
-                                 disk_budget=disk_budget,
-                                 spill_dir=spill_dir, calib_4bit=calib_4bit, gram_device=gram_device, options=opts,
-                                 base_model=base_model, strict=strict, stats_passes=stats_passes, heal=heal,
-                                 heal_data=heal_spec)
+        result = replaceme.prune(model, method=method, layers=int(layers), calibration=spec, selector=values["selector"],
+                                 compensator=values["compensator"], seed=values["seed"], use_cache=not no_cache,
+                                 loading=loading, memory=memory, options=opts, base_model=base_model, strict=strict,
+                                 heal=heal, heal_data=heal_spec)
         if result is None:  # a torchrun rank other than 0: its share is delivered, rank 0 writes and reports
             return
-        replaceme.save_pruned(result, out, overwrite=overwrite, save_transforms=save_transforms)
+        replaceme.save_pruned(result, out, overwrite=overwrite, save_transforms=bool(values["save_transforms"]))
     if as_json:
         click.echo(json.dumps(json.loads((out / "pruning.json").read_text()), indent=2))
         return
