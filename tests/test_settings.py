@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ def test_groups_from_option_values():
     values = {"device": "cpu", "dtype": "float32", "offload": True, "spill_dir": "/tmp/x", "calib": "ignored"}
     assert LoadSettings.from_values(values) == LoadSettings(device="cpu", dtype="float32")
     assert MemorySettings.from_values(values) == MemorySettings(offload=True, spill_dir="/tmp/x")
-    assert MemorySettings(spill_dir=__import__("pathlib").Path("/s")).to_dict() == {
+    assert MemorySettings(spill_dir=Path("/s")).to_dict() == {
         "offload": False, "disk_budget": None, "spill_dir": "/s", "gram_device": None, "calib_4bit": False,
         "stats_passes": "auto"}
 
@@ -59,7 +60,7 @@ def test_cli_and_config_record_the_groups(tmp_path, tiny_dir, calib_file):
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "out" / "pruning.json").read_text())
     assert meta["settings"]["loading"] == {"device": "cpu", "dtype": "float32", "trust_remote_code": False}
-    assert meta["settings"]["memory"] == {"offload": False, "disk_budget": None, "spill_dir": str(tmp_path / "spill"),
+    assert meta["settings"]["memory"] == {"offload": False, "disk_budget": "auto", "spill_dir": str(tmp_path / "spill"),
                                           "gram_device": "cpu", "calib_4bit": False, "stats_passes": "1"}
     assert meta["settings"]["calibration"] == meta["calibration"] and meta["calibration"]["samples"] == 8
     assert meta["statistics_memory"]["sample_on_disk"] is True  # the spill directory was used
