@@ -302,3 +302,18 @@ def test_a_model_folder_replaced_during_evaluation_is_told_apart_from_the_one_ev
     weights = model_dir / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert folder_fingerprint(model_dir) != now  # the weights rewritten in place
+
+
+@pytest.mark.parametrize("layers", [0, -3, 5])
+def test_a_bad_layer_count_is_refused_before_the_model_loads(model_dir, layers):
+    import json
+
+    from replaceme.errors import ReplacemeError
+
+    config = json.loads((model_dir / "config.json").read_text())
+    config["model_type"] = "no-such-architecture"  # loading it would fail: the count must be refused first
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ReplacemeError, match=f"--layers must be between 1 and 4 for a model with 5 layers, got {layers}"):
+        prune(str(model_dir), "uidl", layers, str(model_dir / "config.json"))
+    with pytest.raises(ReplacemeError, match="--layers must be at least 1, got 0"):
+        prune(tiny_model("llama"), "uidl", 0, "unused.txt", tokenizer=make_tokenizer())
