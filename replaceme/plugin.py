@@ -9,11 +9,13 @@ The names below are the public plugin contract: they keep working across
 releases (a name that moves stays importable here). What each name is:
 
 - registration: :data:`hookimpl` (mark ``register_selectors``,
-  ``register_compensators``, ``register_mergers``, ``register_methods`` and
-  ``model_adapter`` implementations, see :mod:`replaceme.hookspecs`);
+  ``register_compensators``, ``register_mergers``, ``register_methods``,
+  ``register_healers`` and ``model_adapter`` implementations, see
+  :mod:`replaceme.hookspecs`);
 - the stages: :class:`Selector`, :class:`Compensator`, :class:`Merger`, the
   recipe :class:`Method`, and what they receive: :class:`SelectionContext`,
-  :class:`CompensationContext`;
+  :class:`CompensationContext`; the optional fourth stage :class:`Healer` (with
+  :class:`HealOptions`, :class:`HealContext`);
 - compensations a compensator returns and a merger writes: :class:`Compensation`,
   :class:`NoCompensation`, :class:`LayerCompensation`, :class:`LinearMap`,
   :class:`ParameterUpdate`, :class:`ReplacementLayer`;
@@ -62,6 +64,7 @@ from replaceme.components import (
     Selector,
 )
 from replaceme.errors import ReplacemeError
+from replaceme.healer import HealContext, Healer, HealOptions
 from replaceme.hookspecs import hookimpl
 from replaceme.options import NoOptions, option
 from replaceme.plan import (
@@ -109,6 +112,7 @@ _LAZY = {
 __all__ = [
     "hookimpl",
     "Selector", "Compensator", "Merger", "Method", "SelectionContext", "CompensationContext",
+    "Healer", "HealOptions", "HealContext",
     "Compensation", "NoCompensation", "LayerCompensation", "LinearMap", "ParameterUpdate", "ReplacementLayer",
     "option", "NoOptions",
     "Block", "Plan", "merge_touching", "greedy_non_overlapping",

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from tiny import ARCHS, POST_NORM_ARCHS, calibration_text, make_tokenizer, tiny_model
+from tiny import ARCHS, POST_NORM_ARCHS, arch_params, calibration_text, make_tokenizer, tiny_model
 
 from replaceme.cli import cli
 
@@ -31,8 +31,7 @@ def _compare(model, text, methods, extra=()):
     return json.loads(result.stdout)
 
 
-@pytest.mark.parametrize("arch", [a if a in ("llama", "falcon") else pytest.param(a, marks=pytest.mark.slow)
-                                  for a in ARCHS])
+@pytest.mark.parametrize("arch", arch_params(ARCHS))
 def test_compare_offload_rows_equal_in_memory(arch, tmp_path):
     model = _saved(tmp_path, arch)
     text = calibration_text(tmp_path / "text.txt", records=24)

@@ -147,6 +147,7 @@ def test_a_run_killed_at_any_step_leaves_the_old_or_the_new_output(tmp_path_fact
         assert (root / rel).read_bytes() == data
 
 
+@pytest.mark.slow  # forks and kills a process at every step
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_every_kill_point_of_one_replacement(tmp_path):
     """Each step in turn, not only those hypothesis draws: kill at step 1, 2, ... until a
