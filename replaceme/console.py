@@ -29,8 +29,9 @@ from replaceme.formats import format_cell
 T = TypeVar("T")
 __all__ = ["LossBar", "fit_tables", "format_cell", "print_rows", "setup_logging", "table", "track"]
 
-#: results go to stdout; when it is not a terminal (a file, a pipe) tables keep their full width
-stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+#: results go to stdout; when it is not a terminal (a file, a pipe) tables are 200 columns wide
+#: unless $COLUMNS says otherwise
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
 stderr = Console(stderr=True)
 
 

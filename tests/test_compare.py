@@ -70,6 +70,14 @@ def test_compare_table_files_and_resume(setup, tmp_path):
     provenance = json.loads((out / "results.json").read_text())["provenance"]
     assert provenance["versions"]["torch"] and provenance["plan"]["calibration"]["samples"] == 16
     assert "selector:angular-distance" in provenance["options"]["uidl"]
+    from importlib.metadata import version
+
+    assert provenance["stages"]["replaceme-lstsq"]["compensator"] == {
+        "name": "lstsq", "distribution": "replaceme", "version": version("replaceme")}
+    assert provenance["project"]["version"] == version("replaceme")
+    for r in rows[1:]:  # perplexity only: the ratio decides collapse, and the best row of each budget is marked
+        assert r["ppl ratio"] == pytest.approx(r[ppl] / base[ppl])
+    assert {r["layers"] for r in rows if r["flag"] == "best"} <= {1, 2}
 
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "rows").iterdir()}
     again = CliRunner().invoke(cli, compare_args(model_dir, calib, evalf, out, "uidl", "replaceme-lstsq"))

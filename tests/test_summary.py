@@ -97,6 +97,8 @@ def test_exports_flag_collapse_and_escape_labels(rows, tmp_path):
     written = write_exports(rows, tmp_path, {"versions": {}})
     assert {p.name for p in written} == {"results.csv", "results.md", "results.json", "retained.png", "sweep.png"}
     data = json.loads((tmp_path / "results.json").read_text())
+    assert data["definitions"]["chance_corrected_tasks"] == ["piqa", "hellaswag"]  # boolq's baseline is below chance
+    assert data["definitions"]["ppl_collapse_ratio"] == PPL_COLLAPSE
     flags = {(r["method"], r["layers"]): (r["collapsed"], r["best"]) for r in data["summary"]}
     assert flags[("uidl", 4)] == (True, False) and flags[("replaceme-lstsq", 4)] == (False, True)
     with open(tmp_path / "results.csv", newline="") as f:

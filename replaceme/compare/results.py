@@ -102,6 +102,18 @@ def summarise(rows: list[Row]) -> list[dict[str, Any]]:
     return records
 
 
+def definitions(rows: list[Row]) -> dict[str, Any]:
+    """What the summary columns were computed with: the collapse thresholds and the tasks
+    that entered chance-corrected retention (those whose baseline is clearly above chance)."""
+    from replaceme.compare import summary
+
+    base = next((r for r in rows if r.method == BASELINE and not r.error), None)
+    tasks = list(dict.fromkeys(m for r in rows for m in r.metrics if not lower_is_better(m)))
+    return {"ppl_collapse_ratio": summary.PPL_COLLAPSE, "cc_collapse_percent": summary.CC_COLLAPSE,
+            "min_above_chance": summary.MIN_ABOVE_CHANCE, "chance": dict(base.chance) if base else {},
+            "chance_corrected_tasks": informative_tasks(base, tasks)}
+
+
 def flag(rec: dict[str, Any]) -> str:
     """The table's ``flag`` cell of a summary record."""
     return "collapsed" if rec["collapsed"] else "best" if rec["best"] else ""
@@ -147,7 +159,8 @@ def write_exports(rows: list[Row], out: Path, provenance: dict[str, Any]) -> lis
     write_text_atomic(out / "results.csv", to_csv(columns, cells))
     write_text_atomic(out / "results.md", to_markdown(columns, cells))
     write_json_atomic(out / "results.json", {"rows": [_finite(r.to_dict()) for r in rows],
-                                              "summary": _finite(summarise(rows)), "provenance": provenance})
+                                              "summary": _finite(summarise(rows)), "definitions": definitions(rows),
+                                              "provenance": provenance})
     written = [out / "results.csv", out / "results.md", out / "results.json"]
     return written + write_figures(summarise(rows), out)
 
