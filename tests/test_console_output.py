@@ -63,3 +63,25 @@ def test_warnings_carry_their_level(capsys):
     err = capsys.readouterr().err
     assert err.startswith("WARNING ") and "something odd" in err.split("ERROR")[0]
     assert "hidden at the default verbosity" not in err and re.search(r"ERROR +shown: an error", err)
+
+
+@pytest.mark.parametrize("fmt", ["plain", "markdown", "csv"])
+def test_format_prints_the_table_as_text(fmt, tiny_dir, calib_file):
+    import csv
+
+    from click.testing import CliRunner
+
+    from replaceme.cli import cli
+
+    result = CliRunner().invoke(cli, ["evaluate", str(tiny_dir), "--ppl", str(calib_file), "--context-length", "32",
+                                      "--bootstrap-iters", "200", "--format", fmt, "-v"])  # -v after the command
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    if fmt == "csv":
+        (row,) = list(csv.DictReader(io.StringIO(result.stdout)))
+        assert row["benchmark"] == str(calib_file) and float(row["value"]) > 1 and float(row["stderr"]) > 0
+    elif fmt == "markdown":
+        assert lines[0].startswith("| benchmark | metric | value | stderr |") and lines[1].startswith("|---")
+        assert len(lines) == 3
+    else:
+        assert lines[0].split() == ["benchmark", "metric", "value", "stderr", "tokens/docs"] and len(lines) == 3
