@@ -20,8 +20,9 @@ RETAINED = "retained %"
 CHANCE_CORRECTED = "retained (cc) %"
 
 
-def write_figures(records: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Write the figures of the summary ``records`` into ``out``; returns the paths written."""
+def write_figures(records: list[dict[str, Any]], out: Path, note: str | None = None) -> list[Path]:
+    """Write the figures of the summary ``records`` into ``out`` (``note``: a line under the
+    title of ``retained.png``, e.g. why there is no chance-corrected panel); returns the paths written."""
     from replaceme.plots import grouped_bars, line_chart
 
     pruned = [r for r in records if r["method"] != BASELINE and r.get(RETAINED) is not None]
@@ -42,7 +43,8 @@ def write_figures(records: list[dict[str, Any]], out: Path) -> list[Path]:
     written = [out / "retained.png"]
     grouped_bars([f"-{n} layers" for n in budgets], panels[next(iter(panels))], written[0], panels=panels,
                  reference=100.0, marked=collapsed, starred=best,
-                 title="Quality retained vs the unpruned model (★ best healthy row per budget)")
+                 title="Quality retained vs the unpruned model (★ best healthy row per budget)"
+                       + (f"\n{note}" if note else ""))
     if len(budgets) > 1:
         series = {m: ([n for n in budgets if (m, n) in cell], [cell[(m, n)][RETAINED] for n in budgets if (m, n) in cell])
                   for m in methods}

@@ -158,11 +158,14 @@ def write_exports(rows: list[Row], out: Path, provenance: dict[str, Any]) -> lis
     columns, cells = frame_cells(to_frame(rows))
     write_text_atomic(out / "results.csv", to_csv(columns, cells))
     write_text_atomic(out / "results.md", to_markdown(columns, cells))
+    defs = definitions(rows)
     write_json_atomic(out / "results.json", {"rows": [_finite(r.to_dict()) for r in rows],
-                                              "summary": _finite(summarise(rows)), "definitions": definitions(rows),
+                                              "summary": _finite(summarise(rows)), "definitions": defs,
                                               "provenance": provenance})
     written = [out / "results.csv", out / "results.md", out / "results.json"]
-    return written + write_figures(summarise(rows), out)
+    note = ("no task's baseline is above chance: chance-corrected retention is undefined"
+            if defs["chance"] and not defs["chance_corrected_tasks"] else None)
+    return written + write_figures(summarise(rows), out, note=note)
 
 
 def _finite(value: Any) -> Any:
