@@ -11,6 +11,7 @@ from replaceme.compare.external import IncludedModel
 from replaceme.compare.results import BASELINE
 from replaceme.errors import ReplacemeError, shown
 from replaceme.evaluation.spec import EvalSpec
+from replaceme.settings import LoadSettings
 
 
 @dataclass
@@ -84,6 +85,11 @@ class ComparePlan:
             raise ReplacemeError("--layers needs one or more budgets >= 1, e.g. --layers 1,2")
         if self.evaluation.is_empty:
             raise ReplacemeError("nothing to evaluate: give --ppl and/or --tasks")
+
+    @property
+    def loading(self) -> LoadSettings:
+        """Where and how the model is loaded (the run settings group shared with ``prune``)."""
+        return LoadSettings(device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
 
     def to_dict(self) -> dict[str, Any]:
         return {

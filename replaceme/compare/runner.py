@@ -9,9 +9,11 @@ write, so memory stays about one model whatever the number of methods."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,17 +108,17 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, overwrite
     from replaceme.registry import adapter_for
     from replaceme.stats.cache import model_fingerprint
 
-    device = distributed.join(plan.device)  # torchrun: rank 0 alone writes; its errors stop every rank
+    # torchrun: rank 0 alone writes; its errors stop every rank
+    loading = dataclasses.replace(plan.loading, device=distributed.join(plan.device))
     offloaded = None
     if plan.offload:
         from replaceme.offload import load_offloaded
 
-        offloaded, tokenizer = load_offloaded(plan.model, device=device, dtype=plan.dtype,
-                                              trust_remote_code=plan.trust_remote_code, adapter_for=adapter_for,
+        offloaded, tokenizer = load_offloaded(plan.model, **loading.to_dict(), adapter_for=adapter_for,
                                               disk_budget=plan.disk_budget)
         model, fingerprint = offloaded.model, offloaded.fingerprint()
     else:
-        model, tokenizer = load_model(plan.model, device=device, dtype=plan.dtype, trust_remote_code=plan.trust_remote_code)
+        model, tokenizer = load_model(plan.model, **loading.to_dict())
         fingerprint = model_fingerprint(model)
     adapter = adapter_for(model)
     num_layers = adapter.num_layers(model)
@@ -133,6 +135,7 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, overwrite
                                   "stages": {label: r.stages() for label, r in resolved.items()},
                                   "layers_before": num_layers, **_environment()}
     prepared = _shared_pass(model, tokenizer, adapter, plan, resolved, methods, use_cache, provenance, store, offloaded)
+    heal = _healing(plan.heal_data, plan.seed, plan.model)
 
     def finish() -> Comparison:
         table = schedule.table(rows)
@@ -143,7 +146,8 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, overwrite
     for i, slot in enumerate(pending, 1):
         log.info("[%d/%d] %s, %d layer(s) removed", i, len(pending), slot.label, slot.layers)
         if slot.kind == METHOD:
-            row = _method_row(model, tokenizer, adapter, resolved[slot.label], slot, prepared, plan, offloaded)
+            row = _method_row(model, tokenizer, adapter, resolved[slot.label], slot, prepared, plan.evaluation,
+                              plan.seed, heal, offloaded)
         elif slot.kind == BASELINE:  # last, in place: evaluation may cast the model
             row = _baseline_row(model, tokenizer, slot, plan.evaluation, num_layers, offloaded)
         else:
@@ -201,8 +205,8 @@ def _shared_pass(model, tokenizer, adapter, plan: ComparePlan, resolved: dict[st
     return prepared
 
 
-def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: Any, plan: ComparePlan,
-                offloaded: Any = None) -> Row:
+def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: Any, evaluation: Any, seed: int,
+                heal: Callable[..., tuple[Any, Any]], offloaded: Any = None) -> Row:
     """Prune a variant of ``model`` (sharing every tensor its merge does not write) with one
     method (row ``slot``), heal it if the row has a healer (the shared, untouched weights are
     the teacher), and evaluate it; any exception is the row's error. A merger or healer that
@@ -214,7 +218,7 @@ def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: An
     from replaceme.resources import Meter
     from replaceme.variant import VARIANT, OffloadedVariantTarget, VersionGuard
 
-    label, n, seed, evaluation = slot.label, slot.layers, plan.seed, plan.evaluation
+    label, n = slot.label, slot.layers
     row = Row(label=label, method=method.method.name, layers=n, key=slot.key)
     if (label, n) in prepared.errors:
         row.error = prepared.errors[(label, n)]
@@ -229,7 +233,7 @@ def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: An
                                    device=None if offloaded is None else offloaded.device)
             pruned = outcome.model
             if method.healer is not None:
-                pruned, record = _heal(model, tokenizer, adapter, method, outcome, prepared, plan)
+                pruned, record = heal(model, tokenizer, adapter, method, outcome, prepared)
                 row.heal_seconds, row.details["healing"] = record.seconds, record.to_dict()
             t0 = time.perf_counter()
             result = evaluate(pruned, tokenizer, evaluation, offloaded=offloaded)
@@ -258,14 +262,19 @@ def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: An
     return row
 
 
-def _heal(model, tokenizer, adapter, method: Any, outcome: Any, prepared: Any, plan: ComparePlan) -> tuple[Any, Any]:
-    """Heal one row's variant, distilling from ``model`` (the shared weights, never written)."""
-    from replaceme.healer import HealData
-    from replaceme.healing.run import heal_outcome
+def _healing(heal_data: dict[str, Any] | None, seed: int, source: str) -> Callable[..., tuple[Any, Any]]:
+    """How a row's variant is healed (for a method with a healer): distilling from the shared
+    weights (never written) on ``heal_data`` (default: the calibration records)."""
 
-    data = HealData(**plan.heal_data) if plan.heal_data else None
-    return heal_outcome(model, adapter, method, outcome, tokenizer, data, calibration=prepared.calibration,
-                        request=prepared.request, seed=plan.seed, source=plan.model)
+    def heal(model, tokenizer, adapter, method: Any, outcome: Any, prepared: Any) -> tuple[Any, Any]:
+        from replaceme.healer import HealData
+        from replaceme.healing.run import heal_outcome
+
+        data = HealData(**heal_data) if heal_data else None
+        return heal_outcome(model, adapter, method, outcome, tokenizer, data, calibration=prepared.calibration,
+                            request=prepared.request, seed=seed, source=source)
+
+    return heal
 
 
 def _baseline_row(model, tokenizer, slot: Slot, evaluation: Any, num_layers: int, offloaded: Any = None) -> Row:
