@@ -10,6 +10,7 @@ model with exactly the parameters of the training-free one.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,9 @@ class LoraHealer(Healer):
         o = self.options
         config = LoraConfig(r=o.rank, lora_alpha=o.alpha, lora_dropout=o.dropout, bias="none",
                             target_modules=decoder_linears(student, ctx, o.target_modules))
-        return get_peft_model(student, config)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(student, config)
 
     def finish(self, trained: Any, ctx: HealContext) -> Any:
         return trained.merge_and_unload(safe_merge=True)
