@@ -116,3 +116,16 @@ def test_prune_heal_under_two_processes_equals_one(tmp_path, tokenizer):
     assert two[1] is None and two[0] is not None
     for name, t in one.items():
         torch.testing.assert_close(two[0][name], t, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_early_stop_keeps_the_best_heldout_weights():
+    teacher = tiny_model("llama", layers=3)
+    student = tiny_model("llama", layers=3, seed=1).train()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    opts = HealOptions(**{**OPTS, "steps": 30, "eval_every": 1, "lr": 0.5, "warmup": 0}, patience=1)
+    loop = Loop(student, teacher, _data(), opts, seed=0)
+    state = loop.run()
+    assert state.stopped_early and state.step < 30  # a step that did not improve the held-out loss ended it
+    assert state.heldout_curve[-1][1] > state.best
+    assert loop.heldout_loss() == pytest.approx(state.best, rel=1e-6)  # the best weights were put back
