@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("-n", "--layers", type=int, action="append", help="layer budgets (default 1 and 2)")
     parser.add_argument("--healers", default="lora,transform,full")
     parser.add_argument("--steps", type=int, default=None, help="override every healer's steps")
+    parser.add_argument("--lr", type=float, default=None, help="override every healer's learning rate")
     parser.add_argument("--ppl-tokens", type=int, default=50_000)
     parser.add_argument("--name", default="heal_quality")
     args = parser.parse_args()
@@ -78,7 +79,7 @@ def main() -> None:
         print(f"{run.method.label} -{run.layers}: training-free {free:.2f}", flush=True)
         row = [run.method.label, run.layers, str(outcome.plan.blocks[0]) if outcome.plan.blocks else "", free]
         for name in healers:
-            opts = {} if args.steps is None else {"heal.steps": args.steps}
+            opts = {f"heal.{k}": v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
             method = resolve_method(run.method.method.name, opts, healer=name)
             variant = apply_method(model, adapter, method, run.layers, prepared.stats, seed=0, target=VARIANT)
             t0 = time.perf_counter()
@@ -92,7 +93,7 @@ def main() -> None:
     columns = ["method", "-n", "block", "training-free"]
     for name in healers:
         columns += [f"+{name}", f"{name} s"]
-    steps = "" if args.steps is None else f", {args.steps} steps"
+    steps = ("" if args.steps is None else f", {args.steps} steps") + ("" if args.lr is None else f", lr {args.lr}")
     caption = (f"stories260K, unpruned perplexity {base:.2f} on valid.txt[3000:] (first {args.ppl_tokens} tokens); "
                f"healing: kd from the unpruned model, healers' defaults{steps}, text valid.txt[:3000]")
     report.table("Healing quality", columns, rows, caption)
