@@ -86,12 +86,17 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
 
     resolved = {m.label: resolve_method(m.name, m.options, selector=m.selector, compensator=m.compensator, healer=m.heal)
                 for m in plan.methods}
-    if plan.offload:
+    check_comparison_inputs(plan)
+    if plan.offload:  # what the layer-by-layer engine cannot do is refused before the model loads
         for method in resolved.values():
             method.check_offload()
             if method.healer is not None:
                 raise ReplacemeError(f"{method.label}: healing needs the whole model in memory, not --offload")
-    check_comparison_inputs(plan)
+        if plan.evaluation.tasks:
+            from replaceme.evaluation.lm_eval_runner import check_offload_task_types
+
+            ev = plan.evaluation
+            check_offload_task_types(ev.tasks, task_data=ev.task_data, tasks_dir=ev.tasks_dir)
     store = RowStore(output)
     store.check(shared_identity(plan), comparison_inputs(plan), overwrite)
     check_work_dirs(comparison_inputs(plan), output=output, cache=use_cache)

@@ -146,11 +146,8 @@ def run_tasks(
     for task in task_dict["tasks"].values():
         _configure(task, num_fewshot, seed)
     lm_class = HFLM
-    if offloaded is not None:
-        from replaceme.evaluation.offloaded_lm import OffloadedLM, check_offload_tasks
-
-        check_offload_tasks(task_dict["tasks"])
-        lm_class = OffloadedLM
+    if offloaded is not None:  # generation tasks: refused before the model loads (check_offload_task_types)
+        from replaceme.evaluation.offloaded_lm import OffloadedLM as lm_class
 
     half = getattr(model, "dtype", None) is not None and str(model.dtype) != "torch.float32"
     with _quiet("lm_eval.models.huggingface"):
@@ -186,6 +183,16 @@ def check_task_names(names: list[str], *, task_data: str | None, tasks_dir: str 
         registry = _registry(str(tasks_dir) if tasks_dir else None)
         if name not in registry.all_tasks:
             raise _unknown_task(name, registry.all_tasks)
+
+
+def check_offload_task_types(names: list[str], *, task_data: str | None, tasks_dir: str | None) -> None:
+    """``--offload`` scores log-likelihoods: refuse generation tasks before the model loads (reads their data)."""
+    from lm_eval.tasks import TaskManager
+
+    from replaceme.evaluation.offloaded_lm import check_offload_tasks
+
+    loaded = _load_tasks(list(names), task_data=task_data, tasks_dir=tasks_dir)
+    check_offload_tasks(TaskManager(include_defaults=False).load([obj for _, obj in loaded])["tasks"])
 
 
 def _managers(task_data: str | None, tasks_dir: str | None) -> list[Any]:

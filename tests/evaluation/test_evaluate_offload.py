@@ -89,3 +89,24 @@ def test_cli_evaluate_offload_prints_the_in_memory_numbers(tmp_path):
     assert [r.exit_code for r in runs] == [0, 0], [r.output for r in runs]
     memory, layered = (json.loads(r.stdout) for r in runs)
     assert layered["metrics"] == pytest.approx(memory["metrics"], rel=1e-6)
+
+
+def test_generation_task_refused_before_the_model_loads(tmp_path):
+    from click.testing import CliRunner
+
+    from replaceme.cli import cli
+
+    data = tmp_path / "gen.jsonl"
+    data.write_text('{"q": "1+1=", "a": "2"}\n{"q": "2+2=", "a": "4"}\n')
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_gen.yaml").write_text(
+        "task: tiny_gen\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data}\ntest_split: test\noutput_type: generate_until\n"
+        'doc_to_text: "{{q}}"\ndoc_to_target: "{{a}}"\ngeneration_kwargs:\n  until: ["\\n"]\n'
+        "metric_list:\n  - metric: exact_match\n")
+    path = _saved(tmp_path, "llama")
+    result = CliRunner().invoke(cli, ["evaluate", str(path), "--tasks", "tiny_gen", "--tasks-dir", str(tasks),
+                                      "--offload", "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "generates text" in result.output and "tiny_gen" in result.output
