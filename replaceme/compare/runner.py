@@ -10,6 +10,7 @@ write, so memory stays about one model whatever the number of methods."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import logging
 import time
@@ -98,13 +99,16 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
             ev = plan.evaluation
             check_offload_task_types(ev.tasks, task_data=ev.task_data, tasks_dir=ev.tasks_dir)
     store = RowStore(output)
-    store.check(shared_identity(plan), comparison_inputs(plan), overwrite)
-    check_work_dirs(comparison_inputs(plan), output=output, cache=use_cache)
+    identity, inputs = shared_identity(plan), comparison_inputs(plan)
+    store.check(identity, inputs, overwrite)
+    check_work_dirs(inputs, output=output, cache=use_cache)
     with distributed.writer_lock(output):  # under torchrun rank 0 alone writes
-        return _run(plan, resolved, store, overwrite, use_cache)
+        create = functools.partial(store.open, identity, plan.to_dict(), inputs, overwrite)
+        return _run(plan, resolved, store, create, use_cache)
 
 
-def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, overwrite: bool, use_cache: bool) -> Comparison:
+def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, create: Callable[[], None],
+         use_cache: bool) -> Comparison:
     """Load the model, share one calibration pass, then the pending rows: methods,
     included models and the baseline; rows are saved as they finish."""
     from replaceme import distributed
@@ -132,7 +136,7 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, overwrite
     check_tokenizers(plan.include, tokenizer, plan.model, trust_remote_code=plan.trust_remote_code)
     schedule = Schedule.build(plan, fingerprint)
     # created only now: the plan, the inputs and the model are good
-    distributed.on_root(lambda: store.open(shared_identity(plan), plan.to_dict(), comparison_inputs(plan), overwrite))
+    distributed.on_root(create)  # the store's directory (see RowStore.open)
     rows = store.finished(schedule.keys)
     pending = schedule.pending(rows)
     methods = [s for s in pending if s.kind == METHOD]
