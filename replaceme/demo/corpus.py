@@ -61,10 +61,7 @@ NAMES = (
     "ivan", "judy", "mallory", "nina", "oscar", "peggy", "quinn", "rupert",
     "sybil", "trent", "ursula", "victor", "wendy", "xavier", "yara", "zoe",
 )  # fmt: skip
-ROLES = (
-    "baker", "farmer", "king", "queen", "teacher", "doctor",
-    "sailor", "painter", "hunter", "singer", "miller", "guard",
-)  # fmt: skip
+ROLES = ("baker", "farmer", "king", "queen", "teacher", "doctor", "sailor", "painter", "hunter", "singer", "miller", "guard")
 #: (singular, plural)
 NOUNS = (
     ("dog", "dogs"), ("cat", "cats"), ("bird", "birds"), ("horse", "horses"),
@@ -88,10 +85,7 @@ NUMBERS = (
     "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
     "seventeen", "eighteen",
 )  # fmt: skip
-SYMBOLS = (
-    "ka", "ko", "ki", "ku", "pa", "po", "pi", "pu",
-    "ta", "to", "ti", "tu", "ma", "mo", "mi", "mu",
-)  # fmt: skip
+SYMBOLS = ("ka", "ko", "ki", "ku", "pa", "po", "pi", "pu", "ta", "to", "ti", "tu", "ma", "mo", "mi", "mu")
 BRACKETS = (("(", ")"), ("[", "]"), ("{", "}"))
 SG_DETERMINERS = ("the", "a", "every", "one")
 PL_DETERMINERS = ("the", "some", "many", "two", "three")
