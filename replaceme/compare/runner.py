@@ -152,11 +152,15 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, create: C
         store.finish()
         return Comparison(table, provenance, written)
 
+    last_gram = _last_gram_row(pending, resolved, num_layers)
     for i, slot in enumerate(pending, 1):
         log.info("[%d/%d] %s, %d layer(s) removed", i, len(pending), slot.label, slot.layers)
         if slot.kind == METHOD:
             row = _method_row(model, tokenizer, adapter, resolved[slot.label], slot, prepared, plan.evaluation,
                               plan.seed, heal, offloaded)
+            if i == last_gram:  # no later row reads the float64 Gram sums: free them (L-n blocks × 2h² × 8 bytes)
+                prepared.stats.gram.clear()
+                _release()
         elif slot.kind == BASELINE:  # last, in place: evaluation may cast the model
             row = _baseline_row(model, tokenizer, slot, plan.evaluation, num_layers, offloaded)
         else:
@@ -168,6 +172,19 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, create: C
         if slot.kind != BASELINE:
             finish()
     return finish()
+
+
+def _last_gram_row(pending: list[Slot], resolved: dict[str, Any], num_layers: int) -> int:
+    """The (1-based) position of the last pending method row whose method asks for Gram sums (0: none)."""
+    last = 0
+    for i, slot in enumerate(pending, 1):
+        if slot.kind == METHOD:
+            try:
+                if resolved[slot.label].stats_request(num_layers, slot.layers).gram_blocks:
+                    last = i
+            except Exception:  # a method that cannot even state its request fails its own row later
+                last = i
+    return last
 
 
 def _environment() -> dict[str, Any]:
