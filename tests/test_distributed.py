@@ -23,6 +23,10 @@ PRUNE_JOBS = {
     "uidl": ["-m", "uidl", "-n", "2"],
     "streamline": ["-m", "llm-streamline", "-n", "1", "-o", "token_budget", "400"],
     "cosine": ["-m", "replaceme-cosine", "-n", "1", "-o", "epochs", "2", "-o", "token_budget", "400"],
+    # the default fit on every calibration token (L-BFGS from the sample's own least-squares map, which
+    # torchrun's float64 reduction order cannot move) and the paper's Adam recipe: equal to one process
+    "cosine-all-tokens": ["-m", "replaceme-cosine", "-n", "2", "-o", "token_budget", "100000"],
+    "cosine-adam": ["-m", "replaceme-cosine", "-n", "1", "-o", "preset", "reference", "-o", "epochs", "3"],
     "lstsq-offload": ["-m", "replaceme-lstsq", "-n", "2", "--offload"],
 }
 
