@@ -103,7 +103,8 @@ def check_work_dirs(inputs: Iterable[Any], *, spill_dir: Any = None, output: Any
 
     from replaceme.cache_location import cache_dir
 
-    places = [(spill_dir, "--spill-dir") if spill_dir is not None else (tempfile.gettempdir(), "the temporary folder ($TMPDIR)")]
+    places = [(spill_dir, "--spill-dir") if spill_dir is not None
+              else (tempfile.gettempdir(), "the temporary folder ($TMPDIR)")]
     if cache:
         places.append((cache_dir("stats"), "the statistics cache ($REPLACEME_CACHE)"))
     sources = local_inputs(*inputs)
