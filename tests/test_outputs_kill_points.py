@@ -171,3 +171,39 @@ def test_every_kill_point_of_one_replacement(tmp_path):
             break
     assert (137, False, True) in seen  # the window where no output was in place was hit, and the old one restored
     assert (0, True, False) in seen and n > 10  # and the sequence ran to its end
+
+
+def test_an_interrupt_at_any_step_leaves_one_whole_output_and_nothing_beside_it(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM (a KeyboardInterrupt raised at the N-th file-system operation):
+    unlike a kill, the run unwinds, so the old or the new output is in place at once and
+    no temporary or lock is left."""
+    for n in range(1, 200):
+        root = tmp_path / str(n)
+        root.mkdir()
+        out = root / "out"
+        write_output(out, OLD)
+        count = [0]
+        with monkeypatch.context() as patch:
+            for mod, name in ((os, "rename"), (os, "replace"), (os, "unlink"), (os, "mkdir"), (os, "chmod"),
+                              (shutil, "rmtree"), (directories, "rename_noreplace")):
+                def inner(*args, _fn=getattr(mod, name), **kwargs):
+                    count[0] += 1
+                    if count[0] == n:
+                        raise KeyboardInterrupt
+                    return _fn(*args, **kwargs)
+                patch.setattr(mod, name, inner)
+            try:
+                write_output(out, NEW)
+                completed = True
+            except KeyboardInterrupt:
+                completed = False
+        assert tree(out) in (OLD, NEW), n
+        # signals are deferred while the replaced output is deleted (step 4) and while the lock file is
+        # removed; an exception injected there may leave a piece of either, which a later run removes
+        with output_lock(out):
+            clean_stale(out)
+        left = sorted(p.name for p in root.iterdir() if p.name != "out")
+        assert left == [] or (tree(out) == NEW and all(name.endswith(".old") for name in left)), (n, left)
+        if completed:
+            break
+    assert completed and n > 10

@@ -27,7 +27,7 @@ from typing import Any
 from replaceme.errors import ReplacemeError
 from replaceme.outputs.checks import check_output, resolve
 from replaceme.outputs.failures import writing
-from replaceme.outputs.lock import output_lock
+from replaceme.outputs.lock import signals_deferred, output_lock
 from replaceme.outputs.ownership import Ownership, read_ownership, record_tree, write_record
 from replaceme.outputs.rename import raced, rename_noreplace
 from replaceme.outputs.runs import OWNER_FILE, clean_stale, ordinary_permissions, run_owner, temp_name
@@ -70,17 +70,23 @@ def place_directory(tmp: Path, target: Path, *, replace: bool) -> None:
         if backup is not None:
             shutil.rmtree(backup, ignore_errors=True)
         raise raced(target) from None
+    except BaseException:  # an interrupt or an error between the two renames: put the old one back
+        if backup is not None and not os.path.lexists(target):
+            with contextlib.suppress(OSError):
+                rename_noreplace(backup, target)
+        raise
     if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
+        deferred = signals_deferred()  # the new output is in place: finish deleting the old one first
+        try:
+            shutil.rmtree(backup, ignore_errors=True)
+        finally:
+            deferred.close()
 
 
-def _make_temp_dir(target: Path) -> Path:
-    tmp = temp_name(target, ".partial")
+def _make_temp_dir(tmp: Path) -> None:
     tmp.mkdir()
     ordinary_permissions(tmp)
     (tmp / OWNER_FILE).write_text(json.dumps(run_owner()), encoding="utf-8")
-
-    return tmp
 
 
 @contextlib.contextmanager
@@ -120,9 +126,10 @@ def atomic_directory(
         target = resolve(target)
     with output_lock(target, option=option):
         clean_stale(target)
-        with writing(target, "creating a temporary folder beside"):
-            tmp = _make_temp_dir(target)
-        try:
+        tmp = temp_name(target, ".partial")
+        try:  # from its creation on: an interrupt at any point removes it
+            with writing(target, "creating a temporary folder beside"):
+                _make_temp_dir(tmp)
             with writing(target):
                 yield tmp
             (tmp / OWNER_FILE).unlink()

@@ -23,7 +23,9 @@ import contextvars
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,6 +146,23 @@ class _Lock:
             self._os_lock.release()
 
 
+class signals_deferred:  # noqa: N801 - used like a function (a context that can end early)
+    """Block SIGINT, SIGTERM and SIGHUP (main thread, where available) until :meth:`close`;
+    a signal that arrives meanwhile is delivered then."""
+
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+    def __init__(self) -> None:
+        self.old: Any = None
+        if hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread():
+            self.old = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+
+    def close(self) -> None:
+        if self.old is not None:
+            old, self.old = self.old, None
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 @contextlib.contextmanager
 def output_lock(target: str | os.PathLike[str], option: str = "--output", *,
                 break_lock: bool | None = None) -> Iterator[Path]:
@@ -169,16 +188,23 @@ def output_lock(target: str | os.PathLike[str], option: str = "--output", *,
         created = make_parents(resolved)
     except OSError as exc:
         raise ReplacemeError(f"cannot create {option} {target}: {exc.strerror or exc}") from None
+    deferred = signals_deferred()  # taking the lock is not interrupted half-way (SIGTERM, Ctrl-C)
     try:
         held = _Lock(lock, target, option, break_lock)
     except BaseException:
+        deferred.close()
         remove_if_empty(created)
         raise
     _held[lock] = 1
     try:
+        deferred.close()  # a signal that came meanwhile is raised here, where the lock is released
         yield lock
     finally:
         _held.pop(lock, None)
-        held.release()
+        deferred = signals_deferred()  # nor is releasing it
+        try:
+            held.release()
+        finally:
+            deferred.close()
         if not os.path.lexists(resolved):  # the run wrote nothing: leave no folder it made
             remove_if_empty(created)
