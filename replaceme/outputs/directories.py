@@ -27,7 +27,7 @@ from typing import Any
 from replaceme.errors import ReplacemeError
 from replaceme.outputs.checks import check_output, resolve
 from replaceme.outputs.failures import writing
-from replaceme.outputs.lock import signals_deferred, output_lock
+from replaceme.outputs.lock import output_lock, signals_deferred
 from replaceme.outputs.ownership import Ownership, read_ownership, record_tree, write_record
 from replaceme.outputs.rename import raced, rename_noreplace
 from replaceme.outputs.runs import OWNER_FILE, clean_stale, ordinary_permissions, run_owner, temp_name
