@@ -20,7 +20,8 @@ What still differs on purpose: pad tokens are left out of every statistic
 that ends at the last layer is compared with that layer's output before the
 final norm (the reference uses the post-norm ``hidden_states[-1]``).
 
-Every reference key is mapped (:data:`REFERENCE_KEYS` says to what), or warned
+Every reference key is mapped (:data:`REFERENCE_KEYS` says to what: the core's
+generic keys, and the method keys of the plugins' translators), or warned
 about precisely when it cannot matter here, or rejected when it asks for
 something we do not do. Command-line flags override the file. YAML is read
 with ``safe_load``.
@@ -33,13 +34,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from replaceme.config_translator import ReferenceRequest
 from replaceme.errors import ReplacemeError, did_you_mean, shown
 
 log = logging.getLogger(__name__)
 
-#: Reference key -> what it becomes here (the README's mapping table is built from the same facts).
-REFERENCE_KEYS: dict[str, str] = {
-    "method": "`lstsq` → `-m replaceme-lstsq`, `cosine` → `-m replaceme-cosine`",
+#: Generic reference key -> what it becomes here; the method-specific keys come from the
+#: plugins' translators (``register_config_translators``), see :func:`reference_keys`.
+CORE_REFERENCE_KEYS: dict[str, str] = {
     "model_path": "MODEL",
     "dataset": "`--calib` (the reference's hub shortcuts are expanded: `wikitext` → `wikitext:wikitext-2-raw-v1`, "
     "`allenai/c4` → `allenai/c4:en`, `HuggingFaceFW/fineweb` → `HuggingFaceFW/fineweb:sample-10BT`, "
@@ -52,11 +54,6 @@ REFERENCE_KEYS: dict[str, str] = {
     "layers_to_skip": "layers per block: `--layers` = `layers_to_skip` × `num_A`",
     "num_A": "`-o num_blocks`",
     "merge_consecutive": "`-o merge_consecutive`",
-    "alpha": "`-o alpha` (lstsq)",
-    "diag": "`-o diag` (lstsq; `true` is rejected for cosine)",
-    "loss": "`-o loss` (cosine: `cosine`, `mse`; `elasticnet` is rejected); ignored for lstsq, as there",
-    "solver": "`-o solver` (cosine: `adam`, `l-bfgs` → `lbfgs`; `cg`, `trust-ncg` are rejected); ignored for lstsq",
-    "accurate": "`-o accurate` (cosine); ignored for lstsq, as there",
     "save_path": "`--output` (used as given: no `_ReplaceMe_lstsq_N` suffix is appended); null: "
     "`output_models/<model>_<n>_layers_<dataset>_<size>_ReplaceMe_<method>_<num_A>` as there, less the block indices",
     "distances_path": "null: distances computed in the same pass, as the reference does; a path: warned, "
@@ -67,18 +64,14 @@ REFERENCE_KEYS: dict[str, str] = {
     "save_transform_only": "`--save-transforms`: T and the removed blocks also written as `transforms.safetensors` beside the model (which keeps T folded in)",
     "min_distance_layer": "warned: the reference does not use it either (selection scans every block)",
     "activations_save_path": "warned: unused by the reference too",
-    "thri": "`false`: nothing to do; `true` (lower-triangular T) is rejected",
-    "two_vectors": "`false`: nothing to do; `true` (rank-one T) is rejected",
     "start_id": "warned: the reference pipeline's own bookkeeping",
     "end_id": "warned: the reference pipeline's own bookkeeping",
     "num_layer": "warned: the reference pipeline's own bookkeeping",
     "tasks": "warned: prune does not evaluate; run `replaceme evaluate OUTPUT --tasks ...`",
 }
 
-#: Keys that only a reference config has (their presence switches on the reference semantics).
-_REFERENCE_ONLY = set(REFERENCE_KEYS) - {"method", "batch_size", "max_length", "merge_consecutive", "alpha",
-                                         "diag", "loss", "solver", "accurate", "tasks"}
-_REFERENCE_METHODS = {"lstsq": "replaceme-lstsq", "cosine": "replaceme-cosine"}
+#: Generic keys that only a reference config has (their presence switches on the reference semantics).
+_REFERENCE_ONLY = set(CORE_REFERENCE_KEYS) - {"batch_size", "max_length", "merge_consecutive", "tasks"}
 _HUB_SHORTCUTS = {
     "wikitext": "wikitext:wikitext-2-raw-v1",
     "allenai/c4": "allenai/c4:en",
@@ -101,8 +94,6 @@ _WARN = {
     "end_id": "it is the reference pipeline's own bookkeeping",
     "num_layer": "it is the reference pipeline's own bookkeeping",
 }
-#: reference keys whose reference default is harmless and whose other values we cannot do
-_FLAGS_WE_LACK = {"thri": "a lower-triangular T", "two_vectors": "a rank-one T"}
 
 
 def _cuda() -> bool:
@@ -124,9 +115,38 @@ def option_names() -> set[str]:
             for name in option_fields(cls.Options)}
 
 
+def _translators() -> list[Any]:
+    """The registered :class:`~replaceme.config_translator.ConfigTranslator` objects, in registry order."""
+    from replaceme.registry import registry
+
+    return list(registry().config_translators.values())
+
+
+def reference_methods() -> dict[str, str]:
+    """Reference method name -> our method, from every registered translator."""
+    return {ref: ours for t in _translators() for ref, ours in t.methods.items()}
+
+
+def reference_keys() -> dict[str, str]:
+    """Every reference key -> what it becomes here: ``method`` (built from the
+    translators' method names), the core's generic keys, then each translator's."""
+    methods = ", ".join(f"`{ref}` → `-m {ours}`" for ref, ours in reference_methods().items())
+    keys = {"method": methods, **CORE_REFERENCE_KEYS}
+    for translator in _translators():
+        keys.update(translator.keys)
+    return keys
+
+
+def __getattr__(name: str) -> Any:
+    if name == "REFERENCE_KEYS":  # built from the registry on use: plugins add their keys
+        return reference_keys()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def is_reference_config(raw: dict[str, Any]) -> bool:
     """Whether a config uses the ReplaceMe reference's keys."""
-    return any(key in _REFERENCE_ONLY for key in raw)
+    marks = _REFERENCE_ONLY.union(*(t.marks_reference for t in _translators()))
+    return any(key in marks for key in raw)
 
 
 def _prune_schema() -> dict[str, Any]:
@@ -165,9 +185,12 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if raw_options is not None:
         check_value(str(path), "options", raw_options, Key(("mapping",)))
     options: dict[str, Any] = {str(k).replace("-", "_"): v for k, v in (raw_options or {}).items()}
+    methods = reference_methods()
     method = raw.get("method")
-    method = _REFERENCE_METHODS.get(method, method) if isinstance(method, str) else method
-    cosine = method == "replaceme-cosine"
+    method = methods.get(method, method) if isinstance(method, str) else method
+    translators = _translators() if reference else []
+    owned = {key: t for t in translators for key in t.keys}
+    translated: dict[str, dict[str, Any]] = {t.name: {} for t in translators}
     layers_per_block = raw.pop("layers_to_skip", None)
     if layers_per_block is not None:
         check_value(str(path), "layers_to_skip", layers_per_block, COUNT)
@@ -179,11 +202,10 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         return ReplacemeError(f"{path}: {key}: {shown(raw[key])} cannot be reproduced here ({why})")
 
     for key, value in raw.items():
-        if key in _WARN:
+        if key in owned:
+            translated[owned[key].name][key] = value
+        elif key in _WARN:
             warn(key, _WARN[key])
-        elif key in _FLAGS_WE_LACK:
-            if value:
-                raise reject(key, f"{_FLAGS_WE_LACK[key]} is not implemented")
         elif key == "use_4bit":
             if value and _cuda():
                 params["calib_4bit"] = True  # the pass on an NF4 copy, the fold on full weights, as there
@@ -194,21 +216,6 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
                 warn(key, "distances are computed again from the calibration data, in the same pass as the statistics")
         elif key == "tasks":
             warn(key, "prune does not evaluate; run `replaceme evaluate OUTPUT --tasks ...` on the result")
-        elif key in ("loss", "solver", "accurate") and reference and not cosine:
-            warn(key, f"it only applies to method cosine (the reference's {raw.get('method')} ignores it too)")
-        elif key == "solver" and reference:
-            solver = {"l-bfgs": "lbfgs", "lbfgs": "lbfgs", "adam": "adam"}.get(str(value))
-            if solver is None:
-                raise reject(key, "supported solvers: adam, l-bfgs")
-            options["solver"] = solver
-        elif key == "loss" and reference and value not in ("cosine", "mse"):
-            raise reject(key, "supported losses: cosine, mse")
-        elif key == "alpha" and reference and cosine:
-            warn(key, "the reference's cosine method has no ridge term")
-        elif key == "diag" and reference and cosine and value:
-            raise reject(key, "a diagonal T is available for lstsq only")
-        elif key == "diag" and reference and cosine:
-            pass  # false: the default
         elif key == "save_transform_only":
             params["save_transforms"] = value  # type-checked with the prune keys below
         elif key == "dataset" and reference:
@@ -229,13 +236,13 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
             elif name in known_options:
                 options[name] = value
             else:
-                known = PRUNE_KEYS | known_options | set(_RENAME) | set(REFERENCE_KEYS)
+                known = PRUNE_KEYS | known_options | set(_RENAME) | set(reference_keys())
                 raise ReplacemeError(f"{path}: unknown key '{key}'{did_you_mean(key, known)}")
     params = check_mapping(params, _prune_schema(), str(path))
     if "num_blocks" in options:
         check_value(str(path), "num_blocks", options["num_blocks"], COUNT)
     if "method" in params:
-        params["method"] = _REFERENCE_METHODS.get(params["method"], params["method"])
+        params["method"] = methods.get(params["method"], params["method"])
     if layers_per_block is not None:
         params.setdefault("layers", layers_per_block * int(options.get("num_blocks", 1)))
     if reference:
@@ -248,19 +255,26 @@ def read_config(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         params.setdefault("drop_last", True)
         params.setdefault("holdout_fraction", 0.0)
         params.setdefault("calib_samples", sys.maxsize)  # dataset_size absent: every record, as there
-        if cosine:
-            options.setdefault("preset", "reference")  # Adam from T = I, as there (our default converges further)
-            if "token_budget" not in options and params["calib_samples"] < sys.maxsize and "max_length" in params:
-                # the reference keeps every calibration token; this bounds them all
-                options["token_budget"] = int(params["calib_samples"]) * int(params["max_length"])
-            if int(options.get("num_blocks", 1)) > 1:
-                options.setdefault("refit", True)
+        for translator in translators:
+            request = ReferenceRequest(translated[translator.name], method, raw.get("method"), dict(params),
+                                       dict(options), warn, reject)
+            options.update(_checked(path, translator, translator.translate(request), known_options))
     return params, options
+
+
+def _checked(path: str | Path, translator: Any, produced: dict[str, Any], known: set[str]) -> dict[str, Any]:
+    """The options a translator produced, each one an option of a registered stage
+    (one line naming the translator otherwise: a renamed option must not pass silently)."""
+    for name in produced:
+        if name not in known:
+            raise ReplacemeError(f"{path}: config translator '{translator.name}' produced option '{name}', which no "
+                                 f"registered stage has{did_you_mean(name, known)} (a plugin renamed it?)")
+    return produced
 
 
 def _reference_output_name(raw: dict[str, Any], params: dict[str, Any]) -> str:
     """Where the reference saves when ``save_path`` is null, less the block indices:
     ``output_models/<model>_<n>_layers_<dataset>_<size>_ReplaceMe_<method>_<num_A>``."""
     stem = f"{raw.get('model_path')}_{raw.get('layers_to_skip')}_layers_{raw.get('dataset')}_{raw.get('dataset_size')}"
-    method = {"replaceme-lstsq": "lstsq", "replaceme-cosine": "cosine"}.get(str(params.get("method")), "pruned")
+    method = {ours: ref for ref, ours in reference_methods().items()}.get(str(params.get("method")), "pruned")
     return str(Path("output_models") / (stem.replace("/", "_") + f"_ReplaceMe_{method}_{raw.get('num_A', 1)}"))

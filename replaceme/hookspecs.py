@@ -73,6 +73,21 @@ def register_healers(register):
     """
 
 
+@hookspec
+def register_config_translators(register):
+    """Register how ``prune --config`` reads your methods' keys in the ReplaceMe
+    reference configs (github.com/mts-ai/ReplaceMe).
+
+    Called once when plugins are loaded, after the healers. The options a
+    translator produces are checked against the registered stages' options before
+    any work (an unknown one is a one-line error).
+
+    Args:
+        register: call ``register(ConfigTranslator(...))`` for each
+            :class:`replaceme.config_translator.ConfigTranslator`.
+    """
+
+
 @hookspec(firstresult=True)
 def model_adapter(model):
     """Return a :class:`replaceme.adapters.ModelAdapter` for ``model`` if you know

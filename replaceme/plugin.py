@@ -10,8 +10,10 @@ releases (a name that moves stays importable here). What each name is:
 
 - registration: :data:`hookimpl` (mark ``register_selectors``,
   ``register_compensators``, ``register_mergers``, ``register_methods``,
-  ``register_healers`` and ``model_adapter`` implementations, see
-  :mod:`replaceme.hookspecs`);
+  ``register_healers``, ``register_config_translators`` and ``model_adapter``
+  implementations, see :mod:`replaceme.hookspecs`);
+- reading the ReplaceMe reference configs (``prune --config``) for your methods:
+  :class:`ConfigTranslator`, and the :class:`ReferenceRequest` its ``translate`` receives;
 - the stages: :class:`Selector`, :class:`Compensator`, :class:`Merger`, the
   recipe :class:`Method`, and what they receive: :class:`SelectionContext`,
   :class:`CompensationContext`; the optional fourth stage :class:`Healer` (with
@@ -63,6 +65,7 @@ from replaceme.components import (
     SelectionContext,
     Selector,
 )
+from replaceme.config_translator import ConfigTranslator, ReferenceRequest
 from replaceme.errors import ReplacemeError
 from replaceme.healer import HealContext, Healer, HealOptions
 from replaceme.hookspecs import hookimpl
@@ -118,6 +121,7 @@ __all__ = [
     "Block", "Plan", "merge_touching", "greedy_non_overlapping",
     "block_size", "blocks_of_size", "first_removable", "single_layers",
     "StatsRequest",
+    "ConfigTranslator", "ReferenceRequest",
     "ReplacemeError",
     *_LAZY,
 ]

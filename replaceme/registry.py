@@ -30,6 +30,7 @@ import pluggy
 
 from replaceme import hookspecs
 from replaceme.components import Compensator, Merger, Method, NoCompensation, Selector
+from replaceme.config_translator import ConfigTranslator
 from replaceme.errors import ReplacemeError, unknown
 from replaceme.healer import Healer
 from replaceme.options import parse_options
@@ -45,7 +46,10 @@ _KINDS: tuple[tuple[str, type | None], ...] = (
     ("mergers", Merger),
     ("methods", Method),
     ("healers", Healer),
+    ("config_translators", ConfigTranslator),
 )
+#: kinds registered as instances (the others are classes)
+_INSTANCES = {"methods", "config_translators"}
 
 
 @dataclass
@@ -73,6 +77,7 @@ class Registry:
     mergers: dict[str, type[Merger]] = field(default_factory=dict)
     methods: dict[str, Method] = field(default_factory=dict)
     healers: dict[str, type[Healer]] = field(default_factory=dict)
+    config_translators: dict[str, ConfigTranslator] = field(default_factory=dict)
     plugins: list[PluginInfo] = field(default_factory=list)
     owners: dict[tuple[str, str], str] = field(default_factory=dict)
 
@@ -152,7 +157,7 @@ class _Staging:
     def register_fn(self, kind: str, base: type | None):
         def register(item: Any) -> None:
             name = getattr(item, "name", None)
-            ok = isinstance(item, base) if kind == "methods" else isinstance(item, type) and issubclass(item, base)
+            ok = isinstance(item, base) if kind in _INSTANCES else isinstance(item, type) and issubclass(item, base)
             if not ok:
                 raise ReplacemeError(f"registered {item!r} as a {kind[:-1]}, not a {base.__name__}")
             if not _KEBAB.match(name or ""):
@@ -161,6 +166,8 @@ class _Staging:
                 k == kind and n == name for k, n, _ in self.items) else None)
             if taken:
                 raise ReplacemeError(f"{kind[:-1]} '{name}' is already registered by plugin '{taken}'")
+            if kind == "config_translators":
+                self._check_translator(item)
             if kind == "mergers" and not item.declares_modifies():
                 log.warning("plugin '%s': merger '%s' does not define modifies() (required; deprecated fallback): "
                             "compare copies every decoder layer for it and prune --offload refuses it",
@@ -168,6 +175,18 @@ class _Staging:
             self.items.append((kind, name, item))
 
         return register
+
+    def _check_translator(self, translator: ConfigTranslator) -> None:
+        """A reference key or method name belongs to one translator only."""
+        others = list(self.reg.config_translators.values()) + [t for k, _, t in self.items if k == "config_translators"]
+        for other in others:
+            for what, mine, theirs in (("key", translator.keys, other.keys), ("method", translator.methods, other.methods)):
+                shared = sorted(set(mine) & set(theirs))
+                if shared:
+                    raise ReplacemeError(f"reference {what} '{shared[0]}' is already translated by '{other.name}'")
+        extra = sorted(set(translator.marks_reference) - set(translator.keys))
+        if extra:
+            raise ReplacemeError(f"config translator '{translator.name}' marks undocumented key '{extra[0]}'")
 
     def commit(self, info: PluginInfo | None) -> None:
         for kind, name, item in self.items:

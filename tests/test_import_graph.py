@@ -135,7 +135,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("replaceme.model_sources", "replaceme.adapters", "replaceme.loading", "replaceme.model_files", "replaceme.surgery", "replaceme.checkpoint",
                "replaceme.calibration", "replaceme.data", "replaceme.offload", "replaceme.demo")),
     ("stats", ("replaceme.stats",)),
-    ("methods", ("replaceme.components", "replaceme.registry", "replaceme.methods", "replaceme.scoring",
+    ("methods", ("replaceme.components", "replaceme.config_translator", "replaceme.registry", "replaceme.methods", "replaceme.scoring",
                  "replaceme.variant", "replaceme.distances", "replaceme.healer", "replaceme_")),
     ("evaluation", ("replaceme.evaluation",)),
     # what runs the stages: pipeline, API, compare, torchrun, the checks made before any work

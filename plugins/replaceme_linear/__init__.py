@@ -10,6 +10,8 @@ pruned model has no extra parameters.
   token sample from the shared pass (Adam as in the reference, or L-BFGS);
 - merger ``fold-linear``: ``W ← Tᵀ W``, ``b ← Tᵀ b`` in float64, then remove the block;
 - methods ``replaceme-lstsq`` and ``replaceme-cosine`` (angular-distance selection).
+- config translator ``linear``: how ``prune --config`` reads the ReplaceMe reference's
+  ``lstsq``/``cosine`` keys (:mod:`replaceme_linear.reference_config`).
 """
 
 from __future__ import annotations
@@ -343,3 +345,10 @@ def register_methods(register):
     register(Method("replaceme-cosine", "angular-distance", "cosine", "fold-linear",
                     description="Angular-distance block, replaced by a cosine-optimised linear map folded into the previous MLP.",
                     reference=ref))
+
+
+@hookimpl
+def register_config_translators(register):
+    from replaceme_linear.reference_config import TRANSLATOR
+
+    register(TRANSLATOR)
