@@ -85,12 +85,20 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _logging_restored():
-    """A command run in-process sets up replaceme's logger (its own handler, no propagation);
-    restore it after each test so that later tests' ``caplog`` sees replaceme's records."""
-    logger = logging.getLogger("replaceme")
-    saved = logger.handlers[:], logger.propagate, logger.level
+    """A command run in-process sets up replaceme's logger, the warnings logger and the
+    third-party loggers (own handlers, no propagation, levels) and captures warnings; restore
+    all of it after each test so that later tests' ``caplog`` and warnings see their records."""
+    from replaceme.console import THIRD_PARTY_LOGGERS
+
+    loggers = [logging.getLogger(name) for name in ("replaceme", "py.warnings", *THIRD_PARTY_LOGGERS)]
+    saved = [(lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
+    capturing = logging._warnings_showwarning is not None  # noqa: SLF001 - logging.captureWarnings' own state
     yield
-    logger.handlers, logger.propagate, logger.level = list(saved[0]), saved[1], saved[2]
+    for lg, (handlers, propagate, level) in zip(loggers, saved):
+        lg.handlers, lg.propagate, lg.level = list(handlers), propagate, level
+    # setup_logging turns on logging.captureWarnings, which a later call cannot turn on again
+    # once it is on: put it back as it was, so each test's warnings reach pytest and its setup alike
+    logging.captureWarnings(capturing)
 
 
 @pytest.fixture(scope="session")
