@@ -24,11 +24,9 @@ for BoolQ, PIQA, Winogrande, ARC-Easy, SciQ and LAMBADA (see
 ``acc``, ``exact_match``, ``acc_norm``, ... they report. Every metric lm-eval
 computed stays available in :attr:`TaskResults.details`.
 
-Seeding: ``seed`` seeds python's ``random``, numpy and torch (globally, as
-lm-eval does) and the few-shot sampler of every task.
-
-Precision: with a half-precision model, log-probabilities are computed in
-float32 (lm-eval's ``softmax_dtype``); everything else is lm-eval's default.
+Seeding: ``seed`` seeds python's ``random``, numpy and torch (globally, as lm-eval
+does) and the few-shot sampler of every task. Precision: with a half-precision model,
+log-probabilities are computed in float32 (lm-eval's ``softmax_dtype``).
 """
 
 from __future__ import annotations
