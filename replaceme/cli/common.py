@@ -231,3 +231,21 @@ def bootstrap_option(f: F) -> F:
     return click.option("--bootstrap-iters", type=count(0), default=100_000, show_default=True,
                         help="Bootstrap resamples for the standard error of perplexities (ours and lm-eval's); "
                              "0 = none. Accuracies use a closed form.")(f)
+
+
+def load_for_command(path: str, *, device: str, dtype: str, trust_remote_code: bool, offload: bool,
+                     disk_budget: str | None = None) -> tuple[Any, Any, Any]:
+    """Load ``path`` whole, or with ``offload`` as a skeleton over its checkpoint that is read one
+    decoder layer at a time (:mod:`replaceme.offload`): ``(model, tokenizer, offloaded or None)``."""
+    if not offload:
+        from replaceme.loading import load_model
+
+        model, tokenizer = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        return model, tokenizer, None
+    from replaceme.offload import load_offloaded
+    from replaceme.offload.budget import parse_size
+    from replaceme.registry import adapter_for
+
+    offloaded, tokenizer = load_offloaded(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                          adapter_for=adapter_for, disk_budget=parse_size(disk_budget))
+    return offloaded.model, tokenizer, offloaded

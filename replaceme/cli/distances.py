@@ -12,6 +12,7 @@ from replaceme.cli.common import (
     calibration_options,
     calibration_spec,
     format_option,
+    load_for_command,
     model_options,
     offload_option,
 )
@@ -57,7 +58,6 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
     """
     from replaceme.console import print_rows
     from replaceme.distances import distance_frame
-    from replaceme.loading import load_model
     from replaceme.checks import check_layer_budget, check_model_inputs, check_text_input
     from replaceme.errors import ReplacemeError
     from replaceme.outputs import check_work_dirs, output_file, write_text_atomic
@@ -87,16 +87,8 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
     with breaking_locks(break_lock), \
             output_file(csv_path, overwrite=overwrite, inputs=inputs, option="--csv", suffixes=(".csv", ".tsv", ".txt")) as csv_out, \
             output_file(plot_path, overwrite=overwrite, inputs=inputs, option="--plot", suffixes=FORMATS) as plot_out:
-        offloaded = None
-        if offload:
-            from replaceme.offload import load_offloaded
-            from replaceme.offload.budget import parse_size
-
-            offloaded, tokenizer = load_offloaded(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                  adapter_for=adapter_for, disk_budget=parse_size(disk_budget))
-            net = offloaded.model
-        else:
-            net, tokenizer = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        net, tokenizer, offloaded = load_for_command(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     offload=offload, disk_budget=disk_budget)
         adapter = adapter_for(net)
         num_layers = adapter.num_layers(net)
         check_layers(layers, num_layers)

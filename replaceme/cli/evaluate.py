@@ -14,6 +14,7 @@ from replaceme.cli.common import (
     break_lock_option,
     count,
     format_option,
+    load_for_command,
     model_options,
     offload_option,
 )
@@ -181,19 +182,9 @@ def _load_and_evaluate(path: str, spec, device: str, dtype: str, trust_remote_co
                        disk_budget: str | None = None):
     """Load ``path`` (layer by layer with ``offload``) and evaluate it under ``spec``; the model is freed after."""
     from replaceme.evaluation import evaluate as run_evaluation
-    from replaceme.loading import load_model
 
-    offloaded = None
-    if offload:
-        from replaceme.offload import load_offloaded
-        from replaceme.offload.budget import parse_size
-        from replaceme.registry import adapter_for
-
-        offloaded, tokenizer = load_offloaded(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                                              adapter_for=adapter_for, disk_budget=parse_size(disk_budget))
-        model = offloaded.model
-    else:
-        model, tokenizer = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    model, tokenizer, offloaded = load_for_command(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                   offload=offload, disk_budget=disk_budget)
     return run_evaluation(model, tokenizer, spec, offloaded=offloaded)
 
 
