@@ -15,12 +15,14 @@ train together; :func:`release` then ends the job for ranks other than 0 (rank 0
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from replaceme.distributed import _nccl_device, all_reduce_, broadcast, join, joined, leave, on_root, world
+from replaceme.distributed import group
+from replaceme.distributed.group import from_root, join, joined, leave, nccl_device
+from replaceme.distributed.reduce import all_reduce_
+from replaceme.distributed.world import world
 
-T = TypeVar("T")
+__all__ = ["from_root", "keep", "release", "shard_rows", "shows_progress", "size", "sum_over_ranks", "wrap"]
 
 
 def size() -> int:
@@ -56,7 +58,7 @@ def sum_over_ranks(value: float) -> float:
         return value
     import torch
 
-    box = torch.tensor([value], dtype=torch.float64, device=_nccl_device() or "cpu")
+    box = torch.tensor([value], dtype=torch.float64, device=nccl_device() or "cpu")
     all_reduce_(box)
     return float(box)
 
@@ -69,25 +71,14 @@ def shows_progress() -> bool:
 def keep(device: Any) -> None:
     """Keep every process of a ``torchrun`` job in the group after the statistics pass, so
     that healing trains on all of them; :func:`release` ends it. Nothing alone."""
-    import replaceme.distributed as group
-
     if world().active:
         join(device)
-        group._kept = True
+        group.kept = True
 
 
 def release() -> None:
     """End what :func:`keep` kept: barrier, leave; ranks other than 0 raise ``RankDone``."""
-    import replaceme.distributed as group
-
-    if group._kept:
-        group._kept = False
+    if group.kept:
+        group.kept = False
         leave()
 
-
-def from_root(compute: Callable[[], T]) -> T:
-    """``compute()`` on rank 0 and its (picklable) result on every process; alone, ``compute()``.
-    An error on rank 0 stops every rank (:func:`replaceme.distributed.on_root`)."""
-    if not joined():
-        return compute()
-    return broadcast(on_root(compute))
