@@ -13,8 +13,9 @@ over the calibration set (with ``--offload``: reading the checkpoint twice).
 ``--stats-passes auto`` (the default) takes two passes when that is possible, the one
 pass would hold more than :data:`TWO_PASS_AT` bytes of statistics and two passes hold
 less than half of it; ``1`` and ``2`` force the choice (``2`` is refused where a
-selector scores plans). Under ``torchrun`` the pass is shared by the ranks once, so
-``auto`` keeps one pass there.
+selector scores plans). Under ``torchrun`` both passes are shared by the ranks: every
+rank takes the first pass's tables, rank 0 chooses the second request and every rank
+runs its shard of it.
 """
 
 from __future__ import annotations
@@ -73,8 +74,7 @@ def _blocks_request(live: list, blocks_of: Callable[[Any], list]) -> StatsReques
 
 
 def plan_passes(live: list, extra: StatsRequest | None, request: StatsRequest, *, num_layers: int, hidden: int,
-                dtype_bytes: int, slots_of: Callable[[StatsRequest], int], passes: str = "auto",
-                shared: bool = False) -> PassPlan:
+                dtype_bytes: int, slots_of: Callable[[StatsRequest], int], passes: str = "auto") -> PassPlan:
     """Choose one pass or two for ``request`` (the union of ``live`` runs' requests and
     ``extra``); ``slots_of(req)``: token slots the sample of ``req`` keeps."""
     if passes not in PASS_CHOICES:
@@ -105,7 +105,7 @@ def plan_passes(live: list, extra: StatsRequest | None, request: StatsRequest, *
                           sample_slots=slots_of(second))
     largest = max((first_est, second_est), key=lambda e: e.total_bytes)
     two_est = dataclasses.replace(largest, passes=2)
-    two = passes == "2" or (not shared and one.total_bytes > TWO_PASS_AT and 2 * two_est.total_bytes < one.total_bytes)
+    two = passes == "2" or (one.total_bytes > TWO_PASS_AT and 2 * two_est.total_bytes < one.total_bytes)
     return PassPlan(first if two else request, two, one, two_est)
 
 

@@ -42,6 +42,7 @@ def gather_stats(
     holdout_tokens: int = HOLDOUT_TOKENS,
     spill: Any = None,
     stats_device: Any = None,
+    final: bool = True,
 ) -> Any:
     """Run the shared pass, or load it from the on-disk cache when inputs match.
 
@@ -50,7 +51,8 @@ def gather_stats(
     sample back into one file).
 
     Under ``torchrun`` every rank runs its shard of the batches and rank 0 alone reads
-    and writes the cache (:func:`replaceme.distributed.shared_pass`).
+    and writes the cache (:func:`replaceme.distributed.shared_pass`); ``final=False``
+    keeps every rank for a second pass.
     """
     from replaceme import distributed
     from replaceme.stats.cache import cache_key, load_cached, model_fingerprint, save_cached
@@ -78,7 +80,7 @@ def gather_stats(
         return collect_stats(model, adapter, calib, request, holdout_tokens=holdout_tokens, spill=spill,
                              stats_device=stats_device, batches=batches)
 
-    return distributed.shared_pass(next(model.parameters()).device, calib.num_batches, run,
+    return distributed.shared_pass(next(model.parameters()).device, calib.num_batches, run, store=spill, final=final,
                                    load=load if key else None, save=(lambda stats: save_cached(key, stats)) if key else None)
 
 
@@ -243,21 +245,24 @@ def _statistics(model: Any, adapter: ModelAdapter, request: StatsRequest, spec: 
     spill = Spill(spill_dir) if spill_dir is not None or offloaded is not None else None
     plan = _plan_passes(model, adapter, calib, request, live, extra, str(memory.stats_passes))
 
-    def one_pass(req: StatsRequest) -> Any:
+    def one_pass(req: StatsRequest, final: bool = True) -> Any:  # final: under torchrun the ranks > 0 then leave
         if offloaded is not None:
             from replaceme.stats.layerwise import collect_stats_layerwise
 
             return distributed.shared_pass(offloaded.device, calib.num_batches, lambda batches: collect_stats_layerwise(
-                offloaded, calib, req, spill=spill, stats_device=gram_device, batches=batches))
-        return gather_stats(model, adapter, calib, req, use_cache=use_cache, spill=spill, stats_device=gram_device)
+                offloaded, calib, req, spill=spill, stats_device=gram_device, batches=batches), store=spill, final=final)
+        return gather_stats(model, adapter, calib, req, use_cache=use_cache, spill=spill, stats_device=gram_device,
+                            final=final)
 
     try:
         with Meter() as m:
-            stats = one_pass(plan.first)
+            stats = one_pass(plan.first, final=not plan.two)
             if plan.two:
                 from replaceme.passes import merge_passes, second_request
 
-                stats = merge_passes(stats, one_pass(second_request(stats, live, adapter.num_layers(model))))
+                # chosen on rank 0 from the tables every rank holds, and given to all (one request for all ranks)
+                second = distributed.from_root(lambda: second_request(stats, live, adapter.num_layers(model)))
+                stats = merge_passes(stats, one_pass(second))
     finally:
         if spill is not None:
             spill.close()  # every file is already unlinked; the mapped tensors stay valid
@@ -272,7 +277,6 @@ def _statistics(model: Any, adapter: ModelAdapter, request: StatsRequest, spec: 
 
 def _plan_passes(model, adapter, calib, request, live, extra, passes):
     """One pass or two (:func:`replaceme.passes.plan_passes`), logged with its estimate."""
-    from replaceme import distributed
     from replaceme.passes import plan_passes
     from replaceme.stats.collect import plan_batches
 
@@ -281,8 +285,7 @@ def _plan_passes(model, adapter, calib, request, live, extra, passes):
         return sum(calib.masks[b].numel() for b in {*holdout, *sample}) if req.wants_sample else 0
 
     plan = plan_passes(live, extra, request, num_layers=adapter.num_layers(model), hidden=int(model.config.hidden_size),
-                       dtype_bytes=next(model.parameters()).element_size(), slots_of=slots_of, passes=passes,
-                       shared=distributed.world().active)
+                       dtype_bytes=next(model.parameters()).element_size(), slots_of=slots_of, passes=passes)
     # said aloud where it matters (tiny runs would only add a line of noise): -v shows it always
     level = logging.INFO if plan.two or plan.chosen.total_bytes >= ESTIMATE_SHOWN_AT else logging.DEBUG
     log.log(level, "statistics estimate: %s", plan.chosen.describe())
