@@ -17,6 +17,7 @@ from tiny import calibration_text, make_tokenizer, tiny_model
 from replaceme import distributed
 from replaceme.cli import cli
 
+SPILL = "--spill-dir=<spill>"  # made per run in the fixture
 CALIB = ["--calib-samples", "24", "--max-length", "40", "--batch-size", "4", "--no-cache"]
 PRUNE_JOBS = {
     "lstsq": ["-m", "replaceme-lstsq", "-n", "2"],
@@ -28,6 +29,17 @@ PRUNE_JOBS = {
     "cosine-all-tokens": ["-m", "replaceme-cosine", "-n", "2", "-o", "token_budget", "100000"],
     "cosine-adam": ["-m", "replaceme-cosine", "-n", "1", "-o", "preset", "reference", "-o", "epochs", "3"],
     "lstsq-offload": ["-m", "replaceme-lstsq", "-n", "2", "--offload"],
+    # selectors that score plans on the gathered held-out batches, and those without compensation
+    "sleb": ["-m", "sleb", "-n", "2"],
+    "lstsq-loss": ["-m", "replaceme-lstsq-loss", "-n", "1"],
+    "laco": ["-m", "laco", "-n", "2", "-o", "merge_layers", "2"],
+    "shortgpt": ["-m", "shortgpt", "-n", "2"],
+    "block-removal": ["-m", "block-removal", "-n", "2"],  # no pass: rank 1 leaves at once
+    # two shared passes: tables on every rank, then the chosen block's Gram sums
+    "lstsq-two-passes": ["-m", "replaceme-lstsq", "-n", "2", "--stats-passes", "2"],
+    # the sample received by rank 0 straight into its memory-mapped spill (and with --offload)
+    "cosine-spill": ["-m", "replaceme-cosine", "-n", "1", "-o", "epochs", "2", "-o", "token_budget", "400", SPILL],
+    "streamline-offload": ["-m", "llm-streamline", "-n", "1", "-o", "token_budget", "400", "--offload"],
 }
 
 
@@ -124,8 +136,10 @@ def two_ranks(tmp_path_factory):
     evalf = calibration_text(base / "eval.txt", records=10, seed=3)
 
     def job_args(run: str) -> list[tuple[str, list[str]]]:
-        jobs = [(name, ["prune", str(model_dir), *args, "--calib", str(calib), *CALIB, "--output", str(base / run / name)])
-                for name, args in PRUNE_JOBS.items()]
+        spill = base / run / "spill"
+        spill.mkdir(parents=True)
+        jobs = [(name, ["prune", str(model_dir), *[f"--spill-dir={spill}" if a == SPILL else a for a in args], "--calib",
+                        str(calib), *CALIB, "--output", str(base / run / name)]) for name, args in PRUNE_JOBS.items()]
         jobs.append(("compare", ["compare", str(model_dir), "-m", "uidl", "-m", "replaceme-lstsq", "-n", "1,2",
                                  "--calib", str(calib), *CALIB, "--ppl", str(evalf), "--context-length", "32",
                                  "--output", str(base / run / "compare"), "--json"]))
@@ -165,6 +179,8 @@ def test_two_processes_prune_what_one_does(two_ranks, name):
     meta_one = json.loads((base / "one" / name / "pruning.json").read_text())
     meta_two = json.loads((base / "two" / name / "pruning.json").read_text())
     assert meta_two["plan"]["blocks"] == meta_one["plan"]["blocks"]
+    passes = [m.get("statistics_memory", {}).get("passes") for m in (meta_one, meta_two)]
+    assert passes[1] == passes[0] and (passes[0] == 2) == name.endswith("two-passes")
     for c1, c2 in zip(meta_one["compensations"], meta_two["compensations"]):
         assert c2["diagnostics"].get("tokens") == c1["diagnostics"].get("tokens")
 
@@ -207,15 +223,17 @@ def test_torchrun_command_line_writes_what_one_process_does(tmp_path, tiny_dir):
     import sys
 
     bin_dir = Path(sys.executable).parent
-    torchrun, exe = shutil.which("torchrun", path=str(bin_dir)), shutil.which("replaceme", path=str(bin_dir))
-    if torchrun is None or exe is None:
-        pytest.skip("torchrun or the replaceme script is not installed next to this interpreter")
+    exe = shutil.which("replaceme", path=str(bin_dir))
+    if exe is None:
+        pytest.skip("the replaceme script is not installed next to this interpreter")
+    torchrun = shutil.which("torchrun", path=str(bin_dir))  # else the same launcher through this interpreter
+    launcher = [torchrun] if torchrun is not None else [sys.executable, "-m", "torch.distributed.run"]
     calib = calibration_text(tmp_path / "calib.txt", records=40)
     args = ["prune", str(tiny_dir), "-m", "replaceme-lstsq", "-n", "2", "--calib", str(calib), *CALIB]
     one = CliRunner().invoke(cli, [*args, "--output", str(tmp_path / "one")])
     assert one.exit_code == 0, one.output
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "--no-python", exe,
+    run = subprocess.run([*launcher, "--nproc_per_node", "2", "--master_port", str(_free_port()), "--no-python", exe,
                           *args, "--output", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("saved to") == 1  # rank 0 alone reports and writes
