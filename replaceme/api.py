@@ -133,6 +133,7 @@ def prune(
     base_model: str | None = None,
     strict: bool = False,
     stats_passes: str = "auto",
+    memory_budget: int | str | None = "auto",
     heal: str | None = None,
     heal_data: Any = None,
     loading: LoadSettings | None = None,
@@ -184,15 +185,19 @@ def prune(
         stats_passes: ``auto``, ``"1"`` or ``"2"``: with a distance selector, two passes
             (tables, then what the compensator needs for the chosen blocks only) hold
             far smaller statistics at the cost of a second forward pass; ``auto``
-            takes them above 1 GiB of one-pass statistics (:mod:`replaceme.passes`).
+            takes them when one pass would exceed ``memory_budget`` (:mod:`replaceme.passes`).
+        memory_budget: most bytes the statistics may hold in RAM (``"2G"``, a byte count, or
+            None/``"auto"``: max(256 MiB, a quarter of the weights), at most half the available
+            RAM): passes, where the sample lives and its size are planned to fit it, and a run
+            that cannot fit is refused before the calibration pass.
         heal: a healer that trains the pruned model back, distilling from the unpruned one by
             default (``"none"``: off even if the recipe names one); options ``heal.KEY``.
         heal_data: the healing text (:class:`replaceme.healer.HealData` or a source string as
             for calibration); default: the calibration records the compensation was fit on.
         loading: ``device``, ``dtype`` and ``trust_remote_code`` as one
             :class:`~replaceme.settings.LoadSettings` (instead of the keywords).
-        memory: ``offload``, ``disk_budget``, ``spill_dir``, ``gram_device``, ``calib_4bit`` and
-            ``stats_passes`` as one :class:`~replaceme.settings.MemorySettings` (instead of the keywords).
+        memory: ``offload``, ``disk_budget``, ``spill_dir``, ``gram_device``, ``calib_4bit``,
+            ``stats_passes`` and ``memory_budget`` as one :class:`~replaceme.settings.MemorySettings` (instead of the keywords).
         **method_options: shorthand for ``options`` where the name is unambiguous
             (``prune(..., alpha=1e-3)``); a key given both ways is an error.
 
@@ -211,7 +216,8 @@ def prune(
     check_layer_budget(layers, str(model_or_path) if isinstance(model_or_path, (str, Path)) else None)
     loading = LoadSettings.merged(loading, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     memory = MemorySettings.merged(memory, offload=offload, spill_dir=spill_dir, gram_device=gram_device,
-                                   calib_4bit=calib_4bit, stats_passes=str(stats_passes), disk_budget=disk_budget)
+                                   calib_4bit=calib_4bit, stats_passes=str(stats_passes), disk_budget=disk_budget,
+                                   memory_budget=memory_budget)
     resolved = resolve_method(method, _merge_options(options, method_options), selector=selector, compensator=compensator,
                               strict=strict, healer=heal)
     hub_id = base_model_id(str(model_or_path), base_model) if isinstance(model_or_path, (str, Path)) else base_model

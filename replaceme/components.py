@@ -192,6 +192,9 @@ class CompensationContext:
         stats: the shared statistics.
         device: torch device for heavy math.
         seed: the run's seed.
+        work_bytes: what the run's memory budget leaves for a compensator's working
+            memory (``--memory-budget`` less the statistics held; None: unbounded). A
+            compensator that chunks its data sizes the chunks from it unless told.
     """
 
     model: Any
@@ -199,6 +202,7 @@ class CompensationContext:
     stats: ActivationStats
     device: Any
     seed: int = 0
+    work_bytes: int | None = None
 
 
 class Compensator(Component):

@@ -84,7 +84,7 @@ PRUNE_KEYS = {
     "method", "model", "layers", "calib", "calib_column", "calib_split", "calib_samples", "max_length",
     "batch_size", "seed", "output", "overwrite", "selector", "compensator", "device", "dtype", "chat_template",
     "order", "holdout_fraction", "drop_last", "calib_4bit", "save_transforms", "offload", "spill_dir", "gram_device",
-    "stats_passes", "disk_budget",
+    "stats_passes", "disk_budget", "memory_budget",
 }
 _WARN = {
     "token": "use HF_TOKEN or `hf auth login` for gated models",
@@ -163,6 +163,7 @@ def _prune_schema() -> dict[str, Any]:
         "calib_4bit": BOOL, "save_transforms": BOOL, "offload": BOOL, "spill_dir": STR, "gram_device": STR,
         "stats_passes": Key(("str", "int"), minimum=1, maximum=2, choices=("auto", "1", "2")),
         "disk_budget": Key(("str", "int"), minimum=1),
+        "memory_budget": Key(("str", "int"), minimum=1),
     }
 
 

@@ -20,6 +20,7 @@ from replaceme.methods import ResolvedMethod
 from replaceme.plan import Plan
 from replaceme.resources import Meter, Usage
 from replaceme.settings import MemorySettings
+from replaceme.stats.estimate import format_size
 from replaceme.stats.request import StatsRequest
 
 if TYPE_CHECKING:
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: held-out tokens of the shared pass (see :func:`replaceme.stats.collect.split_batches`)
 HOLDOUT_TOKENS = 8192
-#: statistics estimates from this size up are logged at INFO (below: DEBUG)
-ESTIMATE_SHOWN_AT = 16 * 2**20
 
 
 def gather_stats(
@@ -240,10 +239,10 @@ def _statistics(model: Any, adapter: ModelAdapter, request: StatsRequest, spec: 
     usage["calibration"] = m.usage
     from replaceme.stats.spill import Spill
 
+    plan = _plan(model, adapter, calib, request, live, extra, memory, offloaded is not None)
     # --offload keeps its activation sample on disk too (system temporary directory by
     # default): the whole point is memory that does not grow with the model or the data
-    spill = Spill(spill_dir) if spill_dir is not None or offloaded is not None else None
-    plan = _plan_passes(model, adapter, calib, request, live, extra, str(memory.stats_passes))
+    spill = Spill(spill_dir) if plan.spill else None
 
     def one_pass(req: StatsRequest, final: bool = True) -> Any:  # final: under torchrun the ranks > 0 then leave
         if offloaded is not None:
@@ -261,37 +260,53 @@ def _statistics(model: Any, adapter: ModelAdapter, request: StatsRequest, spec: 
                 from replaceme.passes import merge_passes, second_request
 
                 # chosen on rank 0 from the tables every rank holds, and given to all (one request for all ranks)
-                second = distributed.from_root(lambda: second_request(stats, live, adapter.num_layers(model)))
+                second = distributed.from_root(
+                    lambda: plan.capped(second_request(stats, live, adapter.num_layers(model))))
                 stats = merge_passes(stats, one_pass(second))
     finally:
         if spill is not None:
             spill.close()  # every file is already unlinked; the mapped tensors stay valid
     usage["statistics"] = m.usage
+    stats.work_bytes = plan.work_bytes
     log.info("shared calibration pass: %d tokens, %.1f s", stats.tokens, m.usage.seconds)
     gram_at = next((str(g.xtx.device) for g in stats.gram.values()), None)
     footprint = {**stats.memory_bytes(), "gram_device": gram_at, "sample_on_disk": spill is not None,
-                 "spilled_bytes": spill.bytes_written if spill is not None else 0, "passes": 2 if plan.two else 1,
+                 "spilled_bytes": spill.bytes_written if spill is not None else 0, **plan.to_dict(),
                  "estimate": plan.chosen.to_dict(), "one_pass_estimate": plan.one_pass.to_dict()}
     return stats, usage, footprint
 
 
-def _plan_passes(model, adapter, calib, request, live, extra, passes):
-    """One pass or two (:func:`replaceme.passes.plan_passes`), logged with its estimate."""
-    from replaceme.passes import plan_passes
-    from replaceme.stats.collect import plan_batches
+def _plan(model, adapter, calib, request, live, extra, memory: MemorySettings, offload: bool):
+    """The statistics plan within the run's budgets (:func:`replaceme.passes.plan_statistics`),
+    printed before the pass (and a capped sample warned about)."""
+    from replaceme import distributed
+    from replaceme.offload.budget import parse_size, resolve_budget
+    from replaceme.passes import plan_statistics
+    from replaceme.resources import auto_memory_budget
+    from replaceme.stats.collect import split_batches
 
-    def slots_of(req: StatsRequest) -> int:  # token slots (B × T) of the batches the sample keeps
-        holdout, sample = plan_batches(calib, req, HOLDOUT_TOKENS)
-        return sum(calib.masks[b].numel() for b in {*holdout, *sample}) if req.wants_sample else 0
+    def slots_of(req: StatsRequest) -> int:  # token slots (B × T) of the batches the sample keeps (as plan_batches)
+        if not req.wants_sample:
+            return 0
+        holdout, sample = split_batches(calib, req.sample_tokens, HOLDOUT_TOKENS, calib.spec.seed,
+                                        holdout_fraction=calib.spec.holdout_fraction)
+        return sum(calib.masks[b].numel() for b in {*holdout, *sample})
 
-    plan = plan_passes(live, extra, request, num_layers=adapter.num_layers(model), hidden=int(model.config.hidden_size),
-                       dtype_bytes=next(model.parameters()).element_size(), slots_of=slots_of, passes=passes)
-    # said aloud where it matters (tiny runs would only add a line of noise): -v shows it always
-    level = logging.INFO if plan.two or plan.chosen.total_bytes >= ESTIMATE_SHOWN_AT else logging.DEBUG
-    log.log(level, "statistics estimate: %s", plan.chosen.describe())
-    if plan.two:
-        log.info("two statistics passes (tables, then the chosen blocks only) instead of one holding %s",
-                 plan.one_pass.describe().split(", 1 pass")[0])
+    budget = parse_size(memory.memory_budget, "--memory-budget")
+    if budget is None:
+        budget = auto_memory_budget(sum(p.numel() * p.element_size() for p in model.parameters()))
+    disk = resolve_budget(parse_size(memory.disk_budget), memory.spill_dir)
+    # under torchrun rank 0 plans for all (budgets from its memory and disk): one plan, the same passes everywhere
+    plan = distributed.from_root(lambda: plan_statistics(
+        live, extra, request, num_layers=adapter.num_layers(model), hidden=int(model.config.hidden_size),
+        dtype_bytes=next(model.parameters()).element_size(), slots_of=slots_of, memory_budget=budget,
+        disk_budget=disk, passes=str(memory.stats_passes), spill=memory.spill_dir is not None or offload))
+    log.info("%s", plan.describe())
+    log.debug("statistics estimate: %s", plan.chosen.describe())
+    if plan.sample_cap is not None:
+        log.warning("the activation sample is drawn smaller to fit --disk-budget %s beside --memory-budget %s: "
+                    "%d tokens instead of %d (fewer whole batches)", format_size(disk), format_size(budget),
+                    plan.sample_cap, request.sample_tokens)
     return plan
 
 

@@ -28,6 +28,31 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+#: ``--memory-budget auto``: at least this many bytes for the statistics (256 MiB)
+AUTO_BUDGET_FLOOR = 256 * 2**20
+#: ``--memory-budget auto``: this fraction of the model's weight bytes (if above the floor)
+AUTO_BUDGET_OF_WEIGHTS = 0.25
+#: ``--memory-budget auto``: never more than this fraction of the memory available at start
+AUTO_BUDGET_OF_AVAILABLE = 0.5
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to new allocations now (``psutil``: free + reclaimable cache)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def auto_memory_budget(weight_bytes: int, available: int | None = None) -> int:
+    """``--memory-budget auto``: ``max(256 MiB, weight_bytes / 4)``, capped at half the RAM
+    ``available`` (default: :func:`available_memory`) so that a small machine is not promised
+    more than it has. A quarter of the weights keeps the statistics well under the model
+    itself, which the whole-model commands hold anyway."""
+    wanted = max(AUTO_BUDGET_FLOOR, int(weight_bytes * AUTO_BUDGET_OF_WEIGHTS))
+    free = available_memory() if available is None else available
+    return max(1, min(wanted, int(free * AUTO_BUDGET_OF_AVAILABLE)))
+
+
 class Meter:
     """Context manager measuring a stage; peak RSS is sampled every ``interval`` seconds.
 

@@ -173,7 +173,8 @@ class PlanScorer:
         if key not in self._compensations:
             self._target().reading(self.compensator.reads(plan))
             ctx = CompensationContext(model=self.model, adapter=self.adapter, stats=self.stats,
-                                      device=self.device or next(self.model.parameters()).device, seed=self.seed)
+                                      device=self.device or next(self.model.parameters()).device, seed=self.seed,
+                                      work_bytes=self.stats.work_bytes)
             self._compensations[key] = self.compensator.compensate(plan, ctx)
         return self._compensations[key]
 

@@ -80,6 +80,11 @@ class MemorySettings(Settings):
         calib_4bit: run the calibration pass on a 4-bit copy of the model.
         stats_passes: ``auto``, ``"1"`` or ``"2"`` statistics passes (:mod:`replaceme.passes`):
             two hold far smaller statistics at the cost of a second forward pass.
+        memory_budget: most bytes the run's statistics may hold in RAM (Gram sums, the
+            in-RAM activation sample, a compensator's working chunk): ``"2G"``, a byte
+            count, or ``"auto"``/None (:func:`replaceme.resources.auto_memory_budget`).
+            The passes, where the sample lives and its size are planned to fit it
+            (:func:`replaceme.passes.plan_statistics`).
     """
 
     offload: bool = False
@@ -88,6 +93,7 @@ class MemorySettings(Settings):
     gram_device: str | None = None
     calib_4bit: bool = False
     stats_passes: str = "auto"
+    memory_budget: int | str | None = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stats_passes", str(self.stats_passes))  # 2 (a YAML integer) is "2"

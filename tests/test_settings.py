@@ -24,7 +24,7 @@ def test_groups_from_option_values():
     assert MemorySettings.from_values(values) == MemorySettings(offload=True, spill_dir="/tmp/x")
     assert MemorySettings(spill_dir=Path("/s")).to_dict() == {
         "offload": False, "disk_budget": None, "spill_dir": "/s", "gram_device": None, "calib_4bit": False,
-        "stats_passes": "auto"}
+        "stats_passes": "auto", "memory_budget": "auto"}
 
 
 def test_keywords_and_settings_objects_prune_alike(tokenizer):
@@ -54,14 +54,16 @@ def test_cli_and_config_record_the_groups(tmp_path, tiny_dir, calib_file):
     config = tmp_path / "run.yaml"
     config.write_text(f"model: {tiny_dir}\nmethod: uidl\nlayers: 1\ncalib: {calib_file}\ncalib_samples: 8\n"
                       f"max_length: 32\noutput: {tmp_path / 'out'}\ndevice: cpu\ngram_device: cpu\n"
-                      f"spill_dir: {tmp_path / 'spill'}\nstats_passes: 1\n")
+                      f"spill_dir: {tmp_path / 'spill'}\nstats_passes: 1\nmemory_budget: 300M\n")
     (tmp_path / "spill").mkdir()
     result = CliRunner().invoke(cli, ["prune", "--config", str(config), "--dtype", "float32"])
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "out" / "pruning.json").read_text())
     assert meta["settings"]["loading"] == {"device": "cpu", "dtype": "float32", "trust_remote_code": False}
     assert meta["settings"]["memory"] == {"offload": False, "disk_budget": "auto", "spill_dir": str(tmp_path / "spill"),
-                                          "gram_device": "cpu", "calib_4bit": False, "stats_passes": "1"}
+                                          "gram_device": "cpu", "calib_4bit": False, "stats_passes": "1",
+                                          "memory_budget": "300M"}
+    assert meta["statistics_memory"]["memory_budget"] == 300 * 2**20
     assert meta["settings"]["calibration"] == meta["calibration"] and meta["calibration"]["samples"] == 8
     assert meta["statistics_memory"]["sample_on_disk"] is True  # the spill directory was used
     assert list((tmp_path / "spill").iterdir()) == []  # and left clean

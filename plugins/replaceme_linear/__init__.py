@@ -162,11 +162,12 @@ class CosineOptions:
         "tokens of the activation sample kept from the shared pass; memory ≈ tokens × hidden × "
         "(stored layers) × dtype bytes, reported in pruning.json",
     )
-    chunk_tokens: int = option(
-        65536,
+    chunk_tokens: int | None = option(
+        None,
         "tokens of the sample on the compute device at once during the fit (float32: chunk × hidden × 4 bytes "
-        "per matrix, 2 or 3 matrices); a larger sample is read back chunk by chunk (from RAM or the --spill-dir "
-        "files), Adam shuffling within chunks, L-BFGS summing loss and gradient over all of them")
+        "per matrix, 3 matrices); a larger sample is read back chunk by chunk (from RAM or the --spill-dir "
+        "files), Adam shuffling within chunks, L-BFGS summing loss and gradient over all of them (unset: what "
+        "--memory-budget leaves beside the statistics, between 1,024 and 65,536 tokens)")
     accurate: bool = option(False, "minimise 1 − cos(XT + z, x_e) with z = x_s − m_{s-1} (the paper's accurate variant)")
     init: Literal["identity", "lstsq"] | None = option(
         None, "start from T = I (reference) or from the least-squares map of the fit's own token sample "
@@ -182,11 +183,15 @@ class CosineOptions:
             if getattr(self, name) is None:
                 setattr(self, name, value)
         for name in ("epochs", "batch_tokens", "lbfgs_steps", "token_budget", "chunk_tokens"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.lr <= 0:
             raise ValueError("lr must be > 0")
 
+
+#: tokens per chunk of the cosine fit when ``chunk_tokens`` is unset: sized from the memory
+#: budget's working share, within these bounds
+CHUNK_RANGE = (1024, 65536)
 
 #: why -o refit cannot run offloaded (refused before the model loads)
 REFIT_OFFLOAD = "cosine refit re-runs the partly pruned model, which --offload never holds; drop -o refit"
@@ -235,7 +240,7 @@ class CosineCompensator(Compensator):
                 held = rerun_block_tokens(working, ctx.adapter, holdout, s, e) if holdout else None
             else:
                 source = block_stream(train, block.start, block.end, accurate=o.accurate, device=ctx.device,
-                                      chunk_tokens=o.chunk_tokens)
+                                      chunk_tokens=self._chunk(ctx))
                 held = block_tokens(holdout, block.start, block.end) if holdout else None
             transform, diagnostics = self._fit(block, source, ctx)
             diagnostics.update(heldout_diagnostics(*held, transform) if held else {"heldout_tokens": 0})
@@ -253,7 +258,17 @@ class CosineCompensator(Compensator):
 
         m, xs, xe = (a.to(ctx.device, torch.float32) for a in acts)
         x, target, offset = (m, xe, xs - m) if self.options.accurate else (m, xe - xs + m, None)
-        return ChunkedTokens.of_tensors(x, target, offset, chunk_tokens=self.options.chunk_tokens)
+        return ChunkedTokens.of_tensors(x, target, offset, chunk_tokens=self._chunk(ctx))
+
+    def _chunk(self, ctx: CompensationContext) -> int:
+        """Tokens per chunk of the fit: ``chunk_tokens``, else what the run's memory budget
+        leaves for 3 float32 ``[chunk, hidden]`` matrices (:data:`CHUNK_RANGE`)."""
+        if self.options.chunk_tokens is not None:
+            return self.options.chunk_tokens
+        low, high = CHUNK_RANGE
+        if ctx.work_bytes is None:
+            return high
+        return max(low, min(high, ctx.work_bytes // (3 * 4 * ctx.stats.hidden_size)))
 
     def _fit(self, block: Block, source, ctx: CompensationContext) -> tuple:
         """Fit T for one block from its chunked token rows (:class:`ChunkedTokens`)."""
@@ -283,7 +298,7 @@ class CosineCompensator(Compensator):
             raise ReplacemeError(f"cosine fit of block {block} diverged (NaN/Inf); try a smaller lr or solver lbfgs")
         diagnostics = {
             "tokens": source.tokens,
-            "chunks": len(source),
+            "chunks": len(source), "chunk_tokens": source.chunk_tokens,
             "activation_bytes": source.peak_bytes,
             "loss_first": fit.history[0] if fit.history else None,
             "loss_last": fit.history[-1] if fit.history else None,

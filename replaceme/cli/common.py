@@ -144,6 +144,68 @@ def offload_option(what: str) -> Callable[[F], F]:
     return decorate
 
 
+class SizeType(click.ParamType):
+    """A size option (``512M``, ``2G``, a byte count, ``auto``), checked at once and kept as
+    given (recorded so in ``pruning.json``; the bytes are resolved where it is used)."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from replaceme.errors import ReplacemeError
+        from replaceme.offload.budget import parse_size
+
+        if value is None or isinstance(value, int):
+            return value
+        try:
+            parse_size(value, option=f"--{param.name.replace('_', '-')}" if param is not None else "size")
+        except ReplacemeError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value).strip()
+
+
+def statistics_options(f: F) -> F:
+    """What the statistics pass may hold and where: ``--memory-budget``, ``--stats-passes``,
+    ``--spill-dir`` and ``--gram-device`` (one definition for prune, compare and distances;
+    the names are :class:`replaceme.settings.MemorySettings` fields)."""
+    decorators = [
+        click.option("--memory-budget", type=SizeType(), default="auto", show_default=True,
+                     help="Most bytes the statistics may hold in RAM (Gram sums, the in-RAM activation sample, a "
+                          "compensator's working chunk), e.g. 2G. The passes, where the sample lives and its size "
+                          "are planned to fit it, and the plan is printed before the pass; a run that cannot fit "
+                          "even two passes with the sample on disk is refused. auto: max(256 MiB, a quarter of "
+                          "the model's weights), at most half the available RAM."),
+        click.option("--stats-passes", type=click.Choice(["auto", "1", "2"]), default="auto", show_default=True,
+                     help="With a distance selector, 2 = a distance pass, then the statistics of the chosen blocks "
+                          "only (Gram sums 16·h² per block instead of 16·h²·(L-n); one more forward pass); auto "
+                          "takes 2 when one pass would exceed --memory-budget and two need less."),
+        click.option("--spill-dir", type=click.Path(file_okay=False),
+                     help="Keep the activation sample (and --offload's activations between layers) in "
+                          "memory-mapped files in a temporary directory under this one instead of RAM, so -o "
+                          "token_budget can exceed RAM (a sample that does not fit --memory-budget goes to disk "
+                          "anyway, in the system temporary directory by default)."),
+        click.option("--gram-device", metavar="DEVICE",
+                     help="Where the float64 Gram sums (XᵀX, XᵀY of every candidate block) live during the pass: "
+                          "default the compute device; 'cpu' frees (L-n)·2·h²·8 bytes of GPU memory, at host "
+                          "float64 speed."),
+    ]
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
+def memory_settings(values: dict[str, Any]) -> Any:
+    """The :class:`~replaceme.settings.MemorySettings` of merged flags and file keys, with a
+    ``--gram-device`` that names no device refused before any work."""
+    from replaceme.settings import MemorySettings
+
+    memory = MemorySettings.from_values(values)
+    if memory.gram_device is not None:
+        from replaceme.loading import check_device_name
+
+        check_device_name(memory.gram_device, "--gram-device")
+    return memory
+
+
 def calibration_spec(calib: str | None, *, calib_column: str, calib_split: str, calib_samples: int,
                      max_length: int, batch_size: int, chat_template: str, seed: int, order: str = "shuffle",
                      holdout_fraction: float = 0.1, drop_last: bool = False) -> Any:

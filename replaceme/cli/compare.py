@@ -17,6 +17,7 @@ from replaceme.cli.common import (
     merge_file_settings,
     model_options,
     offload_option,
+    statistics_options,
 )
 
 
@@ -49,6 +50,7 @@ from replaceme.cli.common import (
 @model_options
 @offload_option("the calibration pass, plan scoring and every row's evaluation; each method's variant holds only "
                 "the layers its merge changed")
+@statistics_options
 @click.option("--plan", "plan_file", type=click.Path(dir_okay=False), help="YAML with the same settings; flags override it.")
 @click.option("--output", type=click.Path(file_okay=False), help="Directory for results (csv, md, json, png); re-running resumes.")
 @click.option("--overwrite", is_flag=True, help="Replace an output directory that holds other results.")
@@ -59,8 +61,8 @@ from replaceme.cli.common import (
 @click.pass_context
 def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl, context_length, stride, max_ppl_tokens, tasks,
             tasks_dir, task_data, num_fewshot, limit, eval_batch_size, bootstrap_iters, device, dtype, trust_remote_code,
-            offload, disk_budget, plan_file, output, overwrite, break_lock, no_cache, as_json, fmt, heal, heal_data,
-            heal_column, heal_split, heal_samples, **calib) -> None:
+            offload, disk_budget, memory_budget, stats_passes, spill_dir, gram_device, plan_file, output, overwrite,
+            break_lock, no_cache, as_json, fmt, heal, heal_data, heal_column, heal_split, heal_samples, **calib) -> None:
     """Compare pruning methods on MODEL fairly: the same weights, the same
     calibration pass and the same evaluation for all, plus the unpruned baseline.
 
@@ -101,7 +103,8 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
         context_length=context_length, stride=stride, max_ppl_tokens=max_ppl_tokens, tasks=tasks, tasks_dir=tasks_dir,
         task_data=task_data, num_fewshot=num_fewshot, limit=limit, eval_batch_size=eval_batch_size,
         bootstrap_iters=bootstrap_iters, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-        overwrite=overwrite, offload=offload, disk_budget=disk_budget, **calib))
+        overwrite=overwrite, offload=offload, disk_budget=disk_budget, memory_budget=memory_budget,
+        stats_passes=stats_passes, spill_dir=spill_dir, gram_device=gram_device, **calib))
     model = model or model_opt or settings.get("model") or _demo_name()
     entries = _method_entries(methods, settings, options, list(heal) or settings.get("heal") or [])
     budgets = _budgets(layers, settings, model)
@@ -221,7 +224,10 @@ def _compare_plan(model: str, entries: list, budgets: list[int], spec, ppl_sourc
     return ComparePlan(model=model, methods=entries, layers=budgets, calibration=spec, evaluation=evaluation,
                        seed=spec.seed, device=values["device"], dtype=values["dtype"],
                        trust_remote_code=bool(values["trust_remote_code"]), include=parse_include(include),
-                       offload=bool(values["offload"]), disk_budget=parse_size(values["disk_budget"]))
+                       offload=bool(values["offload"]), disk_budget=parse_size(values["disk_budget"]),
+                       memory_budget=parse_size(values["memory_budget"], "--memory-budget"),
+                       spill_dir=values["spill_dir"], gram_device=values["gram_device"],
+                       stats_passes=str(values["stats_passes"]))
 
 
 def _report(outcome, model: str, out, as_json: bool, fmt: str = "table") -> None:

@@ -14,7 +14,9 @@ from replaceme.cli.common import (
     format_option,
     load_for_command,
     model_options,
+    memory_settings,
     offload_option,
+    statistics_options,
 )
 
 
@@ -28,6 +30,7 @@ from replaceme.cli.common import (
 @calibration_options
 @model_options
 @offload_option("the calibration pass and, with --loss, every block's scoring")
+@statistics_options
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write the rows as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also write a heatmap PNG (start × block size).")
@@ -36,7 +39,8 @@ from replaceme.cli.common import (
 @click.option("--no-cache", is_flag=True, help="Recompute calibration statistics even if cached.")
 @format_option
 def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_path, overwrite, break_lock, no_cache, device, dtype,
-              trust_remote_code, offload, disk_budget, fmt, **calib) -> None:
+              trust_remote_code, offload, disk_budget, memory_budget, stats_passes, spill_dir, gram_device, fmt,
+              **calib) -> None:
     """Show the angular distance of every block of 1..N layers of MODEL.
 
     The angular distance arccos(cos(x_s, x_e))/π between a block's input and
@@ -68,6 +72,8 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
     from replaceme.stats.request import StatsRequest
 
     spec = calibration_spec(**calib)
+    memory = memory_settings(dict(offload=offload, disk_budget=disk_budget, memory_budget=memory_budget,
+                                  stats_passes=stats_passes, spill_dir=spill_dir, gram_device=gram_device))
     check_model_inputs(model, device)
     check_layer_budget(layers, model)
     check_text_input(spec.text_source, "--calib")
@@ -83,7 +89,7 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
         if offload:
             resolved.check_offload()
     inputs = [model, spec.text_source.base]
-    check_work_dirs(inputs, cache=not no_cache)
+    check_work_dirs(inputs, spill_dir=spill_dir, cache=not no_cache)
     with breaking_locks(break_lock), \
             output_file(csv_path, overwrite=overwrite, inputs=inputs, option="--csv", suffixes=(".csv", ".tsv", ".txt")) as csv_out, \
             output_file(plot_path, overwrite=overwrite, inputs=inputs, option="--plot", suffixes=FORMATS) as plot_out:
@@ -101,7 +107,7 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
             resolved.check_model(adapter)
             request = request.union(loss_request(resolved, num_layers, layers))
         stats = prepare(net, adapter, [], spec, tokenizer, extra=request, use_cache=not no_cache, seed=spec.seed,
-                        offloaded=offloaded).stats
+                        offloaded=offloaded, memory=memory).stats
         if resolved is not None:
             scorer = PlanScorer(net, adapter, stats, resolved.compensator, resolved.merger, offloaded=offloaded,
                                 device=offloaded.device if offloaded is not None else None)

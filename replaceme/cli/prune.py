@@ -16,8 +16,10 @@ from replaceme.cli.common import (
     heal_options,
     merge_file_settings,
     model_options,
+    memory_settings,
     offload_option,
     parse_kv,
+    statistics_options,
 )
 
 
@@ -42,12 +44,7 @@ from replaceme.cli.common import (
 @click.option("--calib-4bit", "calib_4bit", is_flag=True,
               help="Run the calibration pass on a 4-bit (bitsandbytes) copy of the model, then prune the full "
                    "weights (the reference's use_4bit). Needs a CUDA GPU; changes the statistics.")
-@click.option("--gram-device", metavar="DEVICE",
-              help="Where the float64 Gram sums (XᵀX, XᵀY of every candidate block) live during the pass: "
-                   "default the compute device; 'cpu' frees (L-n)·2·h²·8 bytes of GPU memory, at host float64 speed.")
-@click.option("--spill-dir", type=click.Path(file_okay=False),
-              help="Keep the activation sample (and --offload's activations between layers) in memory-mapped "
-                   "files in a temporary directory under this one instead of RAM, so -o token_budget can exceed RAM.")
+@statistics_options
 @click.option("--base-model", metavar="HUB_ID",
               help="The Hub id the model card names as base_model, for a local copy of a Hub model "
                    "(default: MODEL's own id when it is one or lies in the Hub's cache; none for other local models).")
@@ -56,15 +53,11 @@ from replaceme.cli.common import (
 @click.option("--save-transforms", is_flag=True,
               help="Also write the estimated maps and the removed blocks beside the model as "
                    "transforms.safetensors (the reference's save_transform_only; the model keeps them folded in).")
-@click.option("--stats-passes", type=click.Choice(["auto", "1", "2"]), default="auto", show_default=True,
-              help="With a distance selector, 2 = a distance pass, then the statistics of the chosen blocks only "
-                   "(Gram sums 16·h² per block instead of 16·h²·(L-n); one more forward pass); auto takes 2 above "
-                   "1 GiB of one-pass statistics. The estimate is logged and recorded in pruning.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print pruning.json to stdout.")
 @click.pass_context
 def prune(ctx: click.Context, model, method, layers, selector, compensator, options, output, overwrite, break_lock,
           config_file, no_cache, offload, disk_budget, calib_4bit, gram_device, spill_dir, base_model, strict,
-          save_transforms, stats_passes, as_json, device, dtype, trust_remote_code, heal, heal_data, heal_column,
+          save_transforms, stats_passes, memory_budget, as_json, device, dtype, trust_remote_code, heal, heal_data, heal_column,
           heal_split, heal_samples, **calib) -> None:
     """Prune MODEL (directory, hub id, or 'demo') and save a standard model directory.
 
@@ -91,13 +84,13 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     from replaceme.console import stdout
     from replaceme.errors import ReplacemeError
 
-    from replaceme.settings import LoadSettings, MemorySettings
+    from replaceme.settings import LoadSettings
 
     opts = parse_kv(options)
     values = dict(model=model, method=method, layers=layers, output=output, selector=selector, compensator=compensator,
                   overwrite=overwrite, device=device, dtype=dtype, trust_remote_code=trust_remote_code, offload=offload,
                   disk_budget=disk_budget, spill_dir=spill_dir, gram_device=gram_device, calib_4bit=calib_4bit,
-                  stats_passes=stats_passes, save_transforms=save_transforms, **calib)
+                  stats_passes=stats_passes, memory_budget=memory_budget, save_transforms=save_transforms, **calib)
     if config_file:
         from replaceme.config_file import read_config
 
@@ -111,7 +104,7 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     from replaceme.checks import check_layer_budget, check_model_inputs, check_text_input
     from replaceme.outputs import check_output, check_work_dirs
 
-    loading, memory = LoadSettings.from_values(values), MemorySettings.from_values(values)
+    loading, memory = LoadSettings.from_values(values), memory_settings(values)
     overwrite, out = bool(values["overwrite"]), Path(output).expanduser()  # as the checks and the writes see it
     if base_model is not None:
         from replaceme.hub_ids import check_repo_id
@@ -121,10 +114,6 @@ def prune(ctx: click.Context, model, method, layers, selector, compensator, opti
     # everything that can fail fast does, before the model is loaded
     check_model_inputs(model, loading.device)
     check_layer_budget(int(layers), model)
-    if memory.gram_device is not None:
-        from replaceme.loading import check_device_name
-
-        check_device_name(memory.gram_device, "--gram-device")
     if spec is not None:
         check_text_input(spec.text_source, "--calib")
     heal_spec = heal_data_spec(heal_data, heal_column, heal_split, heal_samples)

@@ -11,7 +11,7 @@ from replaceme.compare.external import IncludedModel
 from replaceme.compare.results import BASELINE
 from replaceme.errors import ReplacemeError, shown
 from replaceme.evaluation.spec import EvalSpec
-from replaceme.settings import LoadSettings
+from replaceme.settings import LoadSettings, MemorySettings
 
 
 @dataclass
@@ -56,6 +56,8 @@ class ComparePlan:
             only its changed layers; the rows equal the in-memory ones.
         disk_budget: with ``offload``, bytes of activations kept on disk between layers
             (None: half the free space; :mod:`replaceme.offload.budget`).
+        memory_budget, spill_dir, gram_device, stats_passes: what the shared statistics
+            pass may hold in RAM and where the rest goes (:class:`~replaceme.settings.MemorySettings`).
         heal_data: the healing text of healed rows (:class:`replaceme.healer.HealData`
             fields; None: the calibration records the compensation was fit on).
     """
@@ -73,6 +75,10 @@ class ComparePlan:
     offload: bool = False
     disk_budget: int | None = None
     heal_data: dict[str, Any] | None = None
+    memory_budget: int | None = None
+    spill_dir: str | None = None
+    gram_device: str | None = None
+    stats_passes: str = "auto"
 
     def __post_init__(self) -> None:
         labels = [m.label for m in self.methods] + [e.label for e in self.include] + [BASELINE]
@@ -91,6 +97,13 @@ class ComparePlan:
         """Where and how the model is loaded (the run settings group shared with ``prune``)."""
         return LoadSettings(device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
 
+    @property
+    def memory(self) -> MemorySettings:
+        """What the run keeps out of memory, and where (the settings group shared with ``prune``)."""
+        return MemorySettings(offload=self.offload, disk_budget=self.disk_budget, spill_dir=self.spill_dir,
+                              gram_device=self.gram_device, stats_passes=str(self.stats_passes),
+                              memory_budget=self.memory_budget)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -105,6 +118,10 @@ class ComparePlan:
             "offload": self.offload,
             "disk_budget": self.disk_budget,
             "heal_data": self.heal_data,
+            "memory_budget": self.memory_budget,
+            "spill_dir": self.spill_dir,
+            "gram_device": self.gram_device,
+            "stats_passes": str(self.stats_passes),
         }
 
 
@@ -190,7 +207,9 @@ def plan_schema() -> dict[str, Any]:
         "eval_batch_size": COUNT, "bootstrap_iters": Key(("int",), minimum=0, maximum=2**31 - 1), "output": STR,
         "device": STR, "include_models": Key(("str", "list")),
         "dtype": Key(("str",), choices=("auto", "float32", "bfloat16", "float16")), "offload": Key(("bool",)),
-        "disk_budget": Key(("str", "int")),
+        "disk_budget": Key(("str", "int")), "memory_budget": Key(("str", "int"), minimum=1),
+        "spill_dir": STR, "gram_device": STR,
+        "stats_passes": Key(("str", "int"), minimum=1, maximum=2, choices=("auto", "1", "2")),
         "heal": STRS, "heal_data": STR, "heal_column": STR, "heal_split": STR, "heal_samples": COUNT,
     }
 

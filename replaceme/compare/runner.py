@@ -57,6 +57,10 @@ def check_comparison_inputs(plan: ComparePlan) -> None:
     from replaceme.checks import check_evaluation_inputs, check_model_inputs, check_text_input
 
     check_model_inputs(plan.model, plan.device)
+    if plan.gram_device is not None:
+        from replaceme.loading import check_device_name
+
+        check_device_name(plan.gram_device, "--gram-device")
     for entry in plan.include:
         check_model_inputs(entry.path)
     check_text_input(plan.calibration.text_source, "--calib")
@@ -101,7 +105,7 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     store = RowStore(output)
     identity, inputs = shared_identity(plan), comparison_inputs(plan)
     store.check(identity, inputs, overwrite)
-    check_work_dirs(inputs, output=output, cache=use_cache)
+    check_work_dirs(inputs, spill_dir=plan.spill_dir, output=output, cache=use_cache)
     with distributed.writer_lock(output):  # under torchrun rank 0 alone writes
         create = functools.partial(store.open, identity, plan.to_dict(), inputs, overwrite)
         return _run(plan, resolved, store, create, use_cache)
@@ -220,12 +224,13 @@ def _shared_pass(model, tokenizer, adapter, plan: ComparePlan, resolved: dict[st
     extra = StatsRequest(block_sizes=set(range(1, min(max(plan.layers) + 1, num_layers - 1) + 1)))
     runs = [Run(resolved[s.label], s.layers, s.label) for s in methods]
     prepared = prepare(model, adapter, runs, plan.calibration, tokenizer, extra=extra, use_cache=use_cache,
-                       seed=plan.seed, strict=False, offloaded=offloaded)
+                       seed=plan.seed, strict=False, offloaded=offloaded, memory=plan.memory)
     stats, usage = prepared.stats, prepared.usage.get("statistics")
     if usage is not None:
         provenance["statistics"] = {"seconds": usage.seconds, "peak_rss_mb": usage.peak_rss / 2**20,
                                     "tokens": stats.tokens, "sequences": stats.sequences,
-                                    "memory_bytes": stats.memory_bytes(), "request": prepared.request.to_dict()}
+                                    "memory_bytes": stats.memory_bytes(), "request": prepared.request.to_dict(),
+                                    "statistics_memory": prepared.memory}
     if store.out is not None:
         _write_distances(stats, max(plan.layers), store.out)
     return prepared

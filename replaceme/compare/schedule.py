@@ -47,10 +47,15 @@ def _digest(value: Any, size: int = 20) -> str:
 def shared_identity(plan: ComparePlan) -> str:
     """What every row shares (model, calibration, evaluation, seed, device): a comparison
     in an output directory is resumed only under the same identity. ``offload`` is left
-    out (and its disk budget): they change where the model runs, not the rows; so is the
-    healing text (part of healed rows' keys only)."""
-    return _digest({k: v for k, v in plan.to_dict().items()
-                    if k not in ("methods", "layers", "include", "offload", "disk_budget", "heal_data")})
+    out (and its disk budget), and so are the statistics' memory settings (budget, passes,
+    spill directory, Gram device): they change where the model runs and the statistics
+    live, not the rows; so is the healing text (part of healed rows' keys only)."""
+    return _digest({k: v for k, v in plan.to_dict().items() if k not in NOT_IN_IDENTITY})
+
+
+#: plan keys left out of :func:`shared_identity` (per-row keys, and where things run or live)
+NOT_IN_IDENTITY = ("methods", "layers", "include", "offload", "disk_budget", "heal_data", "memory_budget",
+                   "spill_dir", "gram_device", "stats_passes")
 
 
 def evaluation_inputs(evaluation: Any) -> dict[str, Any]:

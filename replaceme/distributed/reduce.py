@@ -26,6 +26,7 @@ REDUCED_FIELDS = {
     "sequences": "sum", "tokens": "sum", "seconds": "max",
     "holdout_batches": "same on every rank (the held-out batches are chosen globally)",
     "holdout_tokens": "same on every rank",
+    "work_bytes": "set after the pass from the statistics plan (the same on every rank)",
 }
 
 

@@ -27,9 +27,10 @@ _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 
           "T": 2**40, "TB": 2**40}
 
 
-def parse_size(text: str | int | None) -> int | None:
+def parse_size(text: str | int | None, option: str = "--disk-budget") -> int | None:
     """``"20G"``, ``"512M"``, ``"1.5T"``, a byte count, or ``"auto"``/None (None: decided
-    at run time from the free disk space, :func:`resolve_budget`)."""
+    at run time, e.g. from the free disk space, :func:`resolve_budget`); ``option`` names
+    the setting in an error."""
     if text is None or (isinstance(text, str) and text.strip().lower() == "auto"):
         return None
     if isinstance(text, int) and not isinstance(text, bool):
@@ -37,10 +38,10 @@ def parse_size(text: str | int | None) -> int | None:
     else:
         match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?B?)\s*", str(text).upper())
         if not match:
-            raise ReplacemeError(f"--disk-budget: {text!r} is not a size (e.g. 200G, 512M, auto)")
+            raise ReplacemeError(f"{option}: {text!r} is not a size (e.g. 200G, 512M, auto)")
         value = int(float(match.group(1)) * _UNITS[match.group(2)])
     if value < 1:
-        raise ReplacemeError(f"--disk-budget: {text!r} must be positive")
+        raise ReplacemeError(f"{option}: {text!r} must be positive")
     return value
 
 

@@ -60,8 +60,8 @@ class StatsEstimate:
         return {**asdict(self), "total_bytes": self.total_bytes}
 
     def describe(self) -> str:
-        return (f"Gram sums {_size(self.gram_bytes)} ({self.gram_starts} XᵀX + {self.gram_blocks} XᵀY), "
-                f"activation sample {_size(self.sample_bytes)} ({self.sample_tensors} tensors × "
+        return (f"Gram sums {format_size(self.gram_bytes)} ({self.gram_starts} XᵀX + {self.gram_blocks} XᵀY), "
+                f"activation sample {format_size(self.sample_bytes)} ({self.sample_tensors} tensors × "
                 f"{self.sample_slots} token slots), {self.passes} pass{'es' if self.passes > 1 else ''}")
 
 
@@ -83,7 +83,8 @@ def estimate(request: StatsRequest, *, hidden: int, num_layers: int, dtype_bytes
     )
 
 
-def _size(n: int) -> str:
+def format_size(n: int) -> str:
+    """Bytes for people: ``512 B``, ``1.5 MB``, ``6.4 GB`` (binary units)."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1024 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

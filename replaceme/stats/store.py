@@ -127,6 +127,8 @@ class ActivationStats:
         holdout_batches, holdout_tokens: the calibration batches (and their non-pad tokens)
             held out of every fit, whether or not their activations were kept.
         seconds: wall time of the pass.
+        work_bytes: what the run's memory budget leaves beside these statistics for the
+            compensators' working memory (None: unbounded; set by the orchestration).
     """
 
     num_layers: int
@@ -140,6 +142,7 @@ class ActivationStats:
     seconds: float = 0.0
     holdout_batches: int = 0
     holdout_tokens: int = 0
+    work_bytes: int | None = None
 
     def block_distance(self, block: Block, kind: str = "angular") -> float:
         table = self.angular if kind == "angular" else self.token_cosine
