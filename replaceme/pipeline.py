@@ -305,7 +305,7 @@ def _plan(model, adapter, calib, request, live, extra, memory: MemorySettings, o
     log.debug("statistics estimate: %s", plan.chosen.describe())
     if plan.sample_cap is not None:
         log.warning("the activation sample is drawn smaller to fit --disk-budget %s beside --memory-budget %s: "
-                    "%d tokens instead of %d (fewer whole batches)", format_size(disk), format_size(budget),
+                    "%d tokens instead of %d (fewer whole batches)", format_size(plan.disk_budget), format_size(plan.memory_budget),
                     plan.sample_cap, request.sample_tokens)
     return plan
 
