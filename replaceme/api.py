@@ -223,8 +223,6 @@ def prune(
     hub_id = base_model_id(str(model_or_path), base_model) if isinstance(model_or_path, (str, Path)) else base_model
     if resolved.healer is None and heal_data is not None and getattr(heal_data, "source", heal_data) is not None:
         raise ReplacemeError("healing data was given but no healer (--heal NAME)")
-    if resolved.healer is not None and memory.offload:
-        raise ReplacemeError("healing needs the whole model in memory: it cannot be combined with offload")
     return _prune(model_or_path, tokenizer, resolved, layers, calibration, loading, memory, seed=seed,
                   use_cache=use_cache, hub_id=hub_id, heal_data=heal_data)
 
@@ -242,26 +240,19 @@ def _prune(model_or_path: Any, tokenizer: Any, resolved: Any, layers: int, calib
     from replaceme.registry import adapter_for
     from replaceme.resources import Meter
 
-    if memory.gram_device is not None:  # a bad device is an error before the model loads
-        from replaceme.loading import resolve_device
+    from replaceme.preflight import Intent, preflight
 
-        resolve_device(memory.gram_device, option="--gram-device")
+    # every refusal the settings, config.json and the registry can decide, before any weights load
+    preflight(Intent(model_or_path, runs=[(resolved.label, resolved, layers)], loading=loading, memory=memory))
     if memory.spill_dir is not None and isinstance(model_or_path, (str, Path)):  # temporaries never go into an input
         from replaceme.outputs import check_work_dirs
 
         calib_source = getattr(getattr(calibration, "text_source", None), "base", calibration)
         check_work_dirs([model_or_path, calib_source], spill_dir=memory.spill_dir, cache=use_cache)
-    if memory.calib_4bit:
-        from replaceme.loading import check_4bit
-
-        if memory.offload or not isinstance(model_or_path, (str, Path)):
-            raise ReplacemeError("calib_4bit needs a model path and cannot be combined with offload")
-        check_4bit(loading.device)
     disk_budget = None
     if memory.offload:
         from replaceme.offload.budget import parse_size
 
-        resolved.check_offload()
         disk_budget = parse_size(memory.disk_budget)
     # under torchrun: this process's GPU
     run_loading = dataclasses.replace(loading, device=distributed.device_name(loading.device))

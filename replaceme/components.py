@@ -46,6 +46,12 @@ class Component:
         """Capability flags shown by ``replaceme methods``."""
         return {}
 
+    def check_model(self, adapter: ModelAdapter) -> None:
+        """Raise a one-line :class:`ReplacemeError` if this stage (with its options) cannot
+        be expressed on the architecture ``adapter`` describes. Called before the model's
+        weights load (the adapter is found from ``config.json`` on an empty model); the
+        default accepts."""
+
     def check_offload(self) -> None:
         """Raise a one-line :class:`ReplacemeError` if this stage, with its options, cannot
         run on a model that is never whole in memory (``--offload``). Called before the
@@ -248,11 +254,6 @@ class Compensator(Component):
             "needs_layer_before": cls.needs_layer_before,
             "produces": cls.produces.kind,
         }
-
-    def check_model(self, adapter: ModelAdapter) -> None:
-        """Raise a one-line :class:`ReplacemeError` if this compensator (with its
-        options) cannot be expressed on the architecture ``adapter`` describes.
-        Called after loading, before any calibration work."""
 
     def stats_request(self, candidates: list[Block]) -> StatsRequest:
         """Statistics needed to compensate any of ``candidates``."""

@@ -110,10 +110,6 @@ class Healer(Component):
     def capabilities(cls) -> dict[str, Any]:
         return {"trains": cls.trains}
 
-    def check_model(self, adapter: ModelAdapter) -> None:
-        """Raise a one-line :class:`ReplacemeError` if this healer cannot work on the
-        architecture ``adapter`` describes (called before any work)."""
-
     def prepare(self, student: Any, ctx: HealContext) -> Any:
         """Make ``student`` trainable: set ``requires_grad`` on exactly what trains (the
         framework has frozen every parameter before) or wrap it (e.g. with adapters).

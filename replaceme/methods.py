@@ -87,15 +87,19 @@ class ResolvedMethod:
         }
 
     def check_model(self, adapter: Any) -> None:
-        """Refuse, before any work, a method that cannot be expressed on this architecture."""
-        self.compensator.check_model(adapter)
-        if self.healer is not None:
-            self.healer.check_model(adapter)
+        """Refuse, before the weights load, a method that cannot be expressed on this architecture
+        (every stage is asked, the healer too; see :mod:`replaceme.preflight`)."""
+        for stage in (self.selector, self.compensator, self.merger, self.healer):
+            if stage is not None:
+                stage.check_model(adapter)
 
     def check_offload(self) -> None:
-        """Refuse, before the model loads, a method whose stages cannot run with ``--offload``."""
+        """Refuse, before the model loads, a method whose stages cannot run with ``--offload``
+        (a healer never can: it trains the whole model)."""
         for stage in (self.selector, self.compensator, self.merger):
             stage.check_offload()
+        if self.healer is not None:
+            raise ReplacemeError(f"{self.label}: healing needs the whole model in memory, not --offload")
 
 
 def resolve_method(

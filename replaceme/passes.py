@@ -126,6 +126,14 @@ def _blocks_request(live: list, blocks_of: Callable[[Any], list]) -> StatsReques
     return request
 
 
+def check_two_passes(selectors: list[Any]) -> None:
+    """``--stats-passes 2`` needs at least one method, and selectors that choose from distance
+    tables alone (checked before the model loads: :mod:`replaceme.preflight`)."""
+    if not selectors or not all(s.selects_from_tables for s in selectors):
+        raise ReplacemeError("--stats-passes 2 needs selectors that choose from distance tables alone; "
+                             "a selector that scores plans needs every candidate's statistics in one pass")
+
+
 def plan_statistics(live: list, extra: StatsRequest | None, request: StatsRequest, *, num_layers: int, hidden: int,
                     dtype_bytes: int, slots_of: Callable[[StatsRequest], int], memory_budget: int, disk_budget: int,
                     passes: str = "auto", spill: bool = False) -> StatsPlan:
@@ -145,9 +153,8 @@ def plan_statistics(live: list, extra: StatsRequest | None, request: StatsReques
 
     one = est(request)
     possible = bool(live) and all(run.method.selector.selects_from_tables for run, _ in live)
-    if passes == "2" and not possible:
-        raise ReplacemeError("--stats-passes 2 needs selectors that choose from distance tables alone; "
-                             "a selector that scores plans needs every candidate's statistics in one pass")
+    if passes == "2":
+        check_two_passes([run.method.selector for run, _ in live])
     first, second = request, None
     two_est = None
     if possible:

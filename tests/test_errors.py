@@ -91,6 +91,9 @@ def world(tmp_path_factory, tokenizer):
     record_tree(cmp_clean, "comparison")
     (root / "table.csv").write_text("precious,csv\n")
     # models that are not what they claim
+    post_norm = root / "olmo2"  # the MLP writes into the residual stream through a post-norm
+    tiny_model("olmo2").save_pretrained(post_norm)
+    tokenizer.save_pretrained(post_norm)
     more = root / "more_layers"
     tiny_model("llama").save_pretrained(more)
     tokenizer.save_pretrained(more)
@@ -256,6 +259,27 @@ CASES = {
     "gram-device-unknown": (lambda w: _prune(w, "--gram-device", "tpu", model="unloadable"),
                             "invalid --gram-device 'tpu'; choose from"),
     "unknown-device": (lambda w: _prune(w, "--device", "tpu:0", model="unloadable"), "invalid --device .tpu:0.; choose from"),
+    # combinations refused before any weights load (replaceme.preflight; "unloadable" shows it)
+    "offload-cosine-refit": (lambda w: _prune(w, "-m", "replaceme-cosine", "-o", "refit", "true", "--offload",
+                                              model="unloadable"), "cosine refit re-runs the partly pruned model"),
+    "offload-healing": (lambda w: _prune(w, "--heal", "lora", "--offload", model="unloadable"),
+                        "uidl\\+lora: healing needs the whole model in memory, not --offload"),
+    "offload-hub-id": (lambda w: ["prune", "org/model", *_prune(w, "--offload")[2:]],
+                       "--offload needs a local model directory \\(got 'org/model'\\); download it first"),
+    "calib-4bit-offload": (lambda w: _prune(w, "--calib-4bit", "--offload", model="unloadable"),
+                           "--calib-4bit needs a model path and cannot be combined with --offload"),
+    "stats-passes-2-scoring-selector": (lambda w: _prune(w, "-m", "sleb", "--stats-passes", "2", model="unloadable"),
+                                        "--stats-passes 2 needs selectors that choose from distance tables alone"),
+    "dense-map-behind-post-norm": (lambda w: _prune(w, "-m", "replaceme-lstsq", model="olmo2"),
+                                   "compensator 'lstsq': on 'olmo2' the MLP writes into the residual stream through "
+                                   "the post-norm 'post_feedforward_layernorm'.*use -o diag true"),
+    "compare-method-refused": (
+        lambda w: ["compare", w / "olmo2", "-m", "uidl", "-m", "replaceme-lstsq", "--calib", w / "calib.txt",
+                   "--ppl", w / "calib.txt"], "replaceme-lstsq at --layers 1: compensator 'lstsq': on 'olmo2'"),
+    "blocks-do-not-fit": (lambda w: _prune(w, "-m", "replaceme-lstsq", "-n", "4", "-o", "num_blocks", "4"),
+                          "only 5 layers after layer 0 of a 6-layer model: 4 non-overlapping blocks of 1 layers"),
+    "cuda-not-available": (lambda w: _prune(w, "--device", "cuda"),
+                           "--device cuda was asked for, but no CUDA device is available"),
     # --config and --plan
     "config-string-is-not-bool": (lambda w: ["prune", "--config", w / "cfg_string_bool.yaml"], "'overwrite' must be true or false, got the string"),
     "config-wrong-type": (lambda w: ["prune", "--config", w / "cfg_wrong_type.yaml"], "'layers' must be an integer"),
@@ -312,7 +336,20 @@ DURING_WORK = {"model-shape-mismatch-offload"}
 CASES["unknown-task"] = (lambda w: ["evaluate", w / "unloadable", "--tasks", "boolqq"], "unknown lm-eval task 'boolqq'")
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CASES])
+#: cases that only this machine's lack of a device can show
+WITHOUT_CUDA = {"cuda-not-available"}
+
+
+def _param(case: str):
+    import torch
+
+    marks = [pytest.mark.slow] if case in SLOW else []
+    if case in WITHOUT_CUDA:
+        marks.append(pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device"))
+    return pytest.param(case, marks=marks)
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in CASES])
 def test_error_case(case, world):
     build, fragment = CASES[case]
     before = snapshot(world)

@@ -139,7 +139,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                  "replaceme.variant", "replaceme.distances", "replaceme.healer", "replaceme_")),
     ("evaluation", ("replaceme.evaluation",)),
     # what runs the stages: pipeline, API, compare, torchrun, the checks made before any work
-    ("orchestration", ("replaceme.pipeline", "replaceme.passes", "replaceme.api", "replaceme.compare", "replaceme.distributed",
+    ("orchestration", ("replaceme.pipeline", "replaceme.passes", "replaceme.preflight", "replaceme.api", "replaceme.compare", "replaceme.distributed",
                        "replaceme.checks", "replaceme.model_card", "replaceme.reproduce", "replaceme.transforms", "replaceme.config_file", "replaceme.testing",
                        "replaceme.plugin", "replaceme.heal", "replaceme.healing", "replaceme.saving")),
     ("cli", ("replaceme.cli",)),

@@ -83,6 +83,9 @@ class LacoSelector(Selector):
     Options = LacoOptions
 
     def candidates(self, ctx: SelectionContext) -> list[Block]:
+        if ctx.layers_added_per_block:  # its merges remove exactly the layers asked for, none written back
+            raise ReplacemeError("selector 'laco' collapses exactly --layers layers; it cannot be used with a "
+                                 "compensator that writes layers back")
         if ctx.layers > ctx.num_layers - 1 - self.options.lowest:
             raise ReplacemeError(f"laco: merges into layers >= {self.options.lowest} (-o lowest) can remove at most "
                                  f"{ctx.num_layers - 1 - self.options.lowest} of {ctx.num_layers} layers; asked for {ctx.layers}")

@@ -61,6 +61,7 @@ class DistanceSelector(Selector):
     def candidates(self, ctx: SelectionContext) -> list[Block]:
         n = self.block_size(ctx)
         singles = blocks_of_size(ctx, n)
+        self._check_fits(ctx, n)
         if not (self.options.merge_consecutive and self.options.num_blocks > 1):
             return singles
         merged = [
@@ -69,6 +70,17 @@ class DistanceSelector(Selector):
             for s in range(1, ctx.num_layers - k * n + 1)
         ]
         return singles + merged
+
+    def _check_fits(self, ctx: SelectionContext, n: int) -> None:
+        """What the options ask for fits the model at all (decided from the layer count, before
+        any weights load); whether the best-scored blocks leave room is known only after the pass."""
+        k = self.options.num_blocks
+        gaps = k - 1 if ctx.separate_blocks and not self.options.merge_consecutive else 0
+        if k * n + gaps > ctx.num_layers - 1:
+            raise ReplacemeError(f"only {ctx.num_layers - 1} layers after layer 0 of a {ctx.num_layers}-layer model: "
+                                 f"{k} non-overlapping blocks of {n} layers do not fit")
+        if self.options.merge_consecutive and ctx.layers_added_per_block:
+            raise ReplacemeError("merge_consecutive cannot be used with a compensator that writes layers back")
 
     def stats_request(self, ctx: SelectionContext) -> StatsRequest:
         return StatsRequest(block_sizes={self.block_size(ctx), 1})

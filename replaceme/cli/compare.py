@@ -25,7 +25,7 @@ from replaceme.cli.common import (
 @click.argument("model", required=False)
 @click.option("--model", "model_opt", help="Same as the MODEL argument ('demo' = the embedded demo model).")
 @click.option("--method", "-m", "methods", multiple=True,
-              help="Method to compare (repeatable; default: every built-in method). "
+              help="Method to compare (repeatable; default: every built-in method that can run on MODEL). "
                    "To run one method twice with different options, use --plan.")
 @click.option("--layers", "-n", "layers", help="Layer budget(s), comma-separated: --layers 1,2  [default: 1; demo: 2,4]")
 @click.option("-o", "--option", "options", type=(str, str), multiple=True, metavar="KEY VALUE",
@@ -124,7 +124,7 @@ def compare(ctx, model, model_opt, methods, layers, options, include_models, ppl
 
     with breaking_locks(break_lock):
         outcome = run_comparison(plan, Path(out).expanduser() if out else None, overwrite=bool(values["overwrite"]),
-                                 use_cache=not no_cache)
+                                 use_cache=not no_cache, drop_refused=not (methods or settings.get("methods")))
     if outcome is None:  # a torchrun rank other than 0: rank 0 writes and reports
         return
     _report(outcome, model, out, as_json, fmt)

@@ -86,8 +86,14 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
         from replaceme.methods import resolve_method
 
         resolved = resolve_method(method, compensator=compensator)
-        if offload:
-            resolved.check_offload()
+    from replaceme.distances import loss_request
+    from replaceme.preflight import Intent, preflight
+    from replaceme.settings import LoadSettings, MemorySettings
+
+    preflight(Intent(model, methods=[resolved] if resolved else [], layers=[layers],
+                     loading=LoadSettings(device=device, dtype=dtype, trust_remote_code=trust_remote_code),
+                     memory=MemorySettings(offload=offload),
+                     extra=(lambda num_layers: loss_request(resolved, num_layers, layers)) if resolved else None))
     inputs = [model, spec.text_source.base]
     check_work_dirs(inputs, spill_dir=spill_dir, cache=not no_cache)
     with breaking_locks(break_lock), \
@@ -101,10 +107,9 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
         request = StatsRequest(block_sizes=set(range(1, layers + 1)))
         scorer = None
         if resolved is not None:
-            from replaceme.distances import loss_request
             from replaceme.scoring import PlanScorer
 
-            resolved.check_model(adapter)
+            resolved.check_model(adapter)  # again on the loaded model (a hub id is first seen here)
             request = request.union(loss_request(resolved, num_layers, layers))
         stats = prepare(net, adapter, [], spec, tokenizer, extra=request, use_cache=not no_cache, seed=spec.seed,
                         offloaded=offloaded, memory=memory).stats

@@ -140,10 +140,12 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
 
     check_model_inputs(model_or_dir, device)
     check_evaluation_inputs(spec)
-    if offload and spec.tasks:
-        from replaceme.evaluation.lm_eval_runner import check_offload_task_types
+    from replaceme.preflight import Intent, preflight
+    from replaceme.settings import LoadSettings, MemorySettings
 
-        check_offload_task_types(spec.tasks, task_data=spec.task_data, tasks_dir=spec.tasks_dir)
+    preflight(Intent(model_or_dir, loading=LoadSettings(device=device, dtype=dtype, trust_remote_code=trust_remote_code),
+                     memory=MemorySettings(offload=offload), tasks=list(spec.tasks), task_data=spec.task_data,
+                     tasks_dir=spec.tasks_dir))
     # the card is written into the model's folder: hold its lock from loading to writing, so that
     # a prune --overwrite of that folder cannot swap the model between the two
     with _model_lock(model_or_dir, model_card, break_lock):

@@ -74,7 +74,7 @@ def check_comparison_inputs(plan: ComparePlan) -> None:
 
 @root_result
 def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: bool = False,
-                   use_cache: bool = True) -> Comparison | None:
+                   use_cache: bool = True, drop_refused: bool = False) -> Comparison | None:
     """Run ``plan``; with ``output``, rows are saved as they finish and reused on a re-run.
 
     Any exception a method raises (refusal, selection, compensation, merge,
@@ -84,6 +84,11 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     directory) is checked before the model is loaded, and ``output`` is created
     only once the model has loaded. Under ``torchrun`` rank 0 returns the comparison
     and writes it; the other ranks share the calibration pass and return ``None``.
+
+    A method that cannot run at some budget (on this architecture, with ``offload``, ...)
+    refuses the comparison before the model loads (:mod:`replaceme.preflight`); with
+    ``drop_refused`` (the default list of methods, which the user did not choose) it is
+    left out with a warning instead.
     """
     from replaceme import distributed
     from replaceme.methods import resolve_method
@@ -92,16 +97,7 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     resolved = {m.label: resolve_method(m.name, m.options, selector=m.selector, compensator=m.compensator, healer=m.heal)
                 for m in plan.methods}
     check_comparison_inputs(plan)
-    if plan.offload:  # what the layer-by-layer engine cannot do is refused before the model loads
-        for method in resolved.values():
-            method.check_offload()
-            if method.healer is not None:
-                raise ReplacemeError(f"{method.label}: healing needs the whole model in memory, not --offload")
-        if plan.evaluation.tasks:
-            from replaceme.evaluation.lm_eval_runner import check_offload_task_types
-
-            ev = plan.evaluation
-            check_offload_task_types(ev.tasks, task_data=ev.task_data, tasks_dir=ev.tasks_dir)
+    plan, resolved = _preflight(plan, resolved, drop_refused)
     store = RowStore(output)
     identity, inputs = shared_identity(plan), comparison_inputs(plan)
     store.check(identity, inputs, overwrite)
@@ -109,6 +105,33 @@ def run_comparison(plan: ComparePlan, output: Path | None = None, *, overwrite: 
     with distributed.writer_lock(output):  # under torchrun rank 0 alone writes
         create = functools.partial(store.open, identity, plan.to_dict(), inputs, overwrite)
         return _run(plan, resolved, store, create, use_cache)
+
+
+def _preflight(plan: ComparePlan, resolved: dict[str, Any], drop_refused: bool) -> tuple[ComparePlan, dict[str, Any]]:
+    """Every refusal decidable before the model loads (:func:`replaceme.preflight.preflight`); the
+    plan without the methods left out (``drop_refused``)."""
+    from replaceme.preflight import Intent, preflight
+    from replaceme.settings import MemorySettings
+
+    ev = plan.evaluation
+    intent = Intent(plan.model, runs=[(label, method, n) for label, method in resolved.items() for n in plan.layers],
+                    loading=plan.loading, memory=MemorySettings(offload=plan.offload), tasks=list(ev.tasks),
+                    task_data=ev.task_data, tasks_dir=ev.tasks_dir, include=[e.path for e in plan.include],
+                    strict=False)
+    errors = preflight(intent)
+    if not errors:
+        return plan, resolved
+    (label, n), first = next(iter(errors.items()))
+    if not drop_refused:
+        more = f" (and {len(errors) - 1} more refusal(s))" if len(errors) > 1 else ""
+        raise ReplacemeError(f"{label} at --layers {n}: {first}{more}")
+    refused = {label for label, _ in errors}
+    for label in refused:
+        log.warning("%s left out: %s", label, next(e for (lbl, _), e in errors.items() if lbl == label))
+    kept = [m for m in plan.methods if m.label not in refused]
+    if not kept:
+        raise ReplacemeError(f"no method can run here: {label} at --layers {n}: {first}")
+    return dataclasses.replace(plan, methods=kept), {k: v for k, v in resolved.items() if k not in refused}
 
 
 def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, create: Callable[[], None],

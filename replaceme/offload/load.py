@@ -19,14 +19,10 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
     passes :func:`replaceme.registry.adapter_for`: plugins live above this layer).
     ``disk_budget``: bytes of activations the engine may keep on disk between layers
     (None: half the free space; see :mod:`replaceme.offload.budget`)."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
     from replaceme.loading import (
         load_config,
         load_tokenizer,
         model_dtype,
-        quiet_transformers,
         resolve_device,
         resolve_model_path,
         use_device,
@@ -42,14 +38,27 @@ def load_offloaded(path: str, *, device: str, dtype: str, trust_remote_code: boo
     checkpoint = Checkpoint(local)
     config = load_config(str(local), path, trust_remote_code)
     tokenizer = load_tokenizer(str(local), path, config, trust_remote_code)
-    try:
-        with quiet_transformers(), init_empty_weights():
-            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, ImportError) as exc:
-        raise ReplacemeError(f"cannot load model '{shorten(path)}': {first_line(exc)}") from exc
-    model.tie_weights()  # as from_pretrained does (from_config leaves tied weights apart on meta)
-    model.eval()
+    model = empty_model(config, path, torch_dtype, trust_remote_code)
     offloaded = OffloadedModel(model, adapter_for(model), checkpoint, torch_dtype, device)
     offloaded.disk_budget = disk_budget
     hold_large_allocations(offloaded)  # while it streams layers; undone when it is collected
     return offloaded, tokenizer
+
+
+def empty_model(config: Any, name: str, dtype: Any = None, trust_remote_code: bool = False) -> Any:
+    """The model ``config`` describes, in eval mode, every parameter on the ``meta`` device (no
+    memory, no weights read): the module tree an adapter is found from, and the skeleton of
+    ``--offload``. ``name`` is what an error calls the model."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from replaceme.loading import quiet_transformers
+
+    try:
+        with quiet_transformers(), init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        raise ReplacemeError(f"cannot load model '{shorten(name)}': {first_line(exc)}") from exc
+    model.tie_weights()  # as from_pretrained does (from_config leaves tied weights apart on meta)
+    model.eval()
+    return model

@@ -1,0 +1,183 @@
+"""Every refusal that the command line, ``config.json`` and the registry can decide, made
+before any model weights load: the one step ``prune``, ``compare``, ``distances`` and
+``evaluate`` (and the Python API) run between reading their settings and loading the model.
+
+What a command is about to do is an :class:`Intent`; :func:`preflight` asks every part
+that could refuse it later, in this order:
+
+1. the devices (``--device``, ``--gram-device``) exist on this machine, and
+   ``--calib-4bit`` has its GPU, its package, and no ``--offload``;
+2. with ``--offload``: the model (and every ``--include-model``) is a local safetensors
+   checkpoint (headers only), every stage of every method runs layer by layer
+   (``Component.check_offload``; a healer never does), and every lm-eval task scores
+   log-likelihoods;
+3. ``--stats-passes 2`` only with selectors that choose from distance tables;
+4. the architecture: the model's :class:`~replaceme.adapters.ModelAdapter` is found from
+   ``config.json`` on an empty model (parameters on the ``meta`` device, nothing read), and
+   each method is asked, at each budget, whether it can be expressed on it
+   (``check_model`` of every stage), whether the budget fits the layer count, and what it
+   would gather (``stats_request``: a selector's candidates refuse what cannot fit).
+
+A new plugin's refusal is covered as soon as it raises from ``check_model``,
+``check_offload``, ``candidates`` or ``stats_request``. A hub id is not read before it
+is downloaded: step 4 then runs on the loaded model (:func:`replaceme.pipeline.prepare`
+asks the same questions again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replaceme.errors import ReplacemeError
+from replaceme.settings import LoadSettings, MemorySettings
+
+
+@dataclass
+class Intent:
+    """What a command is about to do (see :func:`preflight`).
+
+    Attributes:
+        model: a model directory, a registered name (``demo``), a hub id, or a loaded model object.
+        runs: ``(label, resolved method, layers)`` for each method at each budget.
+        methods: further methods that run no budget of their own (``distances --loss``).
+        layers: budgets checked against the layer count with no method (``distances -n``).
+        loading, memory: the run's settings (``memory.offload`` is ``--offload``).
+        tasks: lm-eval task names (with ``task_data``/``tasks_dir``), refused with ``--offload``
+            when they generate text.
+        include: paths of ``--include-model`` entries (evaluated the same way as the model).
+        extra: ``num_layers -> StatsRequest`` of what the command gathers besides its runs.
+        strict: raise the first refusal of a run; else return them (``compare`` keeps going).
+    """
+
+    model: Any
+    runs: list[tuple[str, Any, int]] = field(default_factory=list)
+    methods: list[Any] = field(default_factory=list)
+    layers: list[int] = field(default_factory=list)
+    loading: LoadSettings = field(default_factory=LoadSettings)
+    memory: MemorySettings = field(default_factory=MemorySettings)
+    tasks: list[str] = field(default_factory=list)
+    task_data: str | None = None
+    tasks_dir: str | None = None
+    include: list[str] = field(default_factory=list)
+    extra: Callable[[int], Any] | None = None
+    strict: bool = True
+
+    @property
+    def all_methods(self) -> list[Any]:
+        return [method for _, method, _ in self.runs] + list(self.methods)
+
+
+@dataclass
+class Facts:
+    """What the empty model tells: its adapter and layer count."""
+
+    adapter: Any
+    num_layers: int
+
+
+def preflight(intent: Intent) -> dict[tuple[str, int], str]:
+    """Refuse ``intent`` in one line if any part of it cannot run, before any weights load.
+
+    Returns:
+        ``(label, layers) -> one-line error`` of the runs refused (only when not ``strict``;
+        every other refusal is raised).
+    """
+    _check_devices(intent)
+    if intent.memory.offload:
+        _check_offload(intent)
+    if str(intent.memory.stats_passes) == "2":
+        from replaceme.passes import check_two_passes
+
+        check_two_passes([method.selector for method in intent.all_methods])
+    facts = model_facts(intent.model, intent.loading.trust_remote_code) if _needs_adapter(intent) else None
+    return {} if facts is None else _check_architecture(intent, facts)
+
+
+def _needs_adapter(intent: Intent) -> bool:
+    return bool(intent.runs or intent.methods or intent.layers or intent.memory.offload)
+
+
+def _check_devices(intent: Intent) -> None:
+    from replaceme.loading import check_4bit, resolve_device
+
+    device = resolve_device(intent.loading.device)
+    if intent.memory.gram_device is not None:
+        resolve_device(intent.memory.gram_device, option="--gram-device")
+    if intent.memory.calib_4bit:
+        if intent.memory.offload or not isinstance(intent.model, (str, Path)):
+            raise ReplacemeError("--calib-4bit needs a model path and cannot be combined with --offload")
+        check_4bit(device)
+
+
+def _check_offload(intent: Intent) -> None:
+    """Everything ``--offload`` cannot do, refused from the options and the file headers."""
+    for path in [intent.model, *intent.include]:
+        offloadable(path)
+    for method in intent.all_methods:
+        method.check_offload()
+    if intent.tasks:
+        from replaceme.evaluation.lm_eval_runner import check_offload_task_types
+
+        check_offload_task_types(intent.tasks, task_data=intent.task_data, tasks_dir=intent.tasks_dir)
+
+
+def offloadable(model: Any) -> None:
+    """``model`` can be read layer by layer: a local directory with a safetensors checkpoint
+    whose tensors ``--offload`` can read (headers only)."""
+    from replaceme.checkpoint import Checkpoint
+    from replaceme.errors import shorten
+    from replaceme.loading import local_model_dir
+
+    if not isinstance(model, (str, Path)):
+        raise ReplacemeError("--offload needs a model directory, not a loaded model")
+    local = local_model_dir(model)
+    if local is None:
+        raise ReplacemeError(f"--offload needs a local model directory (got '{shorten(str(model))}'); download it first")
+    Checkpoint(local)
+
+
+def model_facts(model: Any, trust_remote_code: bool = False) -> Facts | None:
+    """The adapter and layer count of ``model``: from a loaded model object as it is, from a
+    local directory's ``config.json`` on an empty model (no weights read), None for a hub id."""
+    from replaceme.registry import adapter_for
+
+    if not isinstance(model, (str, Path)):
+        adapter = adapter_for(model)
+        return Facts(adapter, adapter.num_layers(model))
+    from replaceme.loading import load_config, local_model_dir
+    from replaceme.offload.load import empty_model
+
+    local = local_model_dir(model)
+    if local is None:
+        return None
+    empty = empty_model(load_config(str(local), str(model), trust_remote_code), str(model),
+                        trust_remote_code=trust_remote_code)
+    adapter = adapter_for(empty)
+    return Facts(adapter, adapter.num_layers(empty))
+
+
+def _check_architecture(intent: Intent, facts: Facts) -> dict[tuple[str, int], str]:
+    """Each run's method on this architecture at its budget; ``extra`` and bare budgets too."""
+    from replaceme.checks import check_layers
+    from replaceme.pipeline import one_line
+
+    for layers in intent.layers:
+        check_layers(layers, facts.num_layers)
+    for method in intent.methods:
+        method.check_model(facts.adapter)
+    if intent.extra is not None:
+        intent.extra(facts.num_layers)
+    errors: dict[tuple[str, int], str] = {}
+    for label, method, layers in intent.runs:
+        try:
+            check_layers(layers, facts.num_layers)
+            method.check_model(facts.adapter)
+            method.stats_request(facts.num_layers, layers)
+        except Exception as exc:  # noqa: BLE001 - a plugin may raise anything: that run is refused
+            if intent.strict:
+                raise
+            errors[(label, layers)] = one_line(exc)
+    return errors
