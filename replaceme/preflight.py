@@ -91,7 +91,7 @@ def preflight(intent: Intent) -> dict[tuple[str, int], str]:
     if str(intent.memory.stats_passes) == "2":
         from replaceme.passes import check_two_passes
 
-        check_two_passes([method.selector for method in intent.all_methods])
+        check_two_passes([method.selector for _, method, _ in intent.runs])  # what selects, not what only scores
     facts = model_facts(intent.model, intent.loading.trust_remote_code) if _needs_adapter(intent) else None
     return {} if facts is None else _check_architecture(intent, facts)
 

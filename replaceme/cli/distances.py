@@ -88,11 +88,10 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
         resolved = resolve_method(method, compensator=compensator)
     from replaceme.distances import loss_request
     from replaceme.preflight import Intent, preflight
-    from replaceme.settings import LoadSettings, MemorySettings
+    from replaceme.settings import LoadSettings
 
     preflight(Intent(model, methods=[resolved] if resolved else [], layers=[layers],
-                     loading=LoadSettings(device=device, dtype=dtype, trust_remote_code=trust_remote_code),
-                     memory=MemorySettings(offload=offload),
+                     loading=LoadSettings(device=device, dtype=dtype, trust_remote_code=trust_remote_code), memory=memory,
                      extra=(lambda num_layers: loss_request(resolved, num_layers, layers)) if resolved else None))
     inputs = [model, spec.text_source.base]
     check_work_dirs(inputs, spill_dir=spill_dir, cache=not no_cache)

@@ -111,11 +111,10 @@ def _preflight(plan: ComparePlan, resolved: dict[str, Any], drop_refused: bool) 
     """Every refusal decidable before the model loads (:func:`replaceme.preflight.preflight`); the
     plan without the methods left out (``drop_refused``)."""
     from replaceme.preflight import Intent, preflight
-    from replaceme.settings import MemorySettings
 
     ev = plan.evaluation
     intent = Intent(plan.model, runs=[(label, method, n) for label, method in resolved.items() for n in plan.layers],
-                    loading=plan.loading, memory=MemorySettings(offload=plan.offload), tasks=list(ev.tasks),
+                    loading=plan.loading, memory=plan.memory, tasks=list(ev.tasks),
                     task_data=ev.task_data, tasks_dir=ev.tasks_dir, include=[e.path for e in plan.include],
                     strict=False)
     errors = preflight(intent)
