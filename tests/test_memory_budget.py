@@ -97,14 +97,19 @@ def test_a_tiny_disk_budget_draws_a_smaller_sample_and_says_so(tokenizer, calib_
     assert result.outcome.compensations[0].diagnostics["chunk_tokens"] == 1024  # the fit's chunk floor
 
 
-def test_a_plan_that_cannot_fit_is_refused_in_one_line_before_the_pass(tmp_path, tiny_dir, calib_file):
+@pytest.mark.parametrize("loadable", [True, False])
+def test_a_plan_that_cannot_fit_is_refused_in_one_line_before_the_model_loads(tmp_path, tiny_dir, calib_file, loadable):
+    if not loadable:  # the same refusal, so it came before any attempt to load the model
+        config = json.loads((tiny_dir / "config.json").read_text())
+        (tiny_dir / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["-v", "prune", str(tiny_dir), "-m", "replaceme-lstsq", "-n", "2", "--calib",
                                       str(calib_file), "--calib-samples", "8", "--max-length", "32", "--device", "cpu",
                                       "--output", str(out), "--no-cache", "--memory-budget", "1K"])
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
-    assert errors == [errors[0]] and "--memory-budget is 1.0 KB" in errors[0]
+    # hidden 32: the float64 XᵀX and XᵀY of one block, 2 × 8 × 32² bytes, and the distance tables
+    assert errors == [errors[0]] and "need 16.2 KB in memory" in errors[0] and "--memory-budget is 1.0 KB" in errors[0]
     assert "shared calibration pass" not in result.stderr and "statistics: " not in result.stderr
     assert not out.exists()
 
