@@ -254,9 +254,6 @@ def _prune(model_or_path: Any, tokenizer: Any, resolved: Any, layers: int, calib
         from replaceme.offload.budget import parse_size
 
         disk_budget = parse_size(memory.disk_budget)
-    from replaceme.passes import check_before_loading
-
-    check_before_loading(model_or_path, [(resolved, layers)], memory)  # Gram sums that cannot fit --memory-budget
     # under torchrun: this process's GPU
     run_loading = dataclasses.replace(loading, device=distributed.device_name(loading.device))
     loaded = _load(model_or_path, tokenizer, run_loading, memory, disk_budget)

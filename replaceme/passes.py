@@ -256,51 +256,31 @@ def merge_passes(first: Any, second: Any) -> Any:
     return second
 
 
-def check_before_loading(model: Any, runs: list[tuple[Any, int]], memory: Any, extra: StatsRequest | None = None) -> None:
-    """Refuse, before a local model loads, a run whose Gram sums cannot fit ``--memory-budget``
-    even in the smallest plan (:func:`plan_statistics` on its ``config.json``, with the sample
-    left out: its size needs the tokenised calibration set, and the full plan follows then).
+
+def check_fits_before_loading(runs: list[tuple[Any, int, StatsRequest]], extra: StatsRequest | None, *,
+                              num_layers: int, hidden: int, weight_bytes: int, memory: Any) -> None:
+    """Refuse, before the model loads, a run whose Gram sums cannot fit ``--memory-budget``
+    even in the smallest plan: :func:`plan_statistics` on the model's shape with the sample
+    left out (its size needs the tokenised calibration set; the full plan follows then).
 
     Args:
-        model: a model folder (anything else is checked once loaded).
-        runs: ``(resolved method, layers)`` pairs; a run that cannot state its request fails later.
-        memory: the :class:`~replaceme.settings.MemorySettings`; with ``auto`` the budget comes
-            from the checkpoint's parameter count at no less than 4 bytes each (never stricter
-            than the plan made once the model is loaded).
+        runs: ``(resolved method, layers, its StatsRequest)`` of every run that can run.
+        weight_bytes: with ``--memory-budget auto``, the model's weight bytes at the largest
+            dtype it may load in, so that this check is never stricter than the full plan.
+        memory: the :class:`~replaceme.settings.MemorySettings`.
     """
-    import json
-    from pathlib import Path
     from types import SimpleNamespace
 
-    from replaceme.model_files import DTYPE_SIZES, checkpoint_layout, config_layers
     from replaceme.offload.budget import parse_size
     from replaceme.resources import auto_memory_budget
 
-    folder = Path(str(model)).expanduser() if isinstance(model, (str, Path)) else None
-    if folder is None or not (folder / "config.json").is_file():
-        return
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return
-    hidden, layers = (config.get("hidden_size"), config_layers(config)) if isinstance(config, dict) else (None, None)
-    if type(hidden) is not int or layers is None:
-        return
-    live, request = [], extra or StatsRequest()
-    for method, n in runs:
-        try:
-            live.append((SimpleNamespace(method=method, layers=n), method.stats_request(layers, n)))
-        except Exception:  # noqa: BLE001 (refused with the row's own error once the model is loaded)
-            continue
-        request = request.union(live[-1][1])
-    if not (request.gram_blocks or request.block_sizes):
+    live = [(SimpleNamespace(method=method, layers=n), request) for method, n, request in runs]
+    request = extra or StatsRequest()
+    for _, req in live:
+        request = request.union(req)
+    if request.is_empty:
         return
     budget = parse_size(memory.memory_budget, "--memory-budget")
-    if budget is None:
-        layout = checkpoint_layout(folder)
-        if not layout:
-            return
-        count = sum((e.end - e.start) // DTYPE_SIZES.get(e.dtype, 1) for e in layout.values())
-        budget = auto_memory_budget(count * max(4, *(DTYPE_SIZES.get(e.dtype, 1) for e in layout.values())))
-    plan_statistics(live, extra, request, num_layers=layers, hidden=hidden, dtype_bytes=4, slots_of=lambda _: 0,
-                    memory_budget=budget, disk_budget=1 << 62, passes=str(memory.stats_passes))
+    plan_statistics(live, extra, request, num_layers=num_layers, hidden=hidden, dtype_bytes=4, slots_of=lambda _: 0,
+                    memory_budget=auto_memory_budget(weight_bytes) if budget is None else budget,
+                    disk_budget=1 << 62, passes=str(memory.stats_passes))

@@ -16,7 +16,9 @@ that could refuse it later, in this order:
    ``config.json`` on an empty model (parameters on the ``meta`` device, nothing read), and
    each method is asked, at each budget, whether it can be expressed on it
    (``check_model`` of every stage), whether the budget fits the layer count, and what it
-   would gather (``stats_request``: a selector's candidates refuse what cannot fit).
+   would gather (``stats_request``: a selector's candidates refuse what cannot fit);
+5. ``--memory-budget``: the float64 Gram sums of what the runs gather, in the smallest
+   plan, fit it (:func:`replaceme.passes.check_fits_before_loading`).
 
 A new plugin's refusal is covered as soon as it raises from ``check_model``,
 ``check_offload``, ``candidates`` or ``stats_request``. A hub id is not read before it
@@ -72,10 +74,20 @@ class Intent:
 
 @dataclass
 class Facts:
-    """What the empty model tells: its adapter and layer count."""
+    """What the empty model tells: its adapter, layer count, hidden size and parameter count
+    (0 when unknown) with the largest element size it may load in."""
 
     adapter: Any
     num_layers: int
+    hidden_size: int = 0
+    weight_bytes: int = 0
+
+
+def _facts(adapter: Any, model: Any) -> Facts:
+    params = {id(p): p for p in model.parameters()}.values()
+    size = max([4, *(p.element_size() for p in params)])  # a stored bfloat16 may load as float32
+    return Facts(adapter, adapter.num_layers(model), int(getattr(model.config, "hidden_size", 0) or 0),
+                 sum(p.numel() for p in params) * size)
 
 
 def preflight(intent: Intent) -> dict[tuple[str, int], str]:
@@ -145,8 +157,7 @@ def model_facts(model: Any, trust_remote_code: bool = False) -> Facts | None:
     from replaceme.registry import adapter_for
 
     if not isinstance(model, (str, Path)):
-        adapter = adapter_for(model)
-        return Facts(adapter, adapter.num_layers(model))
+        return _facts(adapter_for(model), model)
     from replaceme.loading import load_config, local_model_dir
     from replaceme.offload.load import empty_model
 
@@ -155,8 +166,7 @@ def model_facts(model: Any, trust_remote_code: bool = False) -> Facts | None:
         return None
     empty = empty_model(load_config(str(local), str(model), trust_remote_code), str(model),
                         trust_remote_code=trust_remote_code)
-    adapter = adapter_for(empty)
-    return Facts(adapter, adapter.num_layers(empty))
+    return _facts(adapter_for(empty), empty)
 
 
 def _check_architecture(intent: Intent, facts: Facts) -> dict[tuple[str, int], str]:
@@ -168,16 +178,21 @@ def _check_architecture(intent: Intent, facts: Facts) -> dict[tuple[str, int], s
         check_layers(layers, facts.num_layers)
     for method in intent.methods:
         method.check_model(facts.adapter)
-    if intent.extra is not None:
-        intent.extra(facts.num_layers)
+    extra = intent.extra(facts.num_layers) if intent.extra is not None else None
     errors: dict[tuple[str, int], str] = {}
+    live = []
     for label, method, layers in intent.runs:
         try:
             check_layers(layers, facts.num_layers)
             method.check_model(facts.adapter)
-            method.stats_request(facts.num_layers, layers)
+            live.append((method, layers, method.stats_request(facts.num_layers, layers)))
         except Exception as exc:  # noqa: BLE001 - a plugin may raise anything: that run is refused
             if intent.strict:
                 raise
             errors[(label, layers)] = one_line(exc)
+    if facts.hidden_size:
+        from replaceme.passes import check_fits_before_loading
+
+        check_fits_before_loading(live, extra, num_layers=facts.num_layers, hidden=facts.hidden_size,
+                                  weight_bytes=facts.weight_bytes, memory=intent.memory)
     return errors

@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from tiny import calibration_text, tiny_model
+from weight_spy import WeightSpy
 
 import replaceme
 from replaceme.calibration import CalibrationSpec
@@ -97,19 +98,22 @@ def test_a_tiny_disk_budget_draws_a_smaller_sample_and_says_so(tokenizer, calib_
     assert result.outcome.compensations[0].diagnostics["chunk_tokens"] == 1024  # the fit's chunk floor
 
 
-@pytest.mark.parametrize("loadable", [True, False])
-def test_a_plan_that_cannot_fit_is_refused_in_one_line_before_the_model_loads(tmp_path, tiny_dir, calib_file, loadable):
-    if not loadable:  # the same refusal, so it came before any attempt to load the model
-        config = json.loads((tiny_dir / "config.json").read_text())
-        (tiny_dir / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
+@pytest.mark.parametrize("command", ["prune", "compare", "distances"])
+def test_a_plan_that_cannot_fit_is_refused_in_one_line_before_the_model_loads(tmp_path, tiny_dir, calib_file, command,
+                                                                              monkeypatch):
+    spy = WeightSpy(abort=True).install(monkeypatch)  # any read of the weights ends the run there
+    data = ["--calib", str(calib_file), "--calib-samples", "8", "--max-length", "32", "--device", "cpu", "--no-cache"]
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["-v", "prune", str(tiny_dir), "-m", "replaceme-lstsq", "-n", "2", "--calib",
-                                      str(calib_file), "--calib-samples", "8", "--max-length", "32", "--device", "cpu",
-                                      "--output", str(out), "--no-cache", "--memory-budget", "1K"])
-    assert result.exit_code == 2
+    args = {"prune": ["-m", "replaceme-lstsq", "-n", "2", "--output", str(out)],
+            "compare": ["-m", "uidl", "-m", "replaceme-lstsq", "-n", "2", "--ppl", str(calib_file), "--output", str(out)],
+            "distances": ["-n", "2", "--loss"]}[command]
+    result = CliRunner().invoke(cli, ["-v", command, str(tiny_dir), *args, *data, "--memory-budget", "1K"])
+    assert result.exit_code == 2 and not spy.reads
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]
-    # hidden 32: the float64 XᵀX and XᵀY of one block, 2 × 8 × 32² bytes, and the distance tables
-    assert errors == [errors[0]] and "need 16.2 KB in memory" in errors[0] and "--memory-budget is 1.0 KB" in errors[0]
+    # hidden 32: the float64 XᵀX and XᵀY of one block, 2 × 8 × 32² bytes, and the distance tables;
+    # distances --loss compensates every block of 1 and 2 layers (starts 1..5): 8 × 32² × (5 XᵀX + 9 XᵀY) bytes
+    need = "need 112.0 KB" if command == "distances" else "need 16.2 KB in memory"
+    assert errors == [errors[0]] and need in errors[0] and "--memory-budget is 1.0 KB" in errors[0], errors
     assert "shared calibration pass" not in result.stderr and "statistics: " not in result.stderr
     assert not out.exists()
 
@@ -135,10 +139,3 @@ def test_compare_plans_its_statistics_within_the_budget_with_the_same_rows(tmp_p
     memory = json.loads((out / "results.json").read_text())["provenance"]["statistics"]["statistics_memory"]
     assert memory["memory_budget"] == 70 * 1024 and memory["passes"] == 2 and memory["sample_on_disk"]
     assert memory["ram_bytes"] <= memory["memory_budget"] and list(spill.iterdir()) == []
-
-
-def test_distances_takes_the_same_options(tmp_path, tiny_dir, calib_file):
-    result = CliRunner().invoke(cli, ["distances", str(tiny_dir), "-n", "2", "--calib", str(calib_file),
-                                      "--calib-samples", "8", "--max-length", "32", "--device", "cpu", "--no-cache",
-                                      "--memory-budget", "1K", "--loss"])
-    assert result.exit_code == 2 and "--memory-budget is 1.0 KB" in result.stderr
