@@ -143,8 +143,8 @@ def return_large_allocations(threshold: int = 1 << 20) -> bool:
 
 
 def hold_large_allocations(owner: Any, threshold: int = 1 << 20) -> None:
-    """:func:`return_large_allocations` for as long as ``owner`` lives (an offloaded
-    model): when the last such owner is collected, the threshold goes back to
+    """:func:`return_large_allocations` for as long as ``owner`` lives (a model, loaded
+    whole or offloaded): when the last such owner is collected, the threshold goes back to
     glibc's value at process start (128 KiB). glibc has no call that turns its
     dynamic adjustment back on, so after that the process keeps the start value
     (allocations of 128 KiB or more get their own maps), not a raised one."""
