@@ -52,6 +52,12 @@ class Component:
         weights load (the adapter is found from ``config.json`` on an empty model); the
         default accepts."""
 
+    def check_modules(self, model: Any, adapter: ModelAdapter) -> None:
+        """Raise a one-line :class:`ReplacemeError` if this stage (with its options) cannot work
+        on the module tree of ``model``. Called before the weights load, on an empty model
+        built from ``config.json`` (parameters on the ``meta`` device): read names, types and
+        shapes, never values. The default accepts."""
+
     def check_offload(self) -> None:
         """Raise a one-line :class:`ReplacemeError` if this stage, with its options, cannot
         run on a model that is never whole in memory (``--offload``). Called before the

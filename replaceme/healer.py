@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from replaceme.components import Component, Compensation, Merger
+from replaceme.errors import ReplacemeError
 from replaceme.options import option
 from replaceme.plan import Plan
 
@@ -92,6 +93,13 @@ class HealContext:
             index = block.end
         out.extend(range(index, num_layers))
         return out
+
+
+def check_batch_processes(batch_size: int, processes: int) -> None:
+    """Refuse (one line) a global batch that ``processes`` training together (``torchrun``)
+    cannot share evenly; checked before the model loads and again before training."""
+    if batch_size % processes:
+        raise ReplacemeError(f"healing: batch_size {batch_size} is not a multiple of the {processes} processes")
 
 
 class Healer(Component):

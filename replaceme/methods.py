@@ -93,6 +93,13 @@ class ResolvedMethod:
             if stage is not None:
                 stage.check_model(adapter)
 
+    def check_modules(self, model: Any, adapter: Any) -> None:
+        """Refuse, before the weights load, a method whose stages cannot work on the module tree
+        of ``model`` (an empty model built from ``config.json``, or the loaded one)."""
+        for stage in (self.selector, self.compensator, self.merger, self.healer):
+            if stage is not None:
+                stage.check_modules(model, adapter)
+
     def check_offload(self) -> None:
         """Refuse, before the model loads, a method whose stages cannot run with ``--offload``
         (a healer never can: it trains the whole model)."""

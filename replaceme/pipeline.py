@@ -198,6 +198,7 @@ def prepare(
         try:
             check_layers(run.layers, num_layers)
             run.method.check_model(adapter)
+            run.method.check_modules(model, adapter)
             live.append((run, run.method.stats_request(num_layers, run.layers)))
         except Exception as exc:
             if strict:

@@ -15,14 +15,16 @@ that could refuse it later, in this order:
 4. the architecture: the model's :class:`~replaceme.adapters.ModelAdapter` is found from
    ``config.json`` on an empty model (parameters on the ``meta`` device, nothing read), and
    each method is asked, at each budget, whether it can be expressed on it
-   (``check_model`` of every stage), whether the budget fits the layer count, and what it
-   would gather (``stats_request``: a selector's candidates refuse what cannot fit);
+   (``check_model`` of every stage), whether its options name modules the model has
+   (``check_modules``, e.g. LoRA's ``target_modules``), whether the budget fits the layer
+   count, and what it would gather (``stats_request``: a selector's candidates refuse what
+   cannot fit);
 5. ``--memory-budget``: the float64 Gram sums of what the runs gather, in the smallest
    plan, fit it (:func:`replaceme.passes.check_fits_before_loading`).
 
 A new plugin's refusal is covered as soon as it raises from ``check_model``,
-``check_offload``, ``candidates`` or ``stats_request``. A hub id is not read before it
-is downloaded: step 4 then runs on the loaded model (:func:`replaceme.pipeline.prepare`
+``check_modules``, ``check_offload``, ``candidates`` or ``stats_request``. A hub id is
+not read before it is downloaded: step 4 then runs on the loaded model (:func:`replaceme.pipeline.prepare`
 asks the same questions again).
 """
 
@@ -52,6 +54,7 @@ class Intent:
         include: paths of ``--include-model`` entries (evaluated the same way as the model).
         extra: ``num_layers -> StatsRequest`` of what the command gathers besides its runs.
         strict: raise the first refusal of a run; else return them (``compare`` keeps going).
+        heal_processes: processes that heal together (``prune`` under ``torchrun``: all of them).
     """
 
     model: Any
@@ -66,6 +69,7 @@ class Intent:
     include: list[str] = field(default_factory=list)
     extra: Callable[[int], Any] | None = None
     strict: bool = True
+    heal_processes: int = 1
 
     @property
     def all_methods(self) -> list[Any]:
@@ -74,9 +78,10 @@ class Intent:
 
 @dataclass
 class Facts:
-    """What the empty model tells: its adapter, layer count, hidden size and parameter count
-    (0 when unknown) with the largest element size it may load in."""
+    """What the empty model tells: its module tree (``model``), adapter, layer count, hidden
+    size and parameter count (0 when unknown) with the largest element size it may load in."""
 
+    model: Any
     adapter: Any
     num_layers: int
     hidden_size: int = 0
@@ -86,7 +91,7 @@ class Facts:
 def _facts(adapter: Any, model: Any) -> Facts:
     params = {id(p): p for p in model.parameters()}.values()
     size = max([4, *(p.element_size() for p in params)])  # a stored bfloat16 may load as float32
-    return Facts(adapter, adapter.num_layers(model), int(getattr(model.config, "hidden_size", 0) or 0),
+    return Facts(model, adapter, adapter.num_layers(model), int(getattr(model.config, "hidden_size", 0) or 0),
                  sum(p.numel() for p in params) * size)
 
 
@@ -100,6 +105,11 @@ def preflight(intent: Intent) -> dict[tuple[str, int], str]:
     _check_devices(intent)
     if intent.memory.offload:
         _check_offload(intent)
+    for method in intent.all_methods:
+        if method.healer is not None:
+            from replaceme.healer import check_batch_processes
+
+            check_batch_processes(method.healer.options.batch_size, intent.heal_processes)
     if str(intent.memory.stats_passes) == "2":
         from replaceme.passes import check_two_passes
 
@@ -178,6 +188,7 @@ def _check_architecture(intent: Intent, facts: Facts) -> dict[tuple[str, int], s
         check_layers(layers, facts.num_layers)
     for method in intent.methods:
         method.check_model(facts.adapter)
+        method.check_modules(facts.model, facts.adapter)
     extra = intent.extra(facts.num_layers) if intent.extra is not None else None
     errors: dict[tuple[str, int], str] = {}
     live = []
@@ -185,6 +196,7 @@ def _check_architecture(intent: Intent, facts: Facts) -> dict[tuple[str, int], s
         try:
             check_layers(layers, facts.num_layers)
             method.check_model(facts.adapter)
+            method.check_modules(facts.model, facts.adapter)
             live.append((method, layers, method.stats_request(facts.num_layers, layers)))
         except Exception as exc:  # noqa: BLE001 - a plugin may raise anything: that run is refused
             if intent.strict:

@@ -278,6 +278,8 @@ CASES = {
                    "--ppl", w / "calib.txt"], "replaceme-lstsq at --layers 1: compensator 'lstsq': on 'olmo2'"),
     "blocks-do-not-fit": (lambda w: _prune(w, "-m", "replaceme-lstsq", "-n", "4", "-o", "num_blocks", "4"),
                           "only 5 layers after layer 0 of a 6-layer model: 4 non-overlapping blocks of 1 layers"),
+    "heal-target-modules-unknown": (lambda w: _prune(w, "--heal", "lora", "-o", "heal.target_modules", "no_such_proj"),
+                                    "healer 'lora': no linear layer of the decoder matches target_modules 'no_such_proj'"),
     "cuda-not-available": (lambda w: _prune(w, "--device", "cuda"),
                            "--device cuda was asked for, but no CUDA device is available"),
     # --config and --plan

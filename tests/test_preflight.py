@@ -272,3 +272,20 @@ def test_supported_options_of_other_commands_pass_the_preflight(world, monkeypat
                   world / "calib.txt", "--ppl", world / "calib.txt"]):
         verdict, detail = outcome(monkeypatch, args)
         assert verdict == "loads", (args[0], detail)
+
+
+def test_healing_options_are_refused_before_weights_load(world, monkeypatch):
+    verdict, line = outcome(monkeypatch, prune_args(world, "llama", "uidl", {}, "--heal", "lora", "-o",
+                                                    "heal.target_modules", "no_such_proj"))
+    assert verdict == "refused" and "no linear layer of the decoder matches target_modules 'no_such_proj'" in line, line
+    verdict, detail = outcome(monkeypatch, prune_args(world, "llama", "uidl", {}, "--heal", "lora", "-o",
+                                                      "heal.target_modules", "down_proj"))
+    assert verdict == "loads", detail
+
+
+def test_a_healing_batch_that_torchrun_processes_cannot_share_is_refused_before_weights_load(world, monkeypatch):
+    for name, value in (("WORLD_SIZE", "3"), ("RANK", "0"), ("LOCAL_RANK", "0")):  # what torchrun sets
+        monkeypatch.setenv(name, value)
+    verdict, line = outcome(monkeypatch, prune_args(world, "llama", "uidl", {}, "--heal", "lora", "-o",
+                                                    "heal.batch_size", "8"))
+    assert verdict == "refused" and "batch_size 8 is not a multiple of the 3 processes" in line, line

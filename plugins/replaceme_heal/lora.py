@@ -29,13 +29,13 @@ class LoraOptions(HealOptions):
                                         "linear layers to adapt, or 'all'")
 
 
-def decoder_linears(model: Any, ctx: HealContext, targets: str) -> list[str]:
+def decoder_linears(model: Any, adapter: Any, targets: str) -> list[str]:
     """Full dotted names (from ``model``) of the linear layers inside its decoder layers
-    whose last name part is in ``targets`` (``all``: every one)."""
+    (``adapter.layers_path``) whose last name part is in ``targets`` (``all``: every one)."""
     from torch import nn
 
     wanted = None if targets.strip() == "all" else {t.strip() for t in targets.split(",") if t.strip()}
-    prefix = ctx.adapter.layers_path
+    prefix = adapter.layers_path
     names = []
     for name, module in model.named_modules():
         if not name.startswith(prefix + "."):
@@ -56,12 +56,15 @@ class LoraHealer(Healer):
     trains = "LoRA adapters"
     Options = LoraOptions
 
+    def check_modules(self, model: Any, adapter: Any) -> None:
+        decoder_linears(model, adapter, self.options.target_modules)  # a name that matches nothing: refused
+
     def prepare(self, student: Any, ctx: HealContext) -> Any:
         from peft import LoraConfig, get_peft_model
 
         o = self.options
         config = LoraConfig(r=o.rank, lora_alpha=o.alpha, lora_dropout=o.dropout, bias="none",
-                            target_modules=decoder_linears(student, ctx, o.target_modules))
+                            target_modules=decoder_linears(student, ctx.adapter, o.target_modules))
         with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             return get_peft_model(student, config)

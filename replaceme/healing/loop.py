@@ -28,7 +28,7 @@ import torch
 from replaceme import distributed
 from replaceme.distributed import ddp
 from replaceme.errors import ReplacemeError
-from replaceme.healer import HealOptions
+from replaceme.healer import HealOptions, check_batch_processes
 from replaceme.healing.data import HealBatches
 from replaceme.healing.objective import count, loss_sum
 from replaceme.healing.state import CheckpointStore
@@ -200,9 +200,7 @@ class Loop:
         from replaceme.console import LossBar
 
         opts = self.opts
-        size = ddp.size()
-        if opts.batch_size % size:
-            raise ReplacemeError(f"healing: batch_size {opts.batch_size} is not a multiple of the {size} processes")
+        check_batch_processes(opts.batch_size, ddp.size())
         if self.store is not None:
             payload = distributed.broadcast(distributed.on_root(self.store.load))
             if payload is not None:
