@@ -244,7 +244,7 @@ def _prune(model_or_path: Any, tokenizer: Any, resolved: Any, layers: int, calib
 
     # every refusal the settings, config.json and the registry can decide, before any weights load
     preflight(Intent(model_or_path, runs=[(resolved.label, resolved, layers)], loading=loading, memory=memory,
-                     heal_processes=distributed.world().size))  # under torchrun every process heals
+                     heal_processes=distributed.world().size, calibration=calibration))  # under torchrun every process heals
     if memory.spill_dir is not None and isinstance(model_or_path, (str, Path)):  # temporaries never go into an input
         from replaceme.outputs import check_work_dirs
 

@@ -150,17 +150,14 @@ def encode_truncated(tokenizer: Any, text: str, max_length: int) -> list[int]:
     return tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
 
 
-def build_calibration(spec: CalibrationSpec, tokenizer: Any) -> CalibrationData:
-    """Load, shuffle (seeded; or keep file order), take ``spec.samples`` records and tokenise them.
-
-    Batches are consecutive runs of ``batch_size`` records in that order,
-    right-padded; with ``drop_last`` a short last batch is dropped.
-
-    Raises:
-        ReplacemeError: missing/empty source, missing column, or no tokens.
+def calibration_texts(spec: CalibrationSpec, tokenizer: Any = None, *, warn: bool = True) -> list[str]:
+    """The texts the calibration set is made of, in batch order: ``spec.samples`` records
+    (shuffled with the seed, or in file order), conversations through the tokenizer's chat
+    template, a short last batch dropped with ``drop_last``. With no ``tokenizer`` (before
+    the model loads) conversations are joined as ``role: content`` lines: the refusals
+    (``--chat-template on`` on plain records, no full batch) are the same; ``warn`` logs
+    the records dropped.
     """
-    import torch
-
     records = load_texts(spec.text_source)
     order = list(range(len(records)))
     if spec.order == "shuffle":
@@ -172,9 +169,25 @@ def build_calibration(spec: CalibrationSpec, tokenizer: Any) -> CalibrationData:
             raise ReplacemeError(
                 f"calibration: {len(texts)} records make no full batch of {spec.batch_size} (drop_last)"
             )
-        log.warning("calibration: the last %d record(s) do not fill a batch of %d and are dropped, as the reference does",
-                    len(texts) - kept, spec.batch_size)
+        if warn:
+            log.warning("calibration: the last %d record(s) do not fill a batch of %d and are dropped, as the "
+                        "reference does", len(texts) - kept, spec.batch_size)
         texts = texts[:kept]
+    return texts
+
+
+def build_calibration(spec: CalibrationSpec, tokenizer: Any) -> CalibrationData:
+    """Load, shuffle (seeded; or keep file order), take ``spec.samples`` records and tokenise them.
+
+    Batches are consecutive runs of ``batch_size`` records in that order,
+    right-padded; with ``drop_last`` a short last batch is dropped.
+
+    Raises:
+        ReplacemeError: missing/empty source, missing column, or no tokens.
+    """
+    import torch
+
+    texts = calibration_texts(spec, tokenizer)
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0

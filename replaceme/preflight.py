@@ -6,7 +6,8 @@ What a command is about to do is an :class:`Intent`; :func:`preflight` asks ever
 that could refuse it later, in this order:
 
 1. the devices (``--device``, ``--gram-device``) exist on this machine, and
-   ``--calib-4bit`` has its GPU, its package, and no ``--offload``;
+   ``--calib-4bit`` has its GPU, its package, and no ``--offload``; the local calibration
+   records give what the options ask of them;
 2. with ``--offload``: the model (and every ``--include-model``) is a local safetensors
    checkpoint (headers only), every stage of every method runs layer by layer
    (``Component.check_offload``; a healer never does), and every lm-eval task scores
@@ -55,6 +56,9 @@ class Intent:
         extra: ``num_layers -> StatsRequest`` of what the command gathers besides its runs.
         strict: raise the first refusal of a run; else return them (``compare`` keeps going).
         heal_processes: processes that heal together (``prune`` under ``torchrun``: all of them).
+        calibration: the :class:`~replaceme.calibration.CalibrationSpec`; a local source's records
+            are formatted and batched as the pass will (no tokenizer), so what they cannot give
+            (conversations for ``--chat-template on``, a full batch for ``--calib-drop-last``) is refused.
     """
 
     model: Any
@@ -70,6 +74,7 @@ class Intent:
     extra: Callable[[int], Any] | None = None
     strict: bool = True
     heal_processes: int = 1
+    calibration: Any = None
 
     @property
     def all_methods(self) -> list[Any]:
@@ -103,6 +108,7 @@ def preflight(intent: Intent) -> dict[tuple[str, int], str]:
         every other refusal is raised).
     """
     _check_devices(intent)
+    _check_calibration(intent.calibration)
     if intent.memory.offload:
         _check_offload(intent)
     for method in intent.all_methods:
@@ -132,6 +138,13 @@ def _check_devices(intent: Intent) -> None:
         if intent.memory.offload or not isinstance(intent.model, (str, Path)):
             raise ReplacemeError("--calib-4bit needs a model path and cannot be combined with --offload")
         check_4bit(device)
+
+
+def _check_calibration(spec: Any) -> None:
+    from replaceme.calibration import CalibrationSpec, calibration_texts
+
+    if isinstance(spec, CalibrationSpec) and spec.text_source.is_local:
+        calibration_texts(spec, warn=False)
 
 
 def _check_offload(intent: Intent) -> None:

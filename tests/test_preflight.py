@@ -289,3 +289,61 @@ def test_a_healing_batch_that_torchrun_processes_cannot_share_is_refused_before_
     verdict, line = outcome(monkeypatch, prune_args(world, "llama", "uidl", {}, "--heal", "lora", "-o",
                                                     "heal.batch_size", "8"))
     assert verdict == "refused" and "batch_size 8 is not a multiple of the 3 processes" in line, line
+
+
+def command_combos() -> list[tuple[str, str, bool, str]]:
+    """``compare -m METHOD`` for every registered method and ``distances --loss --compensator C``
+    for every registered compensator, in memory and offloaded, on both architectures."""
+    reg = registry()
+    return ([("compare", arch, off, name) for arch in ARCHS for off in (False, True) for name in sorted(reg.methods)]
+            + [("distances", arch, off, comp) for arch in ARCHS for off in (False, True) for comp in sorted(reg.compensators)])
+
+
+def command_args(world, combo, output):
+    command, arch, offload, name = combo
+    common = ["--calib", world / "calib.txt", "--calib-samples", "4", "--max-length", "16", "--batch-size", "2",
+              *(["--offload"] if offload else [])]
+    if command == "compare":
+        return ["compare", world / arch, "-m", name, "-n", "1", *common, "--ppl", world / "calib.txt", "--max-ppl-tokens",
+                "64", "--output", output, "--overwrite"]
+    return ["distances", world / arch, "-n", "1", "--loss", "-m", "uidl", "--compensator", name, *common, "--csv",
+            output / "d.csv" if output else world / "d.csv", "--overwrite"]
+
+
+def command_id(combo) -> str:
+    command, arch, offload, name = combo
+    return f"{command}-{arch}-{'offload' if offload else 'memory'}-{name}"
+
+
+@pytest.mark.parametrize("combo", command_combos(), ids=command_id)
+def test_every_method_in_compare_and_distances_is_refused_before_weights_load_or_gets_there(combo, world, monkeypatch,
+                                                                                              tmp_path):
+    verdict, detail = outcome(monkeypatch, command_args(world, combo, tmp_path / "out"))
+    command, arch, offload, name = combo
+    if arch == "olmo2" and name in ("replaceme-lstsq", "lstsq", "cosine"):  # a dense map behind a post-norm
+        assert verdict == "refused" and "post-norm" in detail, detail
+    if arch == "llama" and name in ("uidl", "lstsq"):
+        assert verdict == "loads", detail
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combo", command_combos(), ids=command_id)
+def test_compare_and_distances_that_pass_the_preflight_run_and_one_refused_later_read_nothing(combo, world, monkeypatch,
+                                                                                              tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    args = command_args(world, combo, out)
+    spy = WeightSpy().install(monkeypatch)
+    result = run(*args)
+    if result.exit_code == 2:
+        assert_refused(result, spy)
+    else:
+        assert result.exit_code == 0, result.output
+
+
+def test_calibration_records_that_cannot_give_what_the_options_ask_are_refused_before_weights_load(world, monkeypatch):
+    verdict, line = outcome(monkeypatch, prune_args(world, "llama", "uidl", {}, "--chat-template", "on"))
+    assert verdict == "refused" and "--chat-template on, but the calibration records are not conversations" in line
+    args = prune_args(world, "llama", "uidl", {}, "--calib-drop-last", "--batch-size", "8")  # 4 records, batches of 8
+    verdict, line = outcome(monkeypatch, args)
+    assert verdict == "refused" and "4 records make no full batch of 8" in line, line
