@@ -90,6 +90,15 @@ def world(tmp_path_factory, tokenizer):
         tiny_model(arch).save_pretrained(root / arch)
         tokenizer.save_pretrained(root / arch)
     calibration_text(root / "calib.txt", records=16)
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    other = root / "other_tokenizer"  # a model pruned elsewhere, with another vocabulary
+    tiny_model("llama", layers=3).save_pretrained(other)
+    words = Tokenizer(models.WordLevel({"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "a": 4}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(other)
     return root
 
 
@@ -219,6 +228,9 @@ OTHER_REFUSALS = {
     "compare-offload-include-hub-id": (
         lambda w: ["compare", w / "llama", "-m", "uidl", "--include-model", "other=someone/pruned", "--offload",
                    "--calib", w / "calib.txt", "--ppl", w / "calib.txt"], "--offload needs a local model directory"),
+    "compare-include-another-tokenizer": (
+        lambda w: ["compare", w / "llama", "-m", "uidl", "--include-model", f"x={w / 'other_tokenizer'}", "--calib",
+                   w / "calib.txt", "--ppl", w / "calib.txt"], "--include-model x: .*vocabulary differs"),
     "distances-loss-on-post-norm": (
         lambda w: ["distances", w / "olmo2", "-n", "2", "--loss", "-m", "replaceme-lstsq", "--calib", w / "calib.txt"],
         "compensator 'lstsq': on 'olmo2'"),

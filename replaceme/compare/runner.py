@@ -119,6 +119,7 @@ def _preflight(plan: ComparePlan, resolved: dict[str, Any], drop_refused: bool) 
                     calibration=plan.calibration,
                     strict=False)
     errors = preflight(intent)
+    _check_included_tokenizers(plan)
     if not errors:
         return plan, resolved
     (label, n), first = next(iter(errors.items()))
@@ -132,6 +133,18 @@ def _preflight(plan: ComparePlan, resolved: dict[str, Any], drop_refused: bool) 
     if not kept:
         raise ReplacemeError(f"no method can run here: {label} at --layers {n}: {first}")
     return dataclasses.replace(plan, methods=kept), {k: v for k, v in resolved.items() if k not in refused}
+
+
+def _check_included_tokenizers(plan: ComparePlan) -> None:
+    """Every ``--include-model`` tokenizes as the model does, before the model loads (a hub id's
+    tokenizer is compared once it is downloaded, after loading)."""
+    from replaceme.loading import load_config, load_tokenizer, local_model_dir
+
+    local = local_model_dir(plan.model) if plan.include else None
+    if local is not None:
+        config = load_config(str(local), plan.model, plan.trust_remote_code)
+        tokenizer = load_tokenizer(str(local), plan.model, config, plan.trust_remote_code)
+        check_tokenizers(plan.include, tokenizer, plan.model, trust_remote_code=plan.trust_remote_code)
 
 
 def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, create: Callable[[], None],
