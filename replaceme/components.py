@@ -103,6 +103,12 @@ class Selector(Component):
     #: (two passes, far smaller statistics; see ``replaceme.stats.estimate``).
     selects_from_tables: ClassVar[bool] = False
 
+    def needs_holdout(self) -> bool:
+        """True when :meth:`select` (with these options) scores plans on held-out calibration
+        batches alone: a calibration set too small to hold any out is then refused before
+        the model loads. Default: False."""
+        return False
+
     def candidates(self, ctx: SelectionContext) -> list[Block]:
         """Every block this selector could choose (limits what statistics are gathered)."""
         raise NotImplementedError

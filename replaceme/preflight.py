@@ -58,7 +58,10 @@ class Intent:
         heal_processes: processes that heal together (``prune`` under ``torchrun``: all of them).
         calibration: the :class:`~replaceme.calibration.CalibrationSpec`; a local source's records
             are formatted and batched as the pass will (no tokenizer), so what they cannot give
-            (conversations for ``--chat-template on``, a full batch for ``--calib-drop-last``) is refused.
+            (conversations for ``--chat-template on``, a full batch for ``--calib-drop-last``, a
+            held-out batch for plans scored on held-out batches alone) is refused.
+        scores_on_holdout: the command scores plans on held-out batches alone (``distances
+            --loss``; a selector says so itself: ``Selector.needs_holdout``).
     """
 
     model: Any
@@ -75,6 +78,7 @@ class Intent:
     strict: bool = True
     heal_processes: int = 1
     calibration: Any = None
+    scores_on_holdout: bool = False
 
     @property
     def all_methods(self) -> list[Any]:
@@ -108,7 +112,7 @@ def preflight(intent: Intent) -> dict[tuple[str, int], str]:
         every other refusal is raised).
     """
     _check_devices(intent)
-    _check_calibration(intent.calibration)
+    _check_calibration(intent)
     if intent.memory.offload:
         _check_offload(intent)
     for method in intent.all_methods:
@@ -140,11 +144,19 @@ def _check_devices(intent: Intent) -> None:
         check_4bit(device)
 
 
-def _check_calibration(spec: Any) -> None:
+def _check_calibration(intent: Intent) -> None:
     from replaceme.calibration import CalibrationSpec, calibration_texts
+    from replaceme.stats.collect import holdout_batch_count
 
-    if isinstance(spec, CalibrationSpec) and spec.text_source.is_local:
-        calibration_texts(spec, warn=False)
+    spec = intent.calibration
+    if not isinstance(spec, CalibrationSpec) or not spec.text_source.is_local:
+        return
+    batches = -(-len(calibration_texts(spec, warn=False)) // spec.batch_size)
+    holds_out = holdout_batch_count(batches, spec.holdout_fraction) >= 1
+    if not holds_out and (intent.scores_on_holdout or any(m.selector.needs_holdout() for _, m, _ in intent.runs)):
+        raise ReplacemeError(f"scoring plans needs held-out calibration batches, and {batches} batch(es) at "
+                             f"--holdout-fraction {spec.holdout_fraction:g} hold none out: give more records "
+                             "(--calib-samples) or a larger --holdout-fraction")
 
 
 def _check_offload(intent: Intent) -> None:

@@ -280,6 +280,10 @@ CASES = {
                           "only 5 layers after layer 0 of a 6-layer model: 4 non-overlapping blocks of 1 layers"),
     "heal-target-modules-unknown": (lambda w: _prune(w, "--heal", "lora", "-o", "heal.target_modules", "no_such_proj"),
                                     "healer 'lora': no linear layer of the decoder matches target_modules 'no_such_proj'"),
+    "scoring-without-holdout": (lambda w: ["distances", w / "unloadable", "-n", "1", "--loss", "--calib", w / "calib.txt",
+                                           "--calib-samples", "8"],
+                                "scoring plans needs held-out calibration batches, and 1 batch\\(es\\) at "
+                                "--holdout-fraction 0.1 hold none out"),
     "cuda-not-available": (lambda w: _prune(w, "--device", "cuda"),
                            "--device cuda was asked for, but no CUDA device is available"),
     # --config and --plan

@@ -106,7 +106,7 @@ def test_a_plan_that_cannot_fit_is_refused_in_one_line_before_the_model_loads(tm
     out = tmp_path / "out"
     args = {"prune": ["-m", "replaceme-lstsq", "-n", "2", "--output", str(out)],
             "compare": ["-m", "uidl", "-m", "replaceme-lstsq", "-n", "2", "--ppl", str(calib_file), "--output", str(out)],
-            "distances": ["-n", "2", "--loss"]}[command]
+            "distances": ["-n", "2", "--loss", "--batch-size", "2", "--holdout-fraction", "0.5"]}[command]  # held out
     result = CliRunner().invoke(cli, ["-v", command, str(tiny_dir), *args, *data, "--memory-budget", "1K"])
     assert result.exit_code == 2 and not spy.reads
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error")]

@@ -232,8 +232,16 @@ OTHER_REFUSALS = {
         lambda w: ["compare", w / "llama", "-m", "uidl", "--include-model", f"x={w / 'other_tokenizer'}", "--calib",
                    w / "calib.txt", "--ppl", w / "calib.txt"], "--include-model x: .*vocabulary differs"),
     "distances-loss-on-post-norm": (
-        lambda w: ["distances", w / "olmo2", "-n", "2", "--loss", "-m", "replaceme-lstsq", "--calib", w / "calib.txt"],
+        lambda w: ["distances", w / "olmo2", "-n", "2", "--loss", "-m", "replaceme-lstsq", "--calib", w / "calib.txt",
+                   "--holdout-fraction", "0.5"],
         "compensator 'lstsq': on 'olmo2'"),
+    "distances-loss-without-holdout": (  # 4 records in 2 batches: a tenth of them is no batch
+        lambda w: ["distances", w / "llama", "-n", "1", "--loss", "--calib", w / "calib.txt", "--calib-samples", "4",
+                   "--batch-size", "2"], "scoring plans needs held-out calibration batches, and 2 batch\\(es\\) at "
+                                         "--holdout-fraction 0.1 hold none out"),
+    "calibration-loss-without-fallback-or-holdout": (
+        lambda w: prune_args(w, "llama", "replaceme-lstsq-loss", {"fallback_tokens": 0}),
+        "scoring plans needs held-out calibration batches"),
     "distances-too-many-layers": (lambda w: ["distances", w / "llama", "-n", "6", "--calib", w / "calib.txt"],
                                   "--layers must be between 1 and 5"),
     "evaluate-offload-hub-id": (lambda w: ["evaluate", "someone/some-model", "--ppl", w / "calib.txt", "--offload"],
@@ -278,7 +286,8 @@ def test_compare_leaves_out_the_default_methods_the_architecture_refuses(world, 
 
 
 def test_supported_options_of_other_commands_pass_the_preflight(world, monkeypatch):
-    for args in (["distances", world / "olmo2", "-n", "2", "--loss", "-m", "uidl", "--calib", world / "calib.txt"],
+    for args in (["distances", world / "olmo2", "-n", "2", "--loss", "-m", "uidl", "--calib", world / "calib.txt",
+                  "--holdout-fraction", "0.5"],
                  ["evaluate", world / "llama", "--ppl", world / "calib.txt", "--offload"],
                  ["compare", world / "olmo2", "-m", "replaceme-lstsq", "-o", "diag", "true", "--offload", "--calib",
                   world / "calib.txt", "--ppl", world / "calib.txt"]):
@@ -318,7 +327,8 @@ def command_args(world, combo, output):
     if command == "compare":
         return ["compare", world / arch, "-m", name, "-n", "1", *common, "--ppl", world / "calib.txt", "--max-ppl-tokens",
                 "64", "--output", output, "--overwrite"]
-    return ["distances", world / arch, "-n", "1", "--loss", "-m", "uidl", "--compensator", name, *common, "--csv",
+    return ["distances", world / arch, "-n", "1", "--loss", "-m", "uidl", "--compensator", name, *common,
+            "--holdout-fraction", "0.25", "--calib-samples", "8", "--csv",
             output / "d.csv" if output else world / "d.csv", "--overwrite"]
 
 

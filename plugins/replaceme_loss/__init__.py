@@ -84,6 +84,9 @@ class CalibrationLossSelector(Selector):
     description = "Compensate each candidate block; pick the lowest loss on held-out calibration batches."
     Options = CalibrationLossOptions
 
+    def needs_holdout(self) -> bool:
+        return self.options.fallback_tokens == 0  # else it scores on training tokens, with a warning
+
     def block_size(self, ctx: SelectionContext) -> int:
         return block_size(ctx, self.options.num_blocks)
 

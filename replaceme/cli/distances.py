@@ -91,6 +91,7 @@ def distances(model, layers, loss, method, compensator, as_json, csv_path, plot_
     from replaceme.settings import LoadSettings
 
     preflight(Intent(model, methods=[resolved] if resolved else [], layers=[layers], calibration=spec,
+                     scores_on_holdout=loss,
                      loading=LoadSettings(device=device, dtype=dtype, trust_remote_code=trust_remote_code), memory=memory,
                      extra=(lambda num_layers: loss_request(resolved, num_layers, layers)) if resolved else None))
     inputs = [model, spec.text_source.base]

@@ -54,6 +54,13 @@ class _StopForward(Exception):
     """Raised by the last layer's hook: nothing after it is needed."""
 
 
+def holdout_batch_count(num_batches: int, holdout_fraction: float) -> int:
+    """The most batches a pass holds out of ``num_batches`` (``floor(num_batches × fraction)``;
+    the small epsilon keeps e.g. 30 × 0.1 at 3 despite binary rounding). At least one is held
+    out when this is at least 1 (the first is kept whatever its tokens)."""
+    return math.floor(num_batches * holdout_fraction + 1e-9)
+
+
 def split_batches(
     calib: CalibrationData, sample_tokens: int, holdout_tokens: int, seed: int, holdout_fraction: float = 0.1
 ) -> tuple[list[int], list[int]]:
@@ -72,8 +79,7 @@ def split_batches(
     tokens = [int(m.sum()) for m in calib.masks]
     holdout: list[int] = []
     total = 0
-    # the small epsilon keeps e.g. 30 × 0.1 at 3 despite binary rounding
-    max_batches = math.floor(calib.num_batches * holdout_fraction + 1e-9) if holdout_tokens > 0 else 0
+    max_batches = holdout_batch_count(calib.num_batches, holdout_fraction) if holdout_tokens > 0 else 0
     for b in order[:max_batches]:
         if holdout and total + tokens[b] > holdout_tokens:
             break
