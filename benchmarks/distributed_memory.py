@@ -11,6 +11,7 @@ rank 0 adds.
     python benchmarks/distributed_memory.py                      # 0.2B, replaceme-cosine -n 2, 64 x 128 tokens
     python benchmarks/distributed_memory.py --quick              # the 30M model
     python benchmarks/distributed_memory.py --method replaceme-lstsq
+    python benchmarks/distributed_memory.py --extra "--memory-budget 8G"   # the sample in RAM
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -58,6 +60,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--quick", action="store_true", help="the 30M model")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--extra", default="", help="more prune options, one string (e.g. '--memory-budget 8G')")
     args = p.parse_args()
     size_name = "30m" if args.quick else args.size
     report = common.Report("distributed_memory", args.quick, vars(args))
@@ -75,7 +78,7 @@ def main() -> None:
             command = [*launcher, str(Path(__file__).resolve()), "--as-rank", str(ranks), "prune", str(path),
                        "-m", args.method, "-n", str(args.layers), "--calib", str(DEMO / "calibration.txt"),
                        "--calib-samples", str(args.calib_samples), "--max-length", str(args.max_length),
-                       "--batch-size", "4", "--no-cache", "--output", str(out)]
+                       "--batch-size", "4", "--no-cache", *shlex.split(args.extra), "--output", str(out)]
             proc = subprocess.run(command, capture_output=True, text=True, env=env)
             if proc.returncode:
                 raise RuntimeError(f"{label} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -88,7 +91,7 @@ def main() -> None:
             print(label, "done", flush=True)
         hidden, layers, _ = SIZES[size_name]
         report.table(
-            f"prune -m {args.method} -n {args.layers} on a random-weight Llama ({size_name}: hidden {hidden}, {layers} "
+            f"prune -m {args.method} -n {args.layers} {args.extra} on a random-weight Llama ({size_name}: hidden {hidden}, {layers} "
             f"layers), {args.calib_samples} × ≤{args.max_length} calibration tokens, gloo on CPU, 1 thread per process",
             ["run", "process", "peak RSS MiB", "model MiB", "Gram sums MiB", "sample MiB"],
             rows,
