@@ -242,7 +242,8 @@ def _token_nll(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.T
     picked = logits[mask].float()  # [n, V]
     del logits
     labels = input_ids[:, first + 1 :][mask]  # [n]
-    return -torch.log_softmax(picked, dim=-1).gather(1, labels[:, None]).squeeze(1)  # [n]
+    # -log softmax(z)[y] = logsumexp(z) - z[y], without a second [n, V] tensor for log_softmax
+    return torch.logsumexp(picked, dim=-1) - picked.gather(1, labels[:, None]).squeeze(1)  # [n]
 
 
 def max_positions(model: torch.nn.Module) -> int | None:
