@@ -163,6 +163,8 @@ def _check_offload(intent: Intent) -> None:
     """Everything ``--offload`` cannot do, refused from the options and the file headers."""
     for path in [intent.model, *intent.include]:
         offloadable(path)
+    for path in intent.include:  # read layer by layer like the model: its architecture needs an adapter
+        model_facts(path, intent.loading.trust_remote_code)
     for method in intent.all_methods:
         method.check_offload()
     if intent.tasks:

@@ -99,6 +99,12 @@ def world(tmp_path_factory, tokenizer):
     words.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=words, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
                             unk_token="<unk>").save_pretrained(other)
+    from transformers import MambaConfig, MambaForCausalLM
+
+    mamba = root / "mamba"  # a causal LM whose layers no adapter knows
+    MambaForCausalLM(MambaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, state_size=4,
+                                 num_hidden_layers=2)).save_pretrained(mamba)
+    tokenizer.save_pretrained(mamba)
     return root
 
 
@@ -168,6 +174,35 @@ def test_a_combination_that_passes_the_preflight_runs_and_one_refused_later_read
     run_to_the_end(monkeypatch, prune_args(world, arch, name, opts, *(["--offload"] if offload else [])), tmp_path / "o")
 
 
+@pytest.fixture(scope="module")
+def every_arch(tmp_path_factory, tokenizer):
+    """Every architecture the built-in adapters know, saved once each."""
+    from tiny import ARCHS as ALL
+
+    root = tmp_path_factory.mktemp("archs")
+    for arch in ALL:
+        tiny_model(arch).save_pretrained(root / arch)
+        tokenizer.save_pretrained(root / arch)
+    calibration_text(root / "calib.txt", records=16)
+    return root
+
+
+def _all_archs() -> list[str]:
+    from tiny import ARCHS as ALL
+
+    return list(ALL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("offload", [False, True], ids=["memory", "offload"])
+@pytest.mark.parametrize("name", sorted(registry().methods))
+@pytest.mark.parametrize("arch", _all_archs())
+def test_every_method_on_every_architecture_is_refused_before_weights_load_or_runs(arch, name, offload, every_arch,
+                                                                                   monkeypatch, tmp_path):
+    args = prune_args(every_arch, arch, name, {}, *(["--offload"] if offload else []))
+    run_to_the_end(monkeypatch, args, tmp_path / "o")
+
+
 def stage_mixes() -> list[tuple[str, str]]:
     """Every registered selector with every registered compensator (its default merger)."""
     reg = registry()
@@ -231,6 +266,11 @@ OTHER_REFUSALS = {
     "compare-include-another-tokenizer": (
         lambda w: ["compare", w / "llama", "-m", "uidl", "--include-model", f"x={w / 'other_tokenizer'}", "--calib",
                    w / "calib.txt", "--ppl", w / "calib.txt"], "--include-model x: .*vocabulary differs"),
+    "compare-offload-include-unknown-architecture": (
+        lambda w: ["compare", w / "llama", "-m", "uidl", "--include-model", f"m={w / 'mamba'}", "--offload", "--calib",
+                   w / "calib.txt", "--ppl", w / "calib.txt"], "unsupported architecture 'mamba'"),
+    "prune-unknown-architecture": (lambda w: ["prune", w / "mamba", *prune_args(w, "llama", "uidl", {})[2:]],
+                                   "unsupported architecture 'mamba'"),
     "distances-loss-on-post-norm": (
         lambda w: ["distances", w / "olmo2", "-n", "2", "--loss", "-m", "replaceme-lstsq", "--calib", w / "calib.txt",
                    "--holdout-fraction", "0.5"],
