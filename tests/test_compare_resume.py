@@ -17,6 +17,7 @@ from replaceme.cli import cli
 from replaceme.compare.plan import ComparePlan, MethodEntry
 from replaceme.compare.schedule import Schedule
 from replaceme.evaluation.spec import EvalSpec
+from replaceme.model_files import checkpoint_fingerprint
 from replaceme.stats.cache import model_fingerprint
 
 
@@ -67,6 +68,23 @@ def test_model_fingerprint_sees_a_changed_weight(tiny_dir):
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight[3, 5] += 1e-3
     assert model_fingerprint(model) != first
+
+
+def test_checkpoint_fingerprint_sees_a_new_file_time_size_or_sampled_content(tmp_path):
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    first = checkpoint_fingerprint([weights], "{}")
+    assert checkpoint_fingerprint([weights], "{}") == first
+    assert checkpoint_fingerprint([weights], '{"a": 1}') != first  # the config
+    info = os.stat(weights)
+    os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns + 1))
+    assert checkpoint_fingerprint([weights], "{}") != first  # an edit's new modification time
+    os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns))
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 17] ^= 1  # one byte of a sampled block, the time put back
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert checkpoint_fingerprint([weights], "{}") != first
 
 
 def _run(args):

@@ -155,7 +155,6 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, create: C
     from replaceme.loading import load_model
     from replaceme.pipeline import check_layers
     from replaceme.registry import adapter_for
-    from replaceme.stats.cache import model_fingerprint
 
     # torchrun: rank 0 alone writes; its errors stop every rank
     loading = dataclasses.replace(plan.loading, device=distributed.join(plan.device))
@@ -168,7 +167,7 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, create: C
         model, fingerprint = offloaded.model, offloaded.fingerprint()
     else:
         model, tokenizer = load_model(plan.model, **loading.to_dict())
-        fingerprint = model_fingerprint(model)
+        fingerprint = _loaded_fingerprint(model, plan.model)
     adapter = adapter_for(model)
     num_layers = adapter.num_layers(model)
     for n in plan.layers:
@@ -225,6 +224,23 @@ def _last_gram_row(pending: list[Slot], resolved: dict[str, Any], num_layers: in
             except Exception:  # a method that cannot even state its request fails its own row later
                 last = i
     return last
+
+
+def _loaded_fingerprint(model: Any, source: str) -> str:
+    """The row keys' fingerprint of a model ``compare`` loaded from ``source``: its checkpoint
+    files' (:func:`~replaceme.model_files.checkpoint_fingerprint`, as with ``--offload``), or
+    a digest of every parameter where no local safetensors checkpoint is found."""
+    from pathlib import Path
+
+    from replaceme.loading import resolve_model_path
+    from replaceme.model_files import checkpoint_fingerprint, checkpoint_layout
+    from replaceme.stats.cache import model_fingerprint
+
+    folder = Path(resolve_model_path(source))
+    layout = checkpoint_layout(folder) if folder.is_dir() else None
+    if not layout:
+        return model_fingerprint(model)
+    return checkpoint_fingerprint([e.file for e in layout.values()], model.config.to_json_string(use_diff=False))
 
 
 def _environment() -> dict[str, Any]:

@@ -6,7 +6,7 @@ share one calibration pass), then included models, then the baseline, which is
 evaluated last and in place (evaluation may cast the model).
 
 A row's key hashes everything that shapes its numbers, including the *content* of
-what it reads: the model's weights (:func:`replaceme.stats.cache.model_fingerprint`),
+what it reads: the model's weights (:func:`replaceme.model_files.checkpoint_fingerprint`),
 every evaluation file and, for pruned rows, the calibration file (size, modification
 time and a hash, see :func:`replaceme.provenance.file_fingerprint`). A finished row
 is reused on resume only under the same key, so a model or data file changed in

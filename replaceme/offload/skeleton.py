@@ -299,19 +299,12 @@ class OffloadedModel:
         return groups
 
     def fingerprint(self) -> str:
-        """A cheap content fingerprint of the checkpoint (for ``compare``'s row keys): the
-        config, and per file its size, header and 16 samples of 4 KiB spread over the data."""
-        import hashlib
+        """The checkpoint's fingerprint (for ``compare``'s row keys):
+        :func:`replaceme.model_files.checkpoint_fingerprint`, as for a model loaded whole."""
+        from replaceme.model_files import checkpoint_fingerprint
 
-        h = hashlib.sha256(self.model.config.to_json_string(use_diff=False).encode())
-        for file in sorted(set(self.checkpoint.files.values())):
-            size = file.stat().st_size
-            h.update(f"{file.name}:{size}".encode())
-            with open(file, "rb") as fh:
-                for k in range(17):
-                    fh.seek(size * k // 17)
-                    h.update(fh.read(4096))
-        return h.hexdigest()[:24]
+        return checkpoint_fingerprint(list(self.checkpoint.files.values()),
+                                      self.model.config.to_json_string(use_diff=False))
 
     def parameter_bytes(self) -> int:
         """Bytes of the checkpoint's tensors (at the run's dtype for floating ones)."""
