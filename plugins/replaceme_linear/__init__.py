@@ -167,7 +167,8 @@ class CosineOptions:
         "tokens of the sample on the compute device at once during the fit (float32: chunk × hidden × 4 bytes "
         "per matrix, 3 matrices); a larger sample is read back chunk by chunk (from RAM or the --spill-dir "
         "files), Adam shuffling within chunks, L-BFGS summing loss and gradient over all of them (unset: what "
-        "--memory-budget leaves beside the statistics, between 1,024 and 65,536 tokens)")
+        "--memory-budget leaves beside the statistics, at about 14 such matrices per token at the fit's peak, "
+        "between 1,024 and 65,536 tokens)")
     accurate: bool = option(False, "minimise 1 − cos(XT + z, x_e) with z = x_s − m_{s-1} (the paper's accurate variant)")
     init: Literal["identity", "lstsq"] | None = option(
         None, "start from T = I (reference) or from the least-squares map of the fit's own token sample "
@@ -192,6 +193,10 @@ class CosineOptions:
 #: tokens per chunk of the cosine fit when ``chunk_tokens`` is unset: sized from the memory
 #: budget's working share, within these bounds
 CHUNK_RANGE = (1024, 65536)
+#: float32 ``[tokens, hidden]`` matrices the fit holds per chunk at its peak: the chunk's 3, the
+#: prediction, the cosine loss's norms and products, and their gradients in the backward pass
+#: (≈ 14 measured at hidden 1024 with the float64 normal equations of the LSTSQ start)
+FIT_MATRICES = 14
 
 #: why -o refit cannot run offloaded (refused before the model loads)
 REFIT_OFFLOAD = "cosine refit re-runs the partly pruned model, which --offload never holds; drop -o refit"
@@ -262,13 +267,13 @@ class CosineCompensator(Compensator):
 
     def _chunk(self, ctx: CompensationContext) -> int:
         """Tokens per chunk of the fit: ``chunk_tokens``, else what the run's memory budget
-        leaves for 3 float32 ``[chunk, hidden]`` matrices (:data:`CHUNK_RANGE`)."""
+        leaves for :data:`FIT_MATRICES` float32 ``[chunk, hidden]`` matrices (:data:`CHUNK_RANGE`)."""
         if self.options.chunk_tokens is not None:
             return self.options.chunk_tokens
         low, high = CHUNK_RANGE
         if ctx.work_bytes is None:
             return high
-        return max(low, min(high, ctx.work_bytes // (3 * 4 * ctx.stats.hidden_size)))
+        return max(low, min(high, ctx.work_bytes // (FIT_MATRICES * 4 * ctx.stats.hidden_size)))
 
     def _fit(self, block: Block, source, ctx: CompensationContext) -> tuple:
         """Fit T for one block from its chunked token rows (:class:`ChunkedTokens`)."""
