@@ -7,7 +7,8 @@ that could refuse it later, in this order:
 
 1. the devices (``--device``, ``--gram-device``) exist on this machine, and
    ``--calib-4bit`` has its GPU, its package, and no ``--offload``; the local calibration
-   records give what the options ask of them;
+   records give what the options ask of them, and every local ``--ppl`` text a window to
+   score;
 2. with ``--offload``: the model (and every ``--include-model``) is a local safetensors
    checkpoint (headers only), every stage of every method runs layer by layer
    (``Component.check_offload``; a healer never does), and every lm-eval task scores
@@ -62,6 +63,8 @@ class Intent:
             held-out batch for plans scored on held-out batches alone) is refused.
         scores_on_holdout: the command scores plans on held-out batches alone (``distances
             --loss``; a selector says so itself: ``Selector.needs_holdout``).
+        evaluation: the :class:`~replaceme.evaluation.EvalSpec`; every local ``--ppl`` text must
+            give a window to score with the model's tokenizer (read from its folder).
     """
 
     model: Any
@@ -79,6 +82,7 @@ class Intent:
     heal_processes: int = 1
     calibration: Any = None
     scores_on_holdout: bool = False
+    evaluation: Any = None
 
     @property
     def all_methods(self) -> list[Any]:
@@ -113,6 +117,7 @@ def preflight(intent: Intent) -> dict[tuple[str, int], str]:
     """
     _check_devices(intent)
     _check_calibration(intent)
+    _check_perplexity(intent)
     if intent.memory.offload:
         _check_offload(intent)
     for method in intent.all_methods:
@@ -157,6 +162,22 @@ def _check_calibration(intent: Intent) -> None:
         raise ReplacemeError(f"scoring plans needs held-out calibration batches, and {batches} batch(es) at "
                              f"--holdout-fraction {spec.holdout_fraction:g} hold none out: give more records "
                              "(--calib-samples) or a larger --holdout-fraction")
+
+
+def _check_perplexity(intent: Intent) -> None:
+    from replaceme.loading import load_config, load_tokenizer, local_model_dir
+
+    spec = intent.evaluation
+    if spec is None or not spec.ppl or not isinstance(intent.model, (str, Path)):
+        return
+    local = local_model_dir(intent.model)
+    if local is None:  # a hub id: its tokenizer comes with the download
+        return
+    from replaceme.evaluation import check_perplexity_sources
+
+    config = load_config(str(local), str(intent.model), intent.loading.trust_remote_code)
+    check_perplexity_sources(spec, load_tokenizer(str(local), str(intent.model), config, intent.loading.trust_remote_code),
+                             config)
 
 
 def _check_offload(intent: Intent) -> None:

@@ -409,3 +409,20 @@ def test_calibration_records_that_cannot_give_what_the_options_ask_are_refused_b
     args = prune_args(world, "llama", "uidl", {}, "--calib-drop-last", "--batch-size", "8")  # 4 records, batches of 8
     verdict, line = outcome(monkeypatch, args)
     assert verdict == "refused" and "4 records make no full batch of 8" in line, line
+
+
+def test_a_perplexity_text_too_short_to_score_is_refused_before_weights_load(world, monkeypatch, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    model = tmp_path / "no_bos"  # a tokenizer without BOS: a window needs two tokens, one to predict from
+    tiny_model("llama").save_pretrained(model)
+    words = Tokenizer(models.WordLevel({"<unk>": 0, "a": 1, "b": 2}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", pad_token="<unk>").save_pretrained(model)
+    short = tmp_path / "short.txt"
+    short.write_text("a\n")  # one token
+    for args in (["evaluate", model, "--ppl", short],
+                 ["compare", model, "-m", "uidl", "--calib", world / "calib.txt", "--ppl", short]):
+        verdict, line = outcome(monkeypatch, args)
+        assert verdict == "refused" and "too few to score" in line, (args[0], line)

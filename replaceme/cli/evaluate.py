@@ -145,7 +145,7 @@ def evaluate(model_or_dir, ppl, ppl_split, ppl_column, context_length, stride, p
 
     preflight(Intent(model_or_dir, loading=LoadSettings(device=device, dtype=dtype, trust_remote_code=trust_remote_code),
                      memory=MemorySettings(offload=offload), tasks=list(spec.tasks), task_data=spec.task_data,
-                     tasks_dir=spec.tasks_dir))
+                     tasks_dir=spec.tasks_dir, evaluation=spec))
     # the card is written into the model's folder: hold its lock from loading to writing, so that
     # a prune --overwrite of that folder cannot swap the model between the two
     with _model_lock(model_or_dir, model_card, break_lock):

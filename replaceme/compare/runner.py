@@ -116,7 +116,7 @@ def _preflight(plan: ComparePlan, resolved: dict[str, Any], drop_refused: bool) 
     intent = Intent(plan.model, runs=[(label, method, n) for label, method in resolved.items() for n in plan.layers],
                     loading=plan.loading, memory=plan.memory, tasks=list(ev.tasks),
                     task_data=ev.task_data, tasks_dir=ev.tasks_dir, include=[e.path for e in plan.include],
-                    calibration=plan.calibration,
+                    calibration=plan.calibration, evaluation=ev,
                     strict=False)
     errors = preflight(intent)
     _check_included_tokenizers(plan)

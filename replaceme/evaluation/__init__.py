@@ -147,3 +147,18 @@ def _provenance(model: Any, spec: EvalSpec, device: Any, dtype: Any) -> dict[str
         "dtype": str(dtype).removeprefix("torch."),
         "versions": versions,
     }
+
+
+def check_perplexity_sources(spec: EvalSpec, tokenizer: Any, config: Any) -> None:
+    """Every local ``--ppl`` source gives at least one window to score with ``tokenizer`` at
+    the spec's context length (capped at the positions ``config`` states): checked before
+    the model loads, as :func:`evaluate` will plan them."""
+    from replaceme.data.texts import TextSource, load_texts
+    from replaceme.evaluation.perplexity import config_positions, plan_corpus
+
+    for source in spec.ppl:
+        text_source = TextSource(source, column=spec.ppl_column, split=spec.ppl_split)
+        if text_source.is_local:
+            plan_corpus(tokenizer, load_texts(text_source), config_positions(config), context_length=spec.context_length,
+                        stride=spec.stride, max_tokens=spec.max_ppl_tokens, add_bos=None,
+                        description=f"perplexity {source}", warn=False)

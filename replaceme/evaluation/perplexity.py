@@ -248,12 +248,40 @@ def _token_nll(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.T
 
 def max_positions(model: torch.nn.Module) -> int | None:
     """The model's maximum sequence length from its config, when it states one."""
-    config = getattr(model, "config", None)
+    return config_positions(getattr(model, "config", None))
+
+
+def config_positions(config: Any) -> int | None:
+    """The maximum sequence length a model config states (None when it states none)."""
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def plan_corpus(tokenizer: Any, texts: Sequence[str], limit: int | None, *, context_length: int, stride: int | None,
+                max_tokens: int | None, add_bos: bool | None, description: str,
+                warn: bool = True) -> tuple[list[int], list[Window], int | None]:
+    """The corpus tokens, the windows that score them and the BOS id (arguments as
+    :func:`perplexity`'s; ``limit``: the model's maximum positions). Needs no model, so a
+    corpus too short to score is refused before the model loads (:mod:`replaceme.preflight`)."""
+    if limit is not None and context_length > limit:
+        if warn:
+            log.warning("context length %d exceeds the model's %d positions; using %d", context_length, limit, limit)
+        context_length = limit
+    bos = bos_token_id(tokenizer) if add_bos in (None, True) else None
+    if add_bos and bos is None:
+        raise ReplacemeError("add_bos was asked for, but the tokenizer has no BOS token")
+    window = context_length - (1 if bos is not None else 0)
+    if window < 1:
+        raise ReplacemeError(f"context length {context_length} leaves no room for text")
+    stride = window if stride is None else min(stride, window)
+    ids = tokenize_corpus(tokenizer, texts, max_tokens)
+    windows = plan_windows(len(ids), window, stride, 0 if bos is not None else 1)
+    if not windows:
+        raise ReplacemeError(f"{description}: the text has {len(ids)} token(s), too few to score")
+    return ids, windows, bos
 
 
 def perplexity(
@@ -292,24 +320,8 @@ def perplexity(
     Raises:
         ReplacemeError: corpus too short, or a NaN/Inf loss.
     """
-    limit = max_positions(model)
-    if limit is not None and context_length > limit:
-        log.warning("context length %d exceeds the model's %d positions; using %d", context_length, limit, limit)
-        context_length = limit
-    bos = bos_token_id(tokenizer) if add_bos in (None, True) else None
-    if add_bos and bos is None:
-        raise ReplacemeError("add_bos was asked for, but the tokenizer has no BOS token")
-    window = context_length - (1 if bos is not None else 0)
-    if window < 1:
-        raise ReplacemeError(f"context length {context_length} leaves no room for text")
-    stride = window if stride is None else min(stride, window)
-
-    ids = tokenize_corpus(tokenizer, texts, max_tokens)
-    first_scored = 0 if bos is not None else 1
-    windows = plan_windows(len(ids), window, stride, first_scored)
-    if not windows:
-        raise ReplacemeError(f"{description}: the text has {len(ids)} token(s), too few to score")
-
+    ids, windows, bos = plan_corpus(tokenizer, texts, max_positions(model), context_length=context_length,
+                                    stride=stride, max_tokens=max_tokens, add_bos=add_bos, description=description)
     tokens = torch.tensor(ids, dtype=torch.long)
     batches = [batch_windows(tokens, batch, bos) for batch in _chunks(windows, batch_size)]
     sums: list[float] = []
