@@ -248,6 +248,25 @@ def second_request(stats: Any, live: list, num_layers: int) -> StatsRequest:
     return _blocks_request(live, chosen)
 
 
+def remaining_request(stats: Any, runs: list, num_layers: int) -> StatsRequest | None:
+    """What ``runs`` (objects with ``method`` and ``layers``) will still read of ``stats``: a run
+    whose selector chooses from the distance tables needs its compensator's statistics of
+    the blocks it selects (selection is deterministic); any other run its whole request,
+    every candidate's. None when a run cannot say (then nothing may be dropped)."""
+    request = StatsRequest()
+    for run in runs:
+        try:
+            if run.method.selector.selects_from_tables:
+                ctx = run.method.selection_context(num_layers, run.layers)
+                needed = run.method.compensator.stats_request(list(run.method.selector.select(stats, ctx).blocks))
+            else:
+                needed = run.method.stats_request(num_layers, run.layers)
+        except Exception:  # noqa: BLE001  (the run fails, with its own message, when it is applied)
+            return None
+        request = request.union(needed)
+    return request
+
+
 def merge_passes(first: Any, second: Any) -> Any:
     """The second pass's statistics with the first pass's distance tables and time added."""
     second.angular = {**first.angular, **second.angular}

@@ -69,3 +69,31 @@ def test_two_passes_with_offload_write_what_one_pass_does(tiny_dir, calib_file):
     assert one.plan.blocks == two.plan.blocks and two.stats_memory["passes"] == 2
     assert torch.equal(one.outcome.compensations[0].transform, two.outcome.compensations[0].transform)
     assert two.stats_memory["gram"] < one.stats_memory["gram"]
+
+
+def test_statistics_kept_for_later_runs_give_them_what_all_statistics_do(tokenizer, calib_file):
+    """compare frees, after each row, what no later row reads: a run given only its
+    remaining request's statistics prunes exactly as with everything gathered."""
+    from replaceme.methods import resolve_method
+    from replaceme.passes import remaining_request
+    from replaceme.pipeline import Run, apply_method, prepare
+    from replaceme.registry import adapter_for
+    from replaceme.variant import VARIANT
+
+    model = tiny_model("llama", layers=8)
+    adapter = adapter_for(model)
+    runs = [Run(resolve_method(m, options), 2) for m, options in
+            [("replaceme-lstsq", {}), ("replaceme-cosine", {"lbfgs_steps": 5}), ("llm-streamline", {"epochs": 1})]]
+    spec = CalibrationSpec(str(calib_file), samples=40, max_length=48, batch_size=4)
+    full = prepare(model, adapter, runs, spec, tokenizer, use_cache=False).stats
+    kept = copy.deepcopy(full)
+    request = remaining_request(kept, runs[1:], 8)
+    kept.keep_only(request)
+    assert not kept.gram and full.gram  # no later run solves normal equations
+    assert kept.sample.nbytes() < full.sample.nbytes()  # only the selected blocks' boundaries
+    for run in runs[1:]:
+        a = apply_method(model, adapter, run.method, 2, full, target=VARIANT)
+        b = apply_method(model, adapter, run.method, 2, kept, target=VARIANT)
+        assert a.plan.blocks == b.plan.blocks
+        for name, tensor in a.model.state_dict().items():
+            assert torch.equal(tensor, b.model.state_dict()[name]), (run.method.label, name)

@@ -191,15 +191,12 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, create: C
         store.finish()
         return Comparison(table, provenance, written)
 
-    last_gram = _last_gram_row(pending, resolved, num_layers)
     for i, slot in enumerate(pending, 1):
         log.info("[%d/%d] %s, %d layer(s) removed", i, len(pending), slot.label, slot.layers)
         if slot.kind == METHOD:
             row = _method_row(model, tokenizer, adapter, resolved[slot.label], slot, prepared, plan.evaluation,
                               plan.seed, heal, offloaded)
-            if i == last_gram:  # no later row reads the float64 Gram sums: free them (L-n blocks × 2h² × 8 bytes)
-                prepared.stats.gram.clear()
-                _release()
+            _keep_for_later(prepared, pending[i:], resolved, num_layers)
         elif slot.kind == BASELINE:  # last, in place: evaluation may cast the model
             row = _baseline_row(model, tokenizer, slot, plan.evaluation, num_layers, offloaded)
         else:
@@ -213,17 +210,19 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, create: C
     return finish()
 
 
-def _last_gram_row(pending: list[Slot], resolved: dict[str, Any], num_layers: int) -> int:
-    """The (1-based) position of the last pending method row whose method asks for Gram sums (0: none)."""
-    last = 0
-    for i, slot in enumerate(pending, 1):
-        if slot.kind == METHOD:
-            try:
-                if resolved[slot.label].stats_request(num_layers, slot.layers).gram_blocks:
-                    last = i
-            except Exception:  # a method that cannot even state its request fails its own row later
-                last = i
-    return last
+def _keep_for_later(prepared: Any, later: list[Slot], resolved: dict[str, Any], num_layers: int) -> None:
+    """After a row, free the statistics no later row reads (float64 Gram sums of blocks no
+    later method solves, sample tensors of boundaries no later method fits on)."""
+    from replaceme.passes import remaining_request
+    from replaceme.pipeline import Run
+
+    if prepared is None:
+        return
+    runs = [Run(resolved[s.label], s.layers, s.label) for s in later if s.kind == METHOD]
+    request = remaining_request(prepared.stats, runs, num_layers)
+    if request is not None:
+        prepared.stats.keep_only(request)
+        _release()
 
 
 def _loaded_fingerprint(model: Any, source: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import torch
 
 from replaceme.plan import Block
+from replaceme.stats.request import StatsRequest
 
 
 @dataclass
@@ -158,6 +159,15 @@ class ActivationStats:
         if key not in self.gram:
             raise KeyError(f"no Gram sums for block {block} (with_pad={with_pad}); the stats request missed it")
         return self.gram[key]
+
+    def keep_only(self, request: StatsRequest) -> None:
+        """Drop the Gram sums and the sample tensors ``request`` does not ask for (what no
+        later user reads); the distance tables and token counts stay."""
+        self.gram = {k: g for k, g in self.gram.items() if (k.start, k.end) in request.gram_blocks}
+        for batch in (*self.sample.train, *self.sample.holdout):
+            batch.boundaries = {j: x for j, x in batch.boundaries.items() if j in request.sample_boundaries}
+            batch.mlp = {i: m for i, m in batch.mlp.items() if i in request.sample_mlp}
+            batch.layer_kwargs = {i: k for i, k in batch.layer_kwargs.items() if i in request.layer_kwargs}
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held: float64 Gram sums (``XᵀX`` shared by blocks with the same start
