@@ -242,14 +242,14 @@ def _prune(model_or_path: Any, tokenizer: Any, resolved: Any, layers: int, calib
 
     from replaceme.preflight import Intent, preflight
 
-    # every refusal the settings, config.json and the registry can decide, before any weights load
-    preflight(Intent(model_or_path, runs=[(resolved.label, resolved, layers)], loading=loading, memory=memory,
-                     heal_processes=distributed.world().size, calibration=calibration))  # under torchrun every process heals
     if memory.spill_dir is not None and isinstance(model_or_path, (str, Path)):  # temporaries never go into an input
         from replaceme.outputs import check_work_dirs
 
         calib_source = getattr(getattr(calibration, "text_source", None), "base", calibration)
         check_work_dirs([model_or_path, calib_source], spill_dir=memory.spill_dir, cache=use_cache)
+    # every refusal the settings, config.json and the registry can decide, before any weights load
+    preflight(Intent(model_or_path, runs=[(resolved.label, resolved, layers)], loading=loading, memory=memory,
+                     heal_processes=distributed.world().size, calibration=calibration))  # under torchrun every process heals
     disk_budget = None
     if memory.offload:
         from replaceme.offload.budget import parse_size
