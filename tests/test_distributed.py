@@ -18,6 +18,7 @@ from replaceme import distributed
 from replaceme.cli import cli
 
 SPILL = "--spill-dir=<spill>"  # made per run in the fixture
+CACHED = "<cache>"  # this job uses the statistics cache (the fixture drops --no-cache)
 CALIB = ["--calib-samples", "24", "--max-length", "40", "--batch-size", "4", "--no-cache"]
 PRUNE_JOBS = {
     "lstsq": ["-m", "replaceme-lstsq", "-n", "2"],
@@ -37,6 +38,10 @@ PRUNE_JOBS = {
     "block-removal": ["-m", "block-removal", "-n", "2"],  # no pass: rank 1 leaves at once
     # two shared passes: tables on every rank, then the chosen block's Gram sums
     "lstsq-two-passes": ["-m", "replaceme-lstsq", "-n", "2", "--stats-passes", "2"],
+    # with the statistics cache: the first run fills it (rank 0 alone writes), the second reads both
+    # passes from it on rank 0 and gives the other rank the first pass's tables
+    "cached-two-passes-fill": ["-m", "replaceme-lstsq", "-n", "2", "--stats-passes", "2", CACHED],
+    "cached-two-passes-hit": ["-m", "replaceme-lstsq", "-n", "2", "--stats-passes", "2", CACHED],
     # the sample received by rank 0 straight into its memory-mapped spill (and with --offload)
     "cosine-spill": ["-m", "replaceme-cosine", "-n", "1", "-o", "epochs", "2", "-o", "token_budget", "400", SPILL],
     "streamline-offload": ["-m", "llm-streamline", "-n", "1", "-o", "token_budget", "400", "--offload"],
@@ -138,23 +143,27 @@ def two_ranks(tmp_path_factory):
     def job_args(run: str) -> list[tuple[str, list[str]]]:
         spill = base / run / "spill"
         spill.mkdir(parents=True)
-        jobs = [(name, ["prune", str(model_dir), *[f"--spill-dir={spill}" if a == SPILL else a for a in args], "--calib",
-                        str(calib), *CALIB, "--output", str(base / run / name)]) for name, args in PRUNE_JOBS.items()]
+        jobs = [(name, ["prune", str(model_dir), *[f"--spill-dir={spill}" if a == SPILL else a for a in args if a != CACHED],
+                        "--calib", str(calib), *[a for a in CALIB if CACHED not in args or a != "--no-cache"],
+                        "--output", str(base / run / name)]) for name, args in PRUNE_JOBS.items()]
         jobs.append(("compare", ["compare", str(model_dir), "-m", "uidl", "-m", "replaceme-lstsq", "-n", "1,2",
                                  "--calib", str(calib), *CALIB, "--ppl", str(evalf), "--context-length", "32",
                                  "--output", str(base / run / "compare"), "--json"]))
         return jobs
 
     single = {}
-    for name, args in job_args("one"):
-        result = CliRunner().invoke(cli, args)
-        assert result.exit_code == 0, result.output
-        single[name] = result.stdout
-    report = base / "report"
-    report.mkdir()
-    jobs = job_args("two") + [("nan-on-rank-1", [str(model_dir), str(calib)]), ("python-api", [str(model_dir), str(calib)])]
-    ports = [_free_port() for _ in jobs]
-    mp.spawn(_worker, args=(jobs, ports, str(report)), nprocs=2, join=True)
+    with pytest.MonkeyPatch.context() as env:  # a cache of each run's own (the ranks inherit it)
+        env.setenv("REPLACEME_CACHE", str(base / "cache-one"))
+        for name, args in job_args("one"):
+            result = CliRunner().invoke(cli, args)
+            assert result.exit_code == 0, result.output
+            single[name] = result.stdout
+        report = base / "report"
+        report.mkdir()
+        jobs = job_args("two") + [("nan-on-rank-1", [str(model_dir), str(calib)]), ("python-api", [str(model_dir), str(calib)])]
+        ports = [_free_port() for _ in jobs]
+        env.setenv("REPLACEME_CACHE", str(base / "cache-two"))
+        mp.spawn(_worker, args=(jobs, ports, str(report)), nprocs=2, join=True)
     ranks = [json.loads((report / f"rank{r}.json").read_text()) for r in range(2)]
     return base, single, ranks
 
@@ -180,7 +189,9 @@ def test_two_processes_prune_what_one_does(two_ranks, name):
     meta_two = json.loads((base / "two" / name / "pruning.json").read_text())
     assert meta_two["plan"]["blocks"] == meta_one["plan"]["blocks"]
     passes = [m.get("statistics_memory", {}).get("passes") for m in (meta_one, meta_two)]
-    assert passes[1] == passes[0] and (passes[0] == 2) == name.endswith("two-passes")
+    assert passes[1] == passes[0] and (passes[0] == 2) == ("two-passes" in name)
+    if name.startswith("cached"):  # rank 0 alone read (and before, wrote) the cache
+        assert ("loaded from cache" in ranks[0][name]["output"]) == name.endswith("hit")
     for c1, c2 in zip(meta_one["compensations"], meta_two["compensations"]):
         assert c2["diagnostics"].get("tokens") == c1["diagnostics"].get("tokens")
 
