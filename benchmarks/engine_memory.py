@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -149,6 +150,12 @@ def run_cell(cell: dict, model: Path, scratch: Path, threads: int) -> dict:
     return result
 
 
+def public(cell: dict, models: Path) -> dict:
+    """``cell`` with this checkout, the model directory and compare's output directory as ``.``, ``MODELS``, ``OUT``."""
+    line = cell["command_line"].replace(str(ROOT), ".").replace(str(models), "MODELS")
+    return {**cell, "command_line": re.sub(r"\S*/replaceme-engine-bench-[^/\s]+/out-\d+", "OUT", line)}
+
+
 def key_of(cell: dict) -> tuple:
     return cell["size"], cell["command"], cell["calib"], cell["methods"], cell["n"], cell["mode"]
 
@@ -215,7 +222,7 @@ def main() -> None:
                                 if args.log:
                                     with open(args.log, "a") as f:
                                         f.write(json.dumps(cells[-1]) + "\n")
-        shown = [c for c in cells if c["size"] in SIZES]
+        shown = [public(c, models) for c in cells if c["size"] in SIZES]
         report.table(
             "Peak RSS above a tiny run: evaluate, distances and compare, in memory vs --offload",
             ["model", "command", "calibration", "methods", "mode", "peak MB", "tiny MB", "ΔRSS MB", "× model",
