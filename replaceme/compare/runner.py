@@ -194,9 +194,12 @@ def _run(plan: ComparePlan, resolved: dict[str, Any], store: RowStore, create: C
     for i, slot in enumerate(pending, 1):
         log.info("[%d/%d] %s, %d layer(s) removed", i, len(pending), slot.label, slot.layers)
         if slot.kind == METHOD:
+            def free_statistics(later: list[Slot] = pending[i:]) -> None:
+                _keep_for_later(prepared, later, resolved, num_layers)
+
             row = _method_row(model, tokenizer, adapter, resolved[slot.label], slot, prepared, plan.evaluation,
-                              plan.seed, heal, offloaded)
-            _keep_for_later(prepared, pending[i:], resolved, num_layers)
+                              plan.seed, heal, offloaded, before_evaluation=free_statistics)
+            free_statistics()  # also when the row failed before its evaluation
         elif slot.kind == BASELINE:  # last, in place: evaluation may cast the model
             row = _baseline_row(model, tokenizer, slot, plan.evaluation, num_layers, offloaded)
         else:
@@ -288,13 +291,15 @@ def _shared_pass(model, tokenizer, adapter, plan: ComparePlan, resolved: dict[st
 
 
 def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: Any, evaluation: Any, seed: int,
-                heal: Callable[..., tuple[Any, Any]], offloaded: Any = None) -> Row:
+                heal: Callable[..., tuple[Any, Any]], offloaded: Any = None,
+                before_evaluation: Callable[[], None] = lambda: None) -> Row:
     """Prune a variant of ``model`` (sharing every tensor its merge does not write) with one
     method (row ``slot``), heal it if the row has a healer (the shared, untouched weights are
     the teacher), and evaluate it; any exception is the row's error. A merger or healer that
     wrote into the shared weights stops the comparison, since later rows would start from them.
     With ``offloaded`` the variant holds only its changed layers beside the skeleton and is
-    evaluated layer by layer."""
+    evaluated layer by layer. ``before_evaluation`` runs once the variant is made (``compare``
+    frees there the statistics no later row reads, before the evaluation's own peak)."""
     from replaceme.evaluation import evaluate
     from replaceme.pipeline import apply_method, one_line
     from replaceme.resources import Meter
@@ -317,6 +322,7 @@ def _method_row(model, tokenizer, adapter, method: Any, slot: Slot, prepared: An
             if method.healer is not None:
                 pruned, record = heal(model, tokenizer, adapter, method, outcome, prepared)
                 row.heal_seconds, row.details["healing"] = record.seconds, record.to_dict()
+            before_evaluation()
             t0 = time.perf_counter()
             result = evaluate(pruned, tokenizer, evaluation, offloaded=offloaded)
             row.eval_seconds = time.perf_counter() - t0

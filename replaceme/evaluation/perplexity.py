@@ -178,7 +178,7 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
 #: most logit bytes one forward of :func:`batch_nll` may produce (CPU, CUDA); a batch
 #: whose logits would exceed it runs in chunks of rows, so that evaluating a model with
 #: a large vocabulary costs a bounded amount of memory above the model.
-LOGITS_BYTES = {"cpu": 64 * 2**20, "cuda": 1024 * 2**20}
+LOGITS_BYTES = {"cpu": 32 * 2**20, "cuda": 1024 * 2**20}
 
 
 #: ``forward(rows, **kwargs) -> logits`` of a slice of a batch's rows (see :func:`batch_nll`)
