@@ -97,3 +97,19 @@ def test_statistics_kept_for_later_runs_give_them_what_all_statistics_do(tokeniz
         assert a.plan.blocks == b.plan.blocks
         for name, tensor in a.model.state_dict().items():
             assert torch.equal(tensor, b.model.state_dict()[name]), (run.method.label, name)
+
+
+def test_the_cosine_fit_is_the_same_whatever_its_chunks(tiny_dir, calib_file):
+    """The fit's chunks are sized from what the budget leaves, which differs when the sample
+    is in RAM or on disk (``--offload``); L-BFGS sums loss and gradient part by part in the
+    sample's order, so the map (and the weights) are the same with any chunks."""
+    spec = CalibrationSpec(str(calib_file), samples=64, max_length=48, batch_size=4)
+    results = {}
+    for offload in (False, True):
+        results[offload] = replaceme.prune(str(tiny_dir), method="replaceme-cosine", layers=1, calibration=spec,
+                                           device="cpu", offload=offload, use_cache=False, memory_budget=3_000_000,
+                                           lbfgs_steps=3)
+    memory, offloaded = results[False], results[True]
+    chunks = [r.outcome.compensations[0].diagnostics["chunk_tokens"] for r in (memory, offloaded)]
+    assert chunks[0] != chunks[1] and min(chunks) < memory.stats_memory["estimate"]["sample_slots"]
+    assert torch.equal(memory.outcome.compensations[0].transform, offloaded.outcome.compensations[0].transform)

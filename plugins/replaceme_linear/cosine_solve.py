@@ -83,8 +83,8 @@ def fit_stream(
             in a shuffled order and shuffles the tokens within each chunk (mini-batches
             do not straddle chunks), with one chunk this is the reference's shuffle of
             every token. ``lbfgs``: full batch, ``lbfgs_steps`` iterations, strong Wolfe;
-            each loss and gradient is accumulated over every chunk, so the objective is
-            the whole sample's whatever the chunking.
+            each loss and gradient is accumulated part by part (one calibration batch
+            each) in the sample's order, so the fit is the same whatever the chunking.
         on_step: callback ``(advance, loss)`` for progress display.
     """
     first = source.chunk(0)[0]
@@ -135,15 +135,14 @@ def fit_stream(
         def closure():
             nonlocal steps
             opt.zero_grad(set_to_none=True)
-            if len(source) == 1:
-                value = losses(source.chunk(0), None).mean()
-                value.backward()
-            else:  # the mean over every token: per-chunk sums / N, gradients accumulated
-                value = torch.zeros((), device=device)
-                for chunk in source:
-                    part = losses(chunk, None).sum() / n
-                    part.backward()
-                    value += part.detach()
+            # the mean over every token: per-part sums / N, gradients accumulated part by part
+            # in the sample's order, so the objective and its gradient (hence the fit) are the
+            # same whatever the chunk size (in RAM or spilled, --offload or not)
+            value = torch.zeros((), device=device)
+            for rows in source.by_part():
+                part = losses(rows, None).sum() / n
+                part.backward()
+                value += part.detach()
             steps += 1
             history.append(value.item())
             if on_step:

@@ -77,6 +77,22 @@ class ChunkedTokens:
     def chunk_size(self, k: int) -> int:
         return sum(self.counts[i] for i in self.groups[k])
 
+    def part_rows(self, k: int) -> list[slice]:
+        """The rows of chunk ``k`` that each of its parts gave, in order."""
+        rows, start = [], 0
+        for i in self.groups[k]:
+            rows.append(slice(start, start + self.counts[i]))
+            start += self.counts[i]
+        return rows
+
+    def by_part(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """Every part's rows, in order, read chunk by chunk: sums taken part by part in this
+        order are the same whatever the chunk size (so a fit does not depend on it)."""
+        for k in range(len(self)):
+            chunk = self.chunk(k)
+            for rows in self.part_rows(k):
+                yield tuple(None if c is None else c[rows] for c in chunk)
+
     def chunk(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Chunk ``k`` as float32 tensors on the device (kept when it is the only one)."""
         if self._kept is not None:
@@ -96,10 +112,11 @@ class ChunkedTokens:
         return out
 
     def normal_equations(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``XᵀX`` and ``XᵀY`` over every chunk in order, float64 (``Y = target − offset``):
-        the least-squares map of this very sample, which depends on nothing else."""
+        """``XᵀX`` and ``XᵀY`` over every part in order, float64 (``Y = target − offset``):
+        the least-squares map of this very sample, which depends on nothing else (not even
+        the chunk size)."""
         xtx = xty = None
-        for x, target, offset in self:
+        for x, target, offset in self.by_part():
             x64 = x.to(torch.float64)
             y64 = target.to(torch.float64) if offset is None else target.to(torch.float64) - offset.to(torch.float64)
             xtx = x64.T @ x64 if xtx is None else xtx.addmm_(x64.T, x64)
