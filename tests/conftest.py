@@ -3,7 +3,9 @@
 - ``pytest -q`` runs the fast tier: every test not marked ``slow`` (the architecture
   matrices on one pre-norm and one post-norm model, ``tiny.FAST_ARCHS``; subprocess
   races, multi-process runs and the real-model end-to-end runs are ``slow``).
-- ``pytest -q --full`` runs everything (what CI runs, the README's test command).
+- ``pytest -q --full`` runs everything (what CI runs, the README's test command), except
+  that of a test marked ``exhaustive`` (a matrix of end-to-end cases) it runs every
+  :data:`EXHAUSTIVE_EVERY`-th case; ``--full --exhaustive`` runs them all.
 
 An explicit ``-m`` expression runs as asked, and so does a test named by its node id
 (``file.py::test``), whatever its tier.
@@ -22,6 +24,12 @@ from tiny import calibration_text, make_tokenizer, shared_dir, tiny_model
 def pytest_addoption(parser):
     parser.addoption("--full", action="store_true",
                      help="run the whole suite, tests marked slow included (what CI runs)")
+    parser.addoption("--exhaustive", action="store_true",
+                     help="with --full: every case of the tests marked exhaustive (else every 8th)")
+
+
+#: of each test marked ``exhaustive``, ``--full`` runs the cases 0, N, 2N, ... (in collection order)
+EXHAUSTIVE_EVERY = 8
 
 
 def _named(item, node_ids: list[str]) -> bool:
@@ -30,10 +38,9 @@ def _named(item, node_ids: list[str]) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Leave the ``slow`` tests out unless ``--full`` or ``-m`` asks for them, or a test is
-    named by its node id."""
-    if config.getoption("--full") or config.option.markexpr:
-        return
+    """Leave the ``slow`` tests out unless ``--full`` or ``-m`` asks for them, and all but every
+    :data:`EXHAUSTIVE_EVERY`-th case of an ``exhaustive`` test unless ``--exhaustive``; a test
+    named by its node id always runs."""
     root = Path(str(config.rootpath))
     node_ids = []
     for arg in config.args:
@@ -42,11 +49,27 @@ def pytest_collection_modifyitems(config, items):
             resolved = Path(path).resolve()
             relative = resolved.relative_to(root) if resolved.is_relative_to(root) else Path(path)
             node_ids.append(f"{relative.as_posix()}::{rest}")
-    slow = [item for item in items if item.get_closest_marker("slow") and not _named(item, node_ids)]
-    if slow:
-        config.hook.pytest_deselected(items=slow)
-        chosen = set(map(id, slow))
+    if config.getoption("--full") or config.option.markexpr:
+        left_out = [] if config.getoption("--exhaustive") else _beyond_the_sample(items, node_ids)
+    else:
+        left_out = [item for item in items if item.get_closest_marker("slow") and not _named(item, node_ids)]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        chosen = set(map(id, left_out))
         items[:] = [item for item in items if id(item) not in chosen]
+
+
+def _beyond_the_sample(items, node_ids: list[str]) -> list:
+    """The cases of ``exhaustive`` tests outside every :data:`EXHAUSTIVE_EVERY`-th one."""
+    seen: dict[str, int] = {}
+    out = []
+    for item in items:
+        if item.get_closest_marker("exhaustive") and not _named(item, node_ids):
+            name = f"{item.path}::{getattr(item, 'originalname', item.name)}"
+            seen[name] = seen.get(name, -1) + 1
+            if seen[name] % EXHAUSTIVE_EVERY:
+                out.append(item)
+    return out
 
 
 def pytest_report_header(config):

@@ -11,7 +11,8 @@ post-norm (OLMo 2). Each runs through the command line with a spy on every weigh
   line and nothing read, or gets as far as reading weights (it passed the preflight); the
   combinations known to be unsupported (written out below, not derived from the code) are
   among the refused ones, those known to work among the others;
-- full tier (``slow``): every combination runs to the end; one that fails with a refusal
+- full tier (``slow``, ``exhaustive``: every 8th combination with ``--full``, all with
+  ``--exhaustive``): a combination runs to the end; one that fails with a refusal
   (exit 2) must have read no weights, and every other one succeeds: nothing the options,
   the config and the registry could decide is left until after loading.
 """
@@ -167,6 +168,7 @@ def run_to_the_end(monkeypatch, args, output) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
 def test_a_combination_that_passes_the_preflight_runs_and_one_refused_later_read_nothing(combo, world, monkeypatch,
                                                                                            tmp_path):
@@ -194,6 +196,7 @@ def _all_archs() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("offload", [False, True], ids=["memory", "offload"])
 @pytest.mark.parametrize("name", sorted(registry().methods))
 @pytest.mark.parametrize("arch", _all_archs())
@@ -224,6 +227,7 @@ def test_every_stage_mix_is_refused_before_weights_load_or_gets_there(mix, offlo
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("offload", [False, True], ids=["memory", "offload"])
 @pytest.mark.parametrize("mix", stage_mixes(), ids="+".join)
 def test_a_stage_mix_that_passes_the_preflight_runs_and_one_refused_later_read_nothing(mix, offload, world, monkeypatch,
@@ -389,6 +393,7 @@ def test_every_method_in_compare_and_distances_is_refused_before_weights_load_or
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive
 @pytest.mark.parametrize("combo", command_combos(), ids=command_id)
 def test_compare_and_distances_that_pass_the_preflight_run_and_one_refused_later_read_nothing(combo, world, monkeypatch,
                                                                                               tmp_path):
